@@ -1,0 +1,1 @@
+"""Benchmarks, one module per stage, all reporting the same row format."""

@@ -1,0 +1,1 @@
+"""One module per `riskflow` command group; each exposes `register(subparsers, common)`."""

@@ -1,0 +1,116 @@
+"""Database access: the URL (or an embedded Postgres), connections as the writer role, locks.
+
+Every connection the pipeline opens goes through `connect()` so that it runs as the
+least-privilege writer role and never as a superuser, even on the embedded server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from riskmodel.errors import DatabaseError
+from riskmodel.settings import Settings
+
+log = logging.getLogger("riskflow.db")
+
+_PASSWORD = re.compile(r"(://[^:/@?#]*:)([^@/?#]*)(@)")
+_PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Replace any password in a URL or libpq string with `***` (for logs and errors)."""
+    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***\3", text))
+
+
+@cache
+def _embedded_url(pgdata: Path) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        pgdata.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+    url = server.get_uri()
+    log.info("riskflow: RISKFLOW_DATABASE_URL unset; using embedded Postgres in %s", pgdata)
+    return url
+
+
+def database_url(settings: Settings) -> str:
+    """The configured URL, or that of an embedded Postgres under `home/pg` (started or reused)."""
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return _embedded_url((settings.home / "pg").resolve())
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same URL for SQLAlchemy with the psycopg 3 driver."""
+    return re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
+
+
+def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False,
+            url: str | None = None) -> psycopg.Connection:
+    """Open a connection; unless `admin`, it runs as the writer role (`SET ROLE`)."""
+    target = url or database_url(settings)
+    try:
+        conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=15)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to Postgres at {redact(target)}: "
+                            f"{redact(str(exc)).strip().splitlines()[0]}") from None
+    if not admin and settings.run_as_writer:
+        try:
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(settings.writer_role)))
+            if not autocommit:
+                conn.commit()
+        except psycopg.Error as exc:
+            conn.close()
+            raise DatabaseError(
+                f"cannot SET ROLE {settings.writer_role!r} (run `riskflow db init` first, "
+                f"or grant the role to this user): {str(exc).strip().splitlines()[0]}"
+            ) from None
+    return conn
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name (e.g. 'score:2026-01-31')."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def advisory_lock(conn: psycopg.Connection, name: str, *, timeout_s: float = 600.0,
+                  poll_s: float = 0.2) -> Iterator[None]:
+    """Hold a session advisory lock for `name`; wait at most `timeout_s`, then fail clearly."""
+    key = lock_key(name)
+    deadline = time.monotonic() + timeout_s
+    while not conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        if time.monotonic() > deadline:
+            raise DatabaseError(f"another run holds the lock {name!r}; gave up after {timeout_s}s")
+        time.sleep(poll_s)
+    if not conn.autocommit:
+        conn.commit()
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                conn.rollback()
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            if not conn.autocommit:
+                conn.commit()
+
+
+def qualified(schema: str, table: str) -> sql.Identifier:
+    """A quoted `schema.table` identifier."""
+    return sql.Identifier(schema, table)

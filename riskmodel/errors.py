@@ -1,0 +1,21 @@
+"""Exceptions riskflow raises on purpose; the CLI prints them as one line and exits 2."""
+
+
+class RiskflowError(Exception):
+    """Base class: an expected failure with a message that names what was wrong."""
+
+
+class ConfigError(RiskflowError, ValueError):
+    """A setting, parameter or spec value is invalid."""
+
+
+class DatabaseError(RiskflowError):
+    """The database is unreachable, or an operation on it failed in an expected way."""
+
+
+class DataQualityError(RiskflowError):
+    """Too many input rows failed a quality rule; the message names the rule."""
+
+
+class ModelIntegrityError(RiskflowError):
+    """A model artifact is missing, corrupted, or does not match its registered sha256."""

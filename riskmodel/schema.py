@@ -1,0 +1,100 @@
+"""Apply `sql/` to a database: roles, riskflow's schema, views, and optionally the demo source.
+
+`init_database` runs in one transaction and is idempotent: running it twice is a no-op.
+Templates in `sql/` use `{schema}`, `{reader}`, `{writer}` placeholders that are filled with
+quoted identifiers by psycopg.sql (and `{reader_name}`/`{writer_name}` with quoted literals).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from riskmodel.db import connect
+from riskmodel.errors import DatabaseError
+from riskmodel.settings import Settings
+from riskmodel.spec import FeatureSpec
+
+log = logging.getLogger("riskflow.schema")
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+ROLES_FILE = "roles.sql"
+DEMO_SOURCE_FILE = "demo_source.sql"
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What `init_database` applied."""
+
+    schema: str
+    files: list[str]
+    source_tables: list[str]
+    demo_source: bool
+
+
+def render(path: Path, settings: Settings) -> sql.Composed:
+    """Fill a template's placeholders with quoted identifiers and literals."""
+    return sql.SQL(path.read_text()).format(
+        schema=sql.Identifier(settings.db_schema),
+        reader=sql.Identifier(settings.reader_role),
+        writer=sql.Identifier(settings.writer_role),
+        reader_name=sql.Literal(settings.reader_role),
+        writer_name=sql.Literal(settings.writer_role),
+    )
+
+
+def owned_schema_files() -> list[Path]:
+    """Files that define riskflow's own tables and views, in the order they apply."""
+    skip = {ROLES_FILE, DEMO_SOURCE_FILE}
+    return sorted(p for p in SQL_DIR.glob("*.sql") if p.name not in skip)
+
+
+def _grant_sources(cur: psycopg.Cursor, settings: Settings, spec: FeatureSpec,
+                   demo_source: bool) -> list[str]:
+    refs = [spec.transactions, spec.events] + ([spec.accounts] if spec.accounts else [])
+    tables = [(r.db_schema, r.table) for r in refs]
+    if demo_source:
+        tables.append(("bank", "ground_truth"))
+    reader = sql.Identifier(settings.reader_role)
+    for schema_name in sorted({s for s, _ in tables}):
+        cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+            sql.Identifier(schema_name), reader))
+    for schema_name, table in tables:
+        cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.Identifier(schema_name, table), reader))
+    return [f"{s}.{t}" for s, t in tables]
+
+
+def init_database(settings: Settings, spec: FeatureSpec, *, demo_source: bool = False) -> InitReport:
+    """Create roles, riskflow's schema and views (and the demo source tables) in one transaction."""
+    applied: list[str] = []
+    with connect(settings, admin=True) as conn, conn.cursor() as cur:
+        try:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('riskflow:db-init'))")
+            cur.execute(render(SQL_DIR / ROLES_FILE, settings))
+            applied.append(ROLES_FILE)
+            if demo_source:
+                cur.execute(render(SQL_DIR / DEMO_SOURCE_FILE, settings))
+                applied.append(DEMO_SOURCE_FILE)
+            sources = _grant_sources(cur, settings, spec, demo_source)
+            cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(settings.writer_role)))
+            for path in owned_schema_files():
+                cur.execute(render(path, settings))
+                applied.append(path.name)
+            cur.execute("RESET ROLE")
+        except psycopg.errors.UndefinedTable as exc:
+            raise DatabaseError(
+                f"db init: a source table named by the spec does not exist "
+                f"({str(exc).strip().splitlines()[0]}); run `riskflow check-spec`"
+            ) from None
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseError(
+                f"db init needs a user that can create roles and schemas: "
+                f"{str(exc).strip().splitlines()[0]}"
+            ) from None
+    log.info("db init: applied %s to schema %s", ", ".join(applied), settings.db_schema)
+    return InitReport(settings.db_schema, applied, sources, demo_source)

@@ -1,0 +1,118 @@
+"""One typed place for configuration: `RISKFLOW_*` environment variables over an optional TOML file.
+
+The file is `riskflow.toml` in the working directory, or the path in `RISKFLOW_CONFIG`.
+Environment variables always win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
+
+
+def config_file() -> Path:
+    """The TOML settings file riskflow reads (it need not exist)."""
+    return Path(os.environ.get("RISKFLOW_CONFIG", "riskflow.toml"))
+
+
+class Settings(BaseSettings):
+    """Every knob riskflow has. Field `x` is read from `RISKFLOW_X` or key `x` in the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RISKFLOW_", extra="ignore", populate_by_name=True, frozen=True
+    )
+
+    database_url: SecretStr | None = Field(
+        None, description="Postgres URL; unset starts an embedded Postgres under home/pg."
+    )
+    home: Path = Field(Path(".riskflow"), description="riskflow's own files.")
+    lake_url: str | None = Field(None, description="Parquet lake folder or fsspec URL.")
+    model_dir: Path | None = Field(None, description="Model artifacts folder.")
+    db_schema: str = Field(
+        "riskflow",
+        validation_alias=AliasChoices("RISKFLOW_SCHEMA", "schema", "db_schema"),
+        description="Schema of the tables riskflow owns.",
+    )
+    spec: Path = Field(DEMO_SPEC, description="Feature spec TOML file.")
+    timezone: str = Field("UTC", description="Business time zone for score and lake dates.")
+
+    reader_role: str = Field("riskflow_reader", description="Role with SELECT on sources.")
+    writer_role: str = Field("riskflow_writer", description="Role owning riskflow's schema.")
+    run_as_writer: bool = Field(
+        True, description="Pipeline connections `SET ROLE` to the writer role."
+    )
+
+    late_days: int = Field(3, ge=0, le=60, description="Days re-extracted to catch late posts.")
+    max_bad_fraction: float = Field(
+        0.01, ge=0.0, le=1.0, description="Quarantined share of a batch that fails the run."
+    )
+    n_shards: int = Field(4, ge=1, le=4096, description="Account-hash shards for sequences.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch default.")
+    score_batch_size: int = Field(4096, ge=1, description="Accounts per inference batch.")
+    lock_timeout_ms: int = Field(2000, ge=1, description="Bound on lock waits at swap time.")
+    retention_days: int = Field(400, ge=1, description="Score partitions older are dropped.")
+    reason_min_band: Literal["low", "medium", "high"] = Field(
+        "medium", description="Reason codes for accounts in this band or above."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"RISKFLOW_TIMEZONE: unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("db_schema", "reader_role", "writer_role")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        if not value or len(value) > 63 or "\x00" in value:
+            raise ValueError(f"identifier {value!r} must be 1..63 characters without NUL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return (init_settings, env_settings, toml)
+
+    @cached_property
+    def lake(self) -> str:
+        """The lake root as a string path or URL."""
+        return self.lake_url or str(self.home / "lake")
+
+    @cached_property
+    def models(self) -> Path:
+        """Folder holding one sub-folder per model version."""
+        return self.model_dir or self.home / "models"
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        """The business time zone."""
+        return ZoneInfo(self.timezone)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment and TOML file; keyword overrides win over both."""
+    return Settings(**overrides)

@@ -1,0 +1,102 @@
+-- Tables riskflow owns. Applied by `riskflow db init` in one transaction, as the writer role,
+-- inside schema {schema}. Placeholders in braces are filled with quoted identifiers
+-- (psycopg.sql), never pasted text. Every statement is idempotent.
+
+CREATE TABLE IF NOT EXISTS {schema}.risk_scores (
+    score_date    date             NOT NULL,
+    account_id    text             NOT NULL,
+    risk_score    double precision NOT NULL CHECK (risk_score >= 0 AND risk_score <= 1),
+    risk_band     text             NOT NULL,
+    model_version text             NOT NULL,
+    reason_codes  text[]           NOT NULL,
+    scored_at     timestamptz      NOT NULL,
+    run_id        uuid             NOT NULL,
+    PRIMARY KEY (score_date, account_id)
+) PARTITION BY RANGE (score_date);
+
+-- A challenger's nightly scores, same shape, so promotion can be judged on live traffic.
+CREATE TABLE IF NOT EXISTS {schema}.risk_scores_shadow (
+    score_date    date             NOT NULL,
+    account_id    text             NOT NULL,
+    risk_score    double precision NOT NULL CHECK (risk_score >= 0 AND risk_score <= 1),
+    risk_band     text             NOT NULL,
+    model_version text             NOT NULL,
+    reason_codes  text[]           NOT NULL,
+    scored_at     timestamptz      NOT NULL,
+    run_id        uuid             NOT NULL,
+    PRIMARY KEY (score_date, account_id, model_version)
+) PARTITION BY RANGE (score_date);
+
+-- Scores that a rerun replaced: what was served on any date stays answerable.
+CREATE TABLE IF NOT EXISTS {schema}.risk_scores_audit (
+    score_date      date             NOT NULL,
+    account_id      text             NOT NULL,
+    risk_score      double precision NOT NULL,
+    risk_band       text             NOT NULL,
+    model_version   text             NOT NULL,
+    reason_codes    text[]           NOT NULL,
+    scored_at       timestamptz      NOT NULL,
+    run_id          uuid             NOT NULL,
+    replaced_at     timestamptz      NOT NULL DEFAULT now(),
+    replaced_by_run uuid             NOT NULL
+);
+CREATE INDEX IF NOT EXISTS risk_scores_audit_date_idx
+    ON {schema}.risk_scores_audit (score_date, account_id);
+
+CREATE TABLE IF NOT EXISTS {schema}.model_versions (
+    version        text        PRIMARY KEY,
+    status         text        NOT NULL CHECK (status IN ('challenger', 'champion', 'retired')),
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    promoted_at    timestamptz,
+    retired_at     timestamptz,
+    train_start    date,
+    train_end      date,
+    spec_hash      text        NOT NULL,
+    metrics        jsonb       NOT NULL DEFAULT '{{}}'::jsonb,
+    artifact_path  text        NOT NULL,
+    sha256         text        NOT NULL CHECK (length(sha256) = 64)
+);
+-- At most one champion at any time.
+CREATE UNIQUE INDEX IF NOT EXISTS model_versions_one_champion
+    ON {schema}.model_versions (status) WHERE status = 'champion';
+
+CREATE TABLE IF NOT EXISTS {schema}.extract_watermarks (
+    lake        text        NOT NULL,
+    source      text        NOT NULL,
+    watermark   timestamptz NOT NULL,
+    last_date   date        NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (lake, source)
+);
+
+CREATE TABLE IF NOT EXISTS {schema}.quarantine (
+    id             bigserial   PRIMARY KEY,
+    run_id         uuid        NOT NULL,
+    source         text        NOT NULL,
+    rule           text        NOT NULL,
+    reason         text        NOT NULL,
+    txn_id         text,
+    account_id     text,
+    txn_date       date,
+    row_data       jsonb       NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS quarantine_rule_idx ON {schema}.quarantine (rule, quarantined_at);
+CREATE UNIQUE INDEX IF NOT EXISTS quarantine_once_idx
+    ON {schema}.quarantine (source, rule, txn_id, txn_date) WHERE txn_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS {schema}.pipeline_runs (
+    run_id        uuid        PRIMARY KEY,
+    flow          text        NOT NULL,
+    score_date    date,
+    status        text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    watermark     timestamptz,
+    model_version text,
+    model_sha256  text,
+    row_count     bigint,
+    checksum      text,
+    details       jsonb       NOT NULL DEFAULT '{{}}'::jsonb
+);
+CREATE INDEX IF NOT EXISTS pipeline_runs_date_idx ON {schema}.pipeline_runs (score_date, started_at);

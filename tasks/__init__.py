@@ -1,0 +1,1 @@
+"""Prefect tasks: retries, timeouts and artifacts around `riskmodel` calls."""

@@ -1,0 +1,78 @@
+"""Settings precedence, the embedded-server rule, and CLI conventions (exit 2, one line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from riskmodel.db import redact
+from riskmodel.settings import Settings
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RISKFLOW_")}
+    full_env.update(env)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=full_env, cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "riskflow.toml"
+    toml.write_text('schema = "from_toml"\ntimezone = "Europe/Berlin"\nlate_days = 5\n')
+    monkeypatch.setenv("RISKFLOW_CONFIG", str(toml))
+    monkeypatch.setenv("RISKFLOW_SCHEMA", "from_env")
+    s = Settings()
+    assert s.db_schema == "from_env"
+    assert s.timezone == "Europe/Berlin" and s.late_days == 5
+    assert s.lake == str(Path(".riskflow") / "lake")
+
+
+def test_unknown_timezone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISKFLOW_TIMEZONE", "Mars/Olympus")
+    with pytest.raises(ValueError, match="Mars/Olympus"):
+        Settings()
+
+
+def test_configured_url_never_starts_embedded_server(database_url: str, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = Settings(database_url=database_url, home=home)
+    from riskmodel.db import database_url as resolve
+
+    assert resolve(settings) == database_url
+    cwd = Path(__file__).resolve().parent.parent
+    out = _cli(["db", "init", "--demo-source", "--json"],
+               {"RISKFLOW_DATABASE_URL": database_url, "RISKFLOW_HOME": str(home)}, cwd)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["schema"] == "riskflow"
+    assert not (home / "pg").exists()
+    assert "embedded" not in out.stderr
+
+
+def test_unreachable_database_is_one_line_exit_2(tmp_path: Path) -> None:
+    url = "postgresql://bob:s3cret-pw@127.0.0.1:1/nowhere"
+    out = _cli(["check-spec"], {"RISKFLOW_DATABASE_URL": url, "RISKFLOW_HOME": str(tmp_path)},
+               Path(__file__).resolve().parent.parent)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert "s3cret-pw" not in out.stderr and "cannot connect" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_bad_spec_and_bad_arguments_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("horizon_days = 'soon'\n")
+    cwd = Path(__file__).resolve().parent.parent
+    out = _cli(["check-spec", "--spec", str(bad)], {"RISKFLOW_HOME": str(tmp_path)}, cwd)
+    assert out.returncode == 2 and "horizon_days" in out.stderr and "Traceback" not in out.stderr
+    out = _cli(["db", "init", "--no-such-flag"], {}, cwd)
+    assert out.returncode == 2
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert "pw" not in redact("host=h password=pw dbname=x")
