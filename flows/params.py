@@ -1,0 +1,68 @@
+"""Typed flow parameters: pydantic models whose descriptions become the Prefect UI's run forms."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RetrainParams(BaseModel):
+    """What a retrain uses: the training window, the model's shape, the budget, the promote policy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: date | None = Field(
+        None, description="Labels known up to this date (default: yesterday in the business zone)."
+    )
+    train_days: int = Field(
+        120, ge=14, le=3650, description="Days of history whose cutoffs feed training and evaluation."
+    )
+    cutoff_every_days: int = Field(7, ge=1, le=90, description="Days between training snapshots.")
+    horizon_days: int | None = Field(
+        None, ge=1, le=3650, description="Prediction horizon H in days (default: the spec's)."
+    )
+    epochs: int = Field(8, ge=1, le=500, description="Maximum training epochs (early stopping on AP).")
+    hidden_size: int = Field(64, ge=4, le=2048, description="LSTM hidden size.")
+    max_train_minutes: float = Field(20.0, gt=0, le=24 * 60, description="Time budget for training.")
+    seed: int = Field(0, ge=0, description="Random seed; same data and seed give the same model.")
+    promote_policy: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="Promote the challenger if it beats the champion, always, or never."
+    )
+    min_ap_margin: float = Field(
+        0.0, ge=0.0, le=1.0, description="Average-precision margin a challenger must win by."
+    )
+    run_ablation: bool = Field(True, description="Also train the order-shuffled ablation model.")
+
+
+class ScoreParams(BaseModel):
+    """What a nightly scoring run scores and where."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_date: date | None = Field(
+        None, description="Business date D to score (uses transactions before D+1; default yesterday)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
+    shadow: bool = Field(True, description="Also score an unpromoted challenger into risk_scores_shadow.")
+    extract: bool = Field(True, description="Run the incremental extract first.")
+
+
+class BackfillParams(BaseModel):
+    """A range of dates to (re)score."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: date = Field(description="First date to score (inclusive).")
+    end: date = Field(description="Last date to score (inclusive).")
+    force: bool = Field(False, description="Rescore dates already scored by the current champion.")
+    max_parallel: int = Field(2, ge=1, le=32, description="Dates scored at the same time.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BackfillParams:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if (self.end - self.start).days > 3660:
+            raise ValueError("a backfill covers at most 10 years")
+        return self
