@@ -1,0 +1,425 @@
+"""Atomic write-back of one night's scores: binary COPY into a staging table, then a partition swap.
+
+The staging table is built as the day's future partition (same columns and indexes, plus a
+CHECK constraint matching the partition bound so ATTACH skips its validation scan). One short
+transaction then copies the rows being replaced into the audit table, detaches and drops the
+old partition and attaches the new one, and records the run in pipeline_runs. Lock waits in
+that transaction are bounded by `lock_timeout` and retried a bounded number of times, so
+analysts' queries are never cancelled and never queue behind the writer for long. A run that
+dies at any point leaves the previous contents of the date as they were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import numpy as np
+import polars as pl
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from riskmodel import pgcopy
+from riskmodel.db import advisory_lock, connect
+from riskmodel.errors import ConfigError, DatabaseError, RiskflowError
+from riskmodel.settings import Settings
+
+log = logging.getLogger("riskflow.writeback")
+
+ScoreTable = Literal["risk_scores", "risk_scores_shadow"]
+SCORE_TABLES: tuple[str, ...] = ("risk_scores", "risk_scores_shadow")
+COLUMNS = ("score_date", "account_id", "risk_score", "risk_band", "model_version", "reason_codes",
+           "scored_at", "run_id")
+LOCK_ATTEMPTS = 8
+BLOCK_ROWS = 65_536
+T = TypeVar("T")
+
+
+class InjectedFailure(RiskflowError):
+    """Raised on purpose by `write_scores(fail_after=...)` so tests can prove a crash is harmless."""
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """What `write_scores` did: rows written and replaced, the checksum, lock attempts, timings."""
+
+    table: str
+    score_date: dt.date
+    run_id: uuid.UUID
+    partition: str
+    rows: int
+    replaced_rows: int
+    checksum: str
+    attempts: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def partition_name(table: str, score_date: dt.date) -> str:
+    """The name of a day's partition, e.g. `risk_scores_p20260630`."""
+    return f"{table}_p{score_date:%Y%m%d}"
+
+
+def _check_table(table: str) -> None:
+    if table not in SCORE_TABLES:
+        raise ConfigError(f"table must be one of {SCORE_TABLES}, got {table!r}")
+
+
+def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
+    """Validate and normalise the scores frame (types, nulls, ranges, duplicates), sorted by account."""
+    need = ("account_id", "risk_score", "risk_band", "reason_codes")
+    missing = [c for c in need if c not in scores.columns]
+    if missing:
+        raise ConfigError(f"scores: missing column(s) {missing}; need {list(need)}")
+    df = scores.select(
+        pl.col("account_id").cast(pl.Utf8),
+        pl.col("risk_score").cast(pl.Float64),
+        pl.col("risk_band").cast(pl.Utf8),
+        pl.col("reason_codes").cast(pl.List(pl.Utf8)),
+    )
+    nulls = df.null_count().row(0)
+    for column, count in zip(need, nulls, strict=True):
+        if count:
+            row = int(df.with_row_index().filter(pl.col(column).is_null())["index"][0])
+            raise ConfigError(f"scores: column {column!r} has {count} null(s), first at row {row}")
+    if df["reason_codes"].explode().null_count() > df["reason_codes"].list.len().eq(0).sum():
+        raise ConfigError("scores: column 'reason_codes' contains a null code")
+    score = pl.col("risk_score")
+    bad = df.with_row_index().filter(~score.is_between(0.0, 1.0) | score.is_nan())
+    if bad.height:
+        raise ConfigError(f"scores: risk_score must be in [0, 1]; row {bad['index'][0]} "
+                          f"(account {bad['account_id'][0]!r}) has {bad['risk_score'][0]}")
+    df = df.sort("account_id")
+    repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
+    if repeated.height:
+        raise ConfigError(f"scores: account_id {repeated['account_id'][0]!r} appears more than once")
+    return df
+
+
+def _hash_strings(digest: hashlib._Hash, values: pa.Array) -> None:
+    """Feed a string array's lengths and bytes (not its memory layout) into `digest`."""
+    values = values.cast(pa.large_binary())
+    offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values) + 1]
+    digest.update(np.diff(offsets).astype("<i8").tobytes())
+    digest.update(memoryview(values.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+
+
+def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
+    """sha256 over a day's rows (account, score bits, band, model version, reasons), in account order.
+
+    `scored_at` and `run_id` are left out, so a rerun over unchanged inputs has the same checksum.
+    """
+    df = rows.select("account_id", "risk_score", "risk_band", "model_version", "reason_codes")
+    df = df.sort("account_id", "model_version")
+    digest = hashlib.sha256(f"riskflow-scores-v1|{score_date.isoformat()}|{df.height}|".encode())
+    table = df.to_arrow()
+    for name in ("account_id", "risk_band", "model_version"):
+        _hash_strings(digest, table.column(name).combine_chunks())
+    digest.update(df["risk_score"].to_numpy().astype("<f8").tobytes())
+    reasons = table.column("reason_codes").combine_chunks().cast(pa.large_list(pa.large_binary()))
+    digest.update(pc.list_value_length(reasons).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
+    _hash_strings(digest, reasons.flatten())
+    return digest.hexdigest()
+
+
+def _encode_block(df: pl.DataFrame, score_date: dt.date, model_version: str,
+                  scored_at: dt.datetime, run_id: uuid.UUID) -> pa.Buffer:
+    n = df.height
+    table = df.to_arrow()
+    return pgcopy.encode_rows([
+        pgcopy.constant_field(pgcopy.date_value(score_date), n),
+        pgcopy.text_field(table.column("account_id").combine_chunks()),
+        pgcopy.float8_field(df["risk_score"].to_numpy()),
+        pgcopy.text_field(table.column("risk_band").combine_chunks()),
+        pgcopy.constant_field(pgcopy.text_value(model_version), n),
+        pgcopy.text_array_field(table.column("reason_codes").combine_chunks()),
+        pgcopy.constant_field(pgcopy.timestamptz_value(scored_at), n),
+        pgcopy.constant_field(pgcopy.uuid_value(run_id), n),
+    ])
+
+
+def _partitions(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid"
+        " JOIN pg_class p ON p.oid = i.inhparent"
+        " JOIN pg_namespace n ON n.oid = p.relnamespace"
+        " WHERE n.nspname = %s AND p.relname = %s ORDER BY c.relname",
+        (schema, table),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _parent_indexes(conn: psycopg.Connection, schema: str, table: str) -> list[tuple[bool, list[str]]]:
+    """(is_primary, columns) of the parent's plain ascending btree indexes, to pre-build on staging."""
+    rows = conn.execute(
+        "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.ord)"
+        " FROM pg_index i"
+        " JOIN pg_class p ON p.oid = i.indrelid"
+        " JOIN pg_namespace n ON n.oid = p.relnamespace"
+        " JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = ic.relam"
+        " CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)"
+        " JOIN pg_attribute a ON a.attrelid = p.oid AND a.attnum = k.attnum"
+        " WHERE n.nspname = %s AND p.relname = %s AND i.indexprs IS NULL AND i.indpred IS NULL"
+        "   AND am.amname = 'btree' AND (i.indisprimary OR NOT i.indisunique)"
+        "   AND 0 = ALL (i.indoption::int2[])"
+        " GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid",
+        (schema, table),
+    ).fetchall()
+    return [(bool(r[0]), list(r[1])) for r in rows]
+
+
+def _with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], *, what: str,
+                     lock_timeout_ms: int, attempts: int = LOCK_ATTEMPTS) -> tuple[T, int]:
+    """Run `work` in one transaction with a bounded lock wait; retry on lock timeouts with backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_timeout_ms}ms",))
+                return work(), attempt
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            wait = min(0.1 * 2 ** (attempt - 1), 2.0)
+            log.warning("%s: lock wait over %d ms (attempt %d/%d: %s); retrying in %.1fs", what,
+                        lock_timeout_ms, attempt, attempts, str(exc).strip().splitlines()[0], wait)
+            if attempt < attempts:
+                time.sleep(wait)
+    raise DatabaseError(f"{what}: other sessions held conflicting locks through {attempts} attempts "
+                        f"of lock_timeout_ms={lock_timeout_ms}; nothing was changed, retry later")
+
+
+def _record_start(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, flow: str,
+                  score_date: dt.date, watermark: dt.datetime | None, model_version: str,
+                  model_sha256: str, table: str) -> None:
+    conn.execute(
+        sql.SQL(
+            "INSERT INTO {} (run_id, flow, score_date, status, watermark, model_version, model_sha256,"
+            " details) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s::jsonb)"
+            " ON CONFLICT (run_id) DO UPDATE SET status = 'running', flow = EXCLUDED.flow,"
+            " score_date = EXCLUDED.score_date, watermark = EXCLUDED.watermark,"
+            " model_version = EXCLUDED.model_version, model_sha256 = EXCLUDED.model_sha256,"
+            " finished_at = NULL, details = {}.details || EXCLUDED.details"
+        ).format(sql.Identifier(schema, "pipeline_runs"), sql.Identifier("pipeline_runs")),
+        (run_id, flow, score_date, watermark, model_version, model_sha256,
+         json.dumps({"table": table})),
+    )
+    conn.commit()
+
+
+def _record_failure(settings: Settings, run_id: uuid.UUID, error: BaseException) -> None:
+    try:
+        with connect(settings) as conn:
+            conn.execute(
+                sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(),"
+                        " details = details || %s::jsonb WHERE run_id = %s").format(
+                    sql.Identifier(settings.db_schema, "pipeline_runs")),
+                (json.dumps({"error": f"{type(error).__name__}: {error}"[:500]}), run_id),
+            )
+    except (psycopg.Error, RiskflowError) as exc:
+        log.warning("could not mark run %s failed: %s", run_id, exc)
+
+
+def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFrame,
+                 model_version: str, model_sha256: str, run_id: uuid.UUID,
+                 watermark: dt.datetime | None, table: ScoreTable = "risk_scores",
+                 flow: str = "nightly_scoring",
+                 fail_after: Literal["staging", "swap"] | None = None,
+                 lock_attempts: int = LOCK_ATTEMPTS) -> WriteReport:
+    """Replace the scores of `score_date` in `table` atomically and record the run in pipeline_runs.
+
+    For `risk_scores_shadow` only the rows of `model_version` are replaced (other challengers'
+    rows for the date are kept); give shadow writes their own `run_id`. Replaced `risk_scores`
+    rows go to `risk_scores_audit`. `fail_after` injects a failure (tests only).
+    """
+    _check_table(table)
+    if not model_version:
+        raise ConfigError("model_version must be a non-empty string")
+    t0 = time.perf_counter()
+    df = prepare_scores(scores)
+    checksum = scores_checksum(score_date, df.with_columns(pl.lit(model_version).alias("model_version")))
+    schema = settings.db_schema
+    part = partition_name(table, score_date)
+    stage = f"{part}_stage"
+    seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
+    with connect(settings) as conn, advisory_lock(conn, f"score:{table}:{score_date.isoformat()}"):
+        _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
+                      model_sha256, table)
+        try:
+            t1 = time.perf_counter()
+            _build_stage(conn, settings, df, table=table, stage=stage, score_date=score_date,
+                         model_version=model_version, run_id=run_id)
+            seconds["stage"] = time.perf_counter() - t1
+            if fail_after == "staging":
+                raise InjectedFailure(f"injected failure after staging {stage}")
+            t2 = time.perf_counter()
+            replaced, attempts = _with_lock_retry(
+                conn,
+                lambda: _swap(conn, schema, table=table, part=part, stage=stage,
+                              score_date=score_date, model_version=model_version, run_id=run_id,
+                              rows=df.height, checksum=checksum, fail=fail_after == "swap"),
+                what=f"swap {schema}.{part}", lock_timeout_ms=settings.lock_timeout_ms,
+                attempts=lock_attempts,
+            )
+            seconds["swap"] = time.perf_counter() - t2
+        except BaseException as exc:
+            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.rollback()
+            _drop_quietly(conn, schema, stage)
+            _record_failure(settings, run_id, exc)
+            raise
+    seconds["total"] = time.perf_counter() - t0
+    log.info("wrote %d scores to %s.%s (replaced %d) in %.2fs", df.height, schema, part, replaced,
+             seconds["total"])
+    return WriteReport(table, score_date, run_id, part, df.height, replaced, checksum, attempts,
+                       seconds)
+
+
+def _drop_quietly(conn: psycopg.Connection, schema: str, stage: str) -> None:
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, stage)))
+    except psycopg.Error as exc:
+        log.warning("could not drop staging table %s.%s: %s", schema, stage, exc)
+
+
+def _build_stage(conn: psycopg.Connection, settings: Settings, df: pl.DataFrame, *, table: str,
+                 stage: str, score_date: dt.date, model_version: str, run_id: uuid.UUID) -> None:
+    """Create, fill and index the staging table (committed; nobody reads it yet)."""
+    schema = settings.db_schema
+    stage_id = sql.Identifier(schema, stage)
+    next_day = score_date + dt.timedelta(days=1)
+    with conn.transaction():
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage_id))
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+                     .format(stage_id, sql.Identifier(schema, table)))
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (score_date >= {} AND score_date < {})")
+                     .format(stage_id, sql.Identifier(f"{stage}_bound"), sql.Literal(score_date),
+                             sql.Literal(next_day)))
+        scored_at = dt.datetime.now(dt.UTC)
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            stage_id, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+        with conn.cursor() as cur, cur.copy(copy_sql) as copy:
+            copy.write(pgcopy.HEADER)
+            for start in range(0, df.height, BLOCK_ROWS):
+                block = _encode_block(df.slice(start, BLOCK_ROWS), score_date, model_version,
+                                      scored_at, run_id)
+                copy.write(memoryview(block))
+            copy.write(pgcopy.TRAILER)
+        for primary, columns in _parent_indexes(conn, schema, table):
+            cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+            if primary:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(stage_id, cols))
+            else:
+                conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage_id, cols))
+
+
+def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage: str,
+          score_date: dt.date, model_version: str, run_id: uuid.UUID, rows: int, checksum: str,
+          fail: bool) -> int:
+    """The one short transaction: audit, keep other versions (shadow), detach+drop old, attach new."""
+    parent = sql.Identifier(schema, table)
+    old = sql.Identifier(schema, part)
+    stage_id = sql.Identifier(schema, stage)
+    exists = part in _partitions(conn, schema, table)
+    replaced = 0
+    kept = 0
+    if exists:
+        cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        scope = sql.SQL("model_version = %s") if table == "risk_scores_shadow" else sql.SQL("true")
+        scope_args: tuple[object, ...] = (model_version,) if table == "risk_scores_shadow" else ()
+        if table == "risk_scores":
+            replaced = conn.execute(
+                sql.SQL("INSERT INTO {} ({}, replaced_by_run) SELECT {}, %s FROM {}").format(
+                    sql.Identifier(schema, "risk_scores_audit"), cols, cols, old),
+                (run_id,),
+            ).rowcount
+        else:
+            replaced = conn.execute(
+                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(old, scope), scope_args
+            ).fetchone()[0]
+            kept = conn.execute(
+                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT ({})").format(
+                    stage_id, cols, cols, old, scope), scope_args,
+            ).rowcount
+        conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
+        conn.execute(sql.SQL("DROP TABLE {}").format(old))
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+        parent, stage_id, sql.Literal(score_date), sql.Literal(score_date + dt.timedelta(days=1))))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(stage_id, sql.Identifier(part)))
+    if fail:
+        raise InjectedFailure(f"injected failure during the swap of {schema}.{part}")
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = 'succeeded', finished_at = now(), row_count = %s,"
+                " checksum = %s, details = details || %s::jsonb WHERE run_id = %s").format(
+            sql.Identifier(schema, "pipeline_runs")),
+        (rows, checksum, json.dumps({"table": table, "replaced_rows": replaced, "kept_rows": kept}),
+         run_id),
+    )
+    return replaced
+
+
+def scores_for_date(settings: Settings, score_date: dt.date,
+                    table: ScoreTable = "risk_scores") -> pl.DataFrame:
+    """Every stored score of `score_date` in `table`, ordered by account (and model version)."""
+    _check_table(table)
+    select = [sql.SQL("{}::text").format(sql.Identifier(c)) if c == "run_id" else sql.Identifier(c)
+              for c in COLUMNS]
+    query = sql.SQL("SELECT {} FROM {} WHERE score_date = %s ORDER BY account_id, model_version").format(
+        sql.SQL(", ").join(select), sql.Identifier(settings.db_schema, table))
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(query, (score_date,))
+        rows = cur.fetchall()
+    schema = {"score_date": pl.Date, "account_id": pl.Utf8, "risk_score": pl.Float64,
+              "risk_band": pl.Utf8, "model_version": pl.Utf8, "reason_codes": pl.List(pl.Utf8),
+              "scored_at": pl.Datetime("us", "UTC"), "run_id": pl.Utf8}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def stored_checksum(settings: Settings, score_date: dt.date, table: ScoreTable = "risk_scores") -> str:
+    """The checksum of what is stored for `score_date` now (equals the writing run's checksum)."""
+    return scores_checksum(score_date, scores_for_date(settings, score_date, table))
+
+
+def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: int) -> list[str]:
+    """Drop daily score partitions (both tables) whose date is older than `today - retention_days`."""
+    if retention_days < 1:
+        raise ConfigError(f"retention_days must be >= 1, got {retention_days}")
+    cutoff = today - dt.timedelta(days=retention_days)
+    dropped: list[str] = []
+    with connect(settings) as conn:
+        for table in SCORE_TABLES:
+            for name in _partitions(conn, settings.db_schema, table):
+                day = _partition_day(table, name)
+                if day is None or day >= cutoff:
+                    continue
+
+                def drop(name: str = name, table: str = table) -> None:
+                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                        sql.Identifier(settings.db_schema, table),
+                        sql.Identifier(settings.db_schema, name)))
+                    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(settings.db_schema, name)))
+
+                _with_lock_retry(conn, drop, what=f"drop {settings.db_schema}.{name}",
+                                 lock_timeout_ms=settings.lock_timeout_ms)
+                dropped.append(name)
+    log.info("retention: dropped %d partition(s) older than %s", len(dropped), cutoff)
+    return dropped
+
+
+def _partition_day(table: str, name: str) -> dt.date | None:
+    prefix = f"{table}_p"
+    suffix = name[len(prefix):]
+    if not name.startswith(prefix) or len(suffix) != 8 or not suffix.isdigit():
+        return None
+    try:
+        return dt.datetime.strptime(suffix, "%Y%m%d").date()
+    except ValueError:
+        return None

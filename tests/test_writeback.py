@@ -1,0 +1,214 @@
+"""Write-back: atomic day replacement, audit, crash safety, cross-process exclusion, readers, retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pytest
+from psycopg import sql
+from writeback_helpers import score_frame
+
+from riskmodel.db import connect
+from riskmodel.errors import ConfigError, DatabaseError
+from riskmodel.settings import Settings
+from riskmodel.writeback import (
+    InjectedFailure,
+    drop_expired_partitions,
+    scores_for_date,
+    stored_checksum,
+    write_scores,
+)
+
+DAY = dt.date(2026, 6, 30)
+CONTENT = ["account_id", "risk_score", "risk_band", "model_version", "reason_codes"]
+
+
+def _write(settings: Settings, frame: pl.DataFrame, *, day: dt.date = DAY, version: str = "v1",
+           run_id: uuid.UUID | None = None, **kw: object):
+    return write_scores(settings, score_date=day, scores=frame, model_version=version,
+                        model_sha256="f" * 64, run_id=run_id or uuid.uuid4(),
+                        watermark=dt.datetime(2026, 7, 1, 2, 0, tzinfo=dt.UTC), **kw)
+
+
+def _runs(settings: Settings) -> list[tuple]:
+    with connect(settings) as conn:
+        return conn.execute(
+            sql.SQL("SELECT run_id, status, row_count, checksum, model_sha256, watermark, started_at,"
+                    " finished_at FROM {} ORDER BY started_at").format(
+                sql.Identifier(settings.db_schema, "pipeline_runs"))).fetchall()
+
+
+def _relnames(settings: Settings) -> set[str]:
+    with connect(settings) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s", (settings.db_schema,)).fetchall()}
+
+
+def test_rerun_gives_identical_rows_and_audits_the_replaced(initialised: Settings) -> None:
+    frame = score_frame(500, seed=1)
+    first = _write(initialised, frame)
+    stored = scores_for_date(initialised, DAY)
+    assert stored.height == 500 and stored["account_id"].n_unique() == 500
+    expected = frame.sort("account_id").with_columns(pl.lit("v1").alias("model_version"))
+    assert stored.select(CONTENT).equals(expected.select(CONTENT))
+    second = _write(initialised, frame)
+    again = scores_for_date(initialised, DAY)
+    assert again.select(CONTENT).equals(stored.select(CONTENT))
+    assert set(again["run_id"]) == {str(second.run_id)}
+    assert first.checksum == second.checksum == stored_checksum(initialised, DAY)
+    assert (first.replaced_rows, second.replaced_rows) == (0, 500)
+    with connect(initialised) as conn:
+        audit = conn.execute("SELECT run_id, replaced_by_run, count(*) FROM riskflow.risk_scores_audit"
+                             " GROUP BY 1, 2").fetchall()
+        owner = conn.execute("SELECT relowner::regrole::text FROM pg_class WHERE relname = %s",
+                             ("risk_scores_p20260630",)).fetchone()[0]
+    assert audit == [(first.run_id, second.run_id, 500)]
+    assert owner == initialised.writer_role
+    runs = _runs(initialised)
+    assert [(r[0], r[1], r[2], r[3]) for r in runs] == [
+        (first.run_id, "succeeded", 500, first.checksum), (second.run_id, "succeeded", 500, first.checksum)]
+    assert runs[0][4] == "f" * 64 and runs[0][5] == dt.datetime(2026, 7, 1, 2, 0, tzinfo=dt.UTC)
+    changed = _write(initialised, frame.with_columns(pl.col("risk_score") * 0.5))
+    assert changed.checksum != first.checksum
+
+
+@pytest.mark.parametrize("stage", ["staging", "swap"])
+def test_injected_failure_keeps_previous_scores(initialised: Settings, stage: str) -> None:
+    good = _write(initialised, score_frame(300, seed=2))
+    before = scores_for_date(initialised, DAY)
+    failing = uuid.uuid4()
+    with pytest.raises(InjectedFailure):
+        _write(initialised, score_frame(400, seed=3), version="v2", run_id=failing, fail_after=stage)
+    after = scores_for_date(initialised, DAY)
+    assert after.equals(before)
+    assert stored_checksum(initialised, DAY) == good.checksum
+    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+    statuses = {r[0]: r[1] for r in _runs(initialised)}
+    assert statuses == {good.run_id: "succeeded", failing: "failed"}
+    with connect(initialised) as conn:
+        assert conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit").fetchone()[0] == 0
+
+
+def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> None:
+    frame = score_frame(10, seed=4)
+    with pytest.raises(ConfigError, match="appears more than once"):
+        _write(initialised, pl.concat([frame, frame.head(1)]))
+    with pytest.raises(ConfigError, match=r"risk_score must be in \[0, 1\]; row 3"):
+        bad = pl.when(pl.int_range(pl.len()) == 3).then(1.5).otherwise(pl.col("risk_score"))
+        _write(initialised, frame.with_columns(bad.alias("risk_score")))
+    with pytest.raises(ConfigError, match="missing column"):
+        _write(initialised, frame.drop("risk_band"))
+    assert scores_for_date(initialised, DAY).height == 0
+
+
+def test_same_date_from_two_processes_never_interleaves(initialised: Settings, tmp_path: Path) -> None:
+    url = initialised.database_url.get_secret_value()
+    helper = Path(__file__).with_name("writeback_helpers.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    procs = [subprocess.Popen([sys.executable, str(helper), url, str(tmp_path / "h"), DAY.isoformat(),
+                               str(seed)], env=env, stderr=subprocess.PIPE) for seed in (5, 6)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    stored = scores_for_date(initialised, DAY)
+    assert stored.height == 2000 and stored["account_id"].n_unique() == 2000
+    assert stored["model_version"].n_unique() == 1 and stored["run_id"].n_unique() == 1
+    runs = _runs(initialised)
+    assert [r[1] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0][7] <= runs[1][6], "the two runs' write windows overlapped"
+    assert stored["run_id"][0] == str(runs[1][0])
+    with connect(initialised) as conn:
+        audit = conn.execute("SELECT count(*), min(replaced_by_run::text) FROM riskflow.risk_scores_audit"
+                             ).fetchone()
+    assert audit == (2000, str(runs[1][0]))
+
+
+def _hold_reader(settings: Settings, seconds: float, seen: list[int], errors: list[BaseException],
+                 started: threading.Event) -> None:
+    try:
+        with connect(settings) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            seen.append(conn.execute("SELECT count(*) FROM riskflow.risk_scores WHERE score_date = %s",
+                                     (DAY,)).fetchone()[0])
+            started.set()
+            time.sleep(seconds)
+            seen.append(conn.execute("SELECT count(*) FROM riskflow.risk_scores WHERE score_date = %s",
+                                     (DAY,)).fetchone()[0])
+            conn.commit()
+    except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+        errors.append(exc)
+        started.set()
+
+
+def test_long_reader_is_not_broken_and_writer_waits_within_bounds(initialised: Settings) -> None:
+    _write(initialised, score_frame(200, seed=7))
+    fast = initialised.model_copy(update={"lock_timeout_ms": 150})
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    started = threading.Event()
+    reader = threading.Thread(target=_hold_reader, args=(initialised, 1.5, seen, errors, started))
+    reader.start()
+    started.wait(10)
+    t0 = time.monotonic()
+    report = _write(fast, score_frame(300, seed=8), version="v2")
+    waited = time.monotonic() - t0
+    reader.join(10)
+    assert not errors, errors
+    assert seen == [200, 200]
+    assert report.attempts > 1 and 0.5 < waited < 8
+    assert scores_for_date(initialised, DAY).height == 300
+
+
+def test_writer_gives_up_cleanly_when_readers_hold_on(initialised: Settings) -> None:
+    good = _write(initialised, score_frame(200, seed=9))
+    fast = initialised.model_copy(update={"lock_timeout_ms": 100})
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    started = threading.Event()
+    reader = threading.Thread(target=_hold_reader, args=(initialised, 2.5, seen, errors, started))
+    reader.start()
+    started.wait(10)
+    t0 = time.monotonic()
+    with pytest.raises(DatabaseError, match="lock_timeout_ms=100"):
+        _write(fast, score_frame(300, seed=10), version="v2", lock_attempts=3)
+    assert time.monotonic() - t0 < 2.0
+    with connect(initialised) as conn:
+        t1 = time.monotonic()
+        assert conn.execute("SELECT count(*) FROM riskflow.risk_scores").fetchone()[0] == 200
+        assert time.monotonic() - t1 < 1.0, "a new reader queued behind the writer"
+    reader.join(10)
+    assert not errors and seen == [200, 200]
+    assert stored_checksum(initialised, DAY) == good.checksum
+
+
+def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
+    for offset in (10, 8, 7, 0):
+        _write(initialised, score_frame(20, seed=offset), day=DAY - dt.timedelta(days=offset))
+    _write(initialised, score_frame(20, seed=11), day=DAY - dt.timedelta(days=9), table="risk_scores_shadow")
+    dropped = drop_expired_partitions(initialised, DAY, retention_days=7)
+    assert sorted(dropped) == ["risk_scores_p20260620", "risk_scores_p20260622",
+                               "risk_scores_shadow_p20260621"]
+    with connect(initialised) as conn:
+        dates = [r[0] for r in conn.execute(
+            "SELECT DISTINCT score_date FROM riskflow.risk_scores ORDER BY 1").fetchall()]
+    assert dates == [DAY - dt.timedelta(days=7), DAY]
+    assert drop_expired_partitions(initialised, DAY, retention_days=7) == []
+
+
+def test_shadow_rewrite_keeps_other_challengers(initialised: Settings) -> None:
+    _write(initialised, score_frame(50, seed=12), version="c1", table="risk_scores_shadow")
+    _write(initialised, score_frame(60, seed=13), version="c2", table="risk_scores_shadow")
+    report = _write(initialised, score_frame(70, seed=14), version="c1", table="risk_scores_shadow")
+    shadow = scores_for_date(initialised, DAY, table="risk_scores_shadow")
+    counts = dict(shadow.group_by("model_version").len().iter_rows())
+    assert counts == {"c1": 70, "c2": 60} and report.replaced_rows == 50
+    assert scores_for_date(initialised, DAY).height == 0
