@@ -1,0 +1,141 @@
+"""Ranking and calibration metrics in plain NumPy, with paired bootstrap confidence intervals.
+
+The six headline metrics (`METRIC_KEYS`) are what every model comparison reports: ROC-AUC,
+average precision, Kolmogorov-Smirnov, recall at 1% false-positive rate, precision in the
+top 1% of scores, and the Brier score (on calibrated probabilities). Ties in scores are
+handled as one threshold, so results do not depend on row order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+METRIC_KEYS = ("roc_auc", "average_precision", "ks", "recall_at_1pct_fpr",
+               "precision_at_top_1pct", "brier")
+
+
+def _curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative true and false positives at each distinct threshold (descending), and sorted labels."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return tp, fp, y
+
+
+def point_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """The six headline metrics for 0/1 `labels` and `scores` (probabilities for a meaningful Brier)."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = y.sum()
+    n_neg = y.size - n_pos
+    out = {k: math.nan for k in METRIC_KEYS}
+    if y.size == 0:
+        return out
+    out["brier"] = float(np.mean((s - y) ** 2))
+    k = max(1, math.ceil(0.01 * y.size))
+    out["precision_at_top_1pct"] = float(y[np.argsort(-s, kind="stable")[:k]].mean())
+    if n_pos == 0 or n_neg == 0:
+        return out
+    tp, fp, _ = _curve(y, s)
+    tpr = np.r_[0.0, tp / n_pos]
+    fpr = np.r_[0.0, fp / n_neg]
+    out["roc_auc"] = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    precision = tp / (tp + fp)
+    out["average_precision"] = float(np.sum(np.diff(tpr) * precision))
+    out["ks"] = float(np.max(np.abs(tpr - fpr)))
+    out["recall_at_1pct_fpr"] = float(tpr[fpr <= 0.01].max())
+    return out
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision (area under the step precision-recall curve); 0 when there is no positive."""
+    value = point_metrics(labels, scores)["average_precision"]
+    return 0.0 if math.isnan(value) else value
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half); NaN unless both classes are present."""
+    return point_metrics(labels, scores)["roc_auc"]
+
+
+def calibration_curve(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    """Mean predicted probability and observed positive rate per quantile bin of `probs`."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    order = np.argsort(p, kind="stable")
+    chunks = [c for c in np.array_split(order, bins) if c.size]
+    return {"mean_predicted": [float(p[c].mean()) for c in chunks],
+            "observed_rate": [float(y[c].mean()) for c in chunks],
+            "count": [int(c.size) for c in chunks]}
+
+
+def _interval(values: np.ndarray, point: float, alpha: float) -> dict[str, float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return {"value": point, "lo": math.nan, "hi": math.nan}
+    lo, hi = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
+    return {"value": point, "lo": float(lo), "hi": float(hi)}
+
+
+def bootstrap_metrics(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n_boot: int = 200,
+                      seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, dict[str, float]]]:
+    """Each model's metrics with a (1 - alpha) bootstrap interval; models share the resamples (paired).
+
+    Returns {model: {metric: {"value", "lo", "hi"}}}.
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    rng = np.random.default_rng(seed)
+    draws = {name: {k: np.empty(n_boot) for k in METRIC_KEYS} for name in scores}
+    for b in range(n_boot):
+        idx = rng.integers(0, y.size, y.size)
+        for name, s in scores.items():
+            m = point_metrics(y[idx], np.asarray(s)[idx])
+            for k in METRIC_KEYS:
+                draws[name][k][b] = m[k]
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, s in scores.items():
+        point = point_metrics(y, s)
+        out[name] = {k: _interval(draws[name][k], point[k], alpha) for k in METRIC_KEYS}
+    return out
+
+
+def bootstrap_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *,
+                         metric: str = "average_precision", n_boot: int = 200, seed: int = 0,
+                         alpha: float = 0.05) -> dict[str, float]:
+    """metric(a) - metric(b) on the same rows, with a paired bootstrap interval (does it exclude 0?)."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    a, b = np.asarray(a), np.asarray(b)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        idx = rng.integers(0, y.size, y.size)
+        diffs[i] = point_metrics(y[idx], a[idx])[metric] - point_metrics(y[idx], b[idx])[metric]
+    point = point_metrics(y, a)[metric] - point_metrics(y, b)[metric]
+    return _interval(diffs, float(point), alpha)
+
+
+def group_metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, float]]:
+    """Per group of positives (e.g. planted pattern): count, AUC against all negatives, recall in top 1%.
+
+    `groups` names each row's group; only positive rows' groups matter.
+    """
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    g = np.asarray(groups).astype(str).ravel()
+    k = max(1, math.ceil(0.01 * y.size))
+    top = np.zeros(y.size, bool)
+    top[np.argsort(-s, kind="stable")[:k]] = True
+    negatives = y == 0
+    out: dict[str, dict[str, float]] = {}
+    for name in sorted(set(g[y > 0].tolist())):
+        members = (y > 0) & (g == name)
+        keep = members | negatives
+        out[name] = {"positives": float(members.sum()),
+                     "roc_auc": point_metrics(y[keep], s[keep])["roc_auc"],
+                     "recall_at_top_1pct": float(top[members].mean())}
+    return out

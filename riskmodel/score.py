@@ -1,0 +1,134 @@
+"""Batch inference: device choice, `torch.inference_mode`, large batches, back-off on CUDA OOM, bf16.
+
+On CUDA the forward runs under bf16 autocast with pinned, non-blocking copies; a sample is
+re-scored in fp32 and, if the two disagree by more than `bf16_tolerance` in probability, the
+whole batch is scored in fp32 instead (logged). When the GPU runs out of memory the batch
+size is halved and the same rows are retried, so the result does not depend on the batch
+size. `oom_hook(batch_size)` is called before every forward so tests can inject OOMs.
+Needs only torch and numpy: it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from riskmodel.batch import SequenceBatch
+from riskmodel.errors import ConfigError
+from riskmodel.model import RiskLSTM, batch_tensors
+
+if TYPE_CHECKING:
+    from riskmodel.registry import LoadedModel
+
+log = logging.getLogger("riskflow.score")
+
+OomHook = Callable[[int], None]
+
+
+@dataclass
+class ScoreReport:
+    """How a scoring call ran: device, precision, final batch size, OOM back-offs, bf16 check."""
+
+    device: str
+    precision: str
+    batch_size: int
+    oom_retries: int = 0
+    bf16_max_abs_diff: float | None = None
+
+
+def choose_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA if available else CPU; "cuda" without a GPU is a configuration error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device {device!r} must be 'auto', 'cpu' or 'cuda'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def set_threads(threads: int) -> None:
+    """Use `threads` CPU threads for torch (0 keeps torch's default)."""
+    if threads < 0:
+        raise ConfigError(f"torch_threads={threads} must be >= 0")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _forward_rows(net: RiskLSTM, batch: SequenceBatch, lo: int, hi: int, device: torch.device,
+                  bf16: bool) -> np.ndarray:
+    cuda = device.type == "cuda"
+    part = batch.subset(np.arange(lo, hi))
+    t = batch_tensors(part, device, pin=cuda)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+        out = net(**t)
+    return out.float().cpu().numpy()
+
+
+def _run(net: RiskLSTM, batch: SequenceBatch, device: torch.device, batch_size: int, bf16: bool,
+         oom_hook: OomHook | None, report: ScoreReport) -> np.ndarray:
+    """Logits for all rows, halving the batch size on CUDA out-of-memory and retrying the same rows."""
+    out = np.empty(len(batch), dtype=np.float32)
+    lo, size = 0, batch_size
+    while lo < len(batch):
+        hi = min(lo + size, len(batch))
+        try:
+            if oom_hook is not None:
+                oom_hook(hi - lo)
+            out[lo:hi] = _forward_rows(net, batch, lo, hi, device, bf16)
+        except torch.cuda.OutOfMemoryError:
+            if hi - lo <= 1:
+                raise
+            size = max(1, (hi - lo) // 2)
+            report.oom_retries += 1
+            log.warning("out of memory at batch size %d; retrying with %d", hi - lo, size)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        lo = hi
+    report.batch_size = size
+    return out
+
+
+def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", batch_size: int = 4096,
+                 bf16: bool = True, bf16_sample: int = 256, bf16_tolerance: float = 0.02,
+                 oom_hook: OomHook | None = None, threads: int = 0,
+                 report: ScoreReport | None = None) -> np.ndarray:
+    """Raw logits (float32) of `net` for every account in `batch`, in row order."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    set_threads(threads)
+    dev = choose_device(device)
+    use_bf16 = bf16 and dev.type == "cuda"
+    rep = report or ScoreReport(device=str(dev), precision="bf16" if use_bf16 else "fp32",
+                                batch_size=batch_size)
+    rep.device, rep.precision = str(dev), "bf16" if use_bf16 else "fp32"
+    net.eval()
+    net.to(dev)
+    with torch.inference_mode():
+        logits = _run(net, batch, dev, batch_size, use_bf16, oom_hook, rep)
+        if use_bf16 and len(batch):
+            n = min(bf16_sample, len(batch))
+            exact = _run(net, batch.subset(np.arange(n)), dev, batch_size, False, oom_hook, rep)
+            diff = float(np.max(np.abs(1 / (1 + np.exp(-exact)) - 1 / (1 + np.exp(-logits[:n])))))
+            rep.bf16_max_abs_diff = diff
+            if diff > bf16_tolerance:
+                log.warning("bf16 scores differ from fp32 by %.4f (> %.4f) on a sample; "
+                            "scoring in fp32", diff, bf16_tolerance)
+                rep.precision = "fp32"
+                logits = _run(net, batch, dev, batch_size, False, oom_hook, rep)
+    return logits
+
+
+def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto",
+                batch_size: int = 4096, oom_hook: OomHook | None = None, threads: int = 0,
+                report: ScoreReport | None = None) -> np.ndarray:
+    """Calibrated probabilities (float64) of a registered model for every account in `batch`."""
+    logits = score_logits(model.net, batch, device=device, batch_size=batch_size, oom_hook=oom_hook,
+                          threads=threads, report=report)
+    return model.calibrator.apply(logits)

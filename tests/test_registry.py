@@ -1,0 +1,153 @@
+"""Registry: artifacts with sha256, promotion rule, promote/rollback, tampering refused."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import order_batch
+
+from riskmodel.bands import BandPolicy
+from riskmodel.calibrate import Calibrator
+from riskmodel.errors import ModelIntegrityError
+from riskmodel.model import ModelConfig, RiskLSTM
+from riskmodel.registry import (
+    RegistryError,
+    champion_version,
+    latest_challenger,
+    list_models,
+    load_artifact,
+    load_champion,
+    load_version,
+    promote,
+    promotion_decision,
+    read_manifest,
+    register_model,
+    rollback,
+    save_artifact,
+)
+from riskmodel.settings import Settings
+
+METRICS = ("roc_auc", "average_precision", "ks", "recall_at_1pct_fpr", "precision_at_top_1pct", "brier")
+
+
+def _net(seed: int) -> RiskLSTM:
+    torch.manual_seed(seed)
+    net = RiskLSTM(ModelConfig.for_batch(order_batch(2, seq_len=8), [6], [4], hidden=8))
+    net.set_agg_stats(order_batch(50, seq_len=8).agg)
+    return net.eval()
+
+
+def _evaluation(ap: float, champion_ap: float | None = None) -> dict[str, dict[str, float]]:
+    def row(value: float) -> dict[str, float]:
+        return {k: value if k == "average_precision" else 0.5 for k in METRICS}
+
+    out = {"model": row(ap), "baseline": row(0.1), "shuffled_order": row(0.05)}
+    if champion_ap is not None:
+        out["champion"] = row(champion_ap)
+    return out
+
+
+def _register(settings: Settings, seed: int, ap: float, champion_ap: float | None = None,
+              champion: str | None = None, margin: float = 0.01):
+    return register_model(
+        settings, net=_net(seed), calibrator=Calibrator("temperature", {"temperature": 2.0, "bias": -1.0}),
+        bands=BandPolicy(mode="probability", high=0.5, medium=0.2), features={"vocab": {"mcc": ["x"]}},
+        spec_hash="a" * 64, train_start=date(2026, 1, 1), train_end=date(2026, 5, 31),
+        evaluation=_evaluation(ap, champion_ap), champion_version=champion, promote_margin=margin,
+        reference={"score": {"edges": [0, 1], "fractions": [1.0]}}, version=f"v{seed}")
+
+
+def test_promotion_rule_and_rollback(initialised: Settings) -> None:
+    first = _register(initialised, 1, ap=0.30)
+    assert first.status == "champion" and champion_version(initialised) == "v1"
+    weak = _register(initialised, 2, ap=0.305, champion_ap=0.30, champion="v1")
+    assert weak.status == "challenger" and "does not beat" in weak.reason
+    stale = _register(initialised, 3, ap=0.90, champion_ap=0.30, champion="v0")
+    assert stale.status == "challenger" and "same window" in stale.reason
+    assert latest_challenger(initialised) == "v3"
+    strong = _register(initialised, 4, ap=0.40, champion_ap=0.30, champion="v1")
+    assert strong.status == "champion"
+    statuses = {r["version"]: r["status"] for r in list_models(initialised)}
+    assert statuses == {"v1": "retired", "v2": "challenger", "v3": "challenger", "v4": "champion"}
+    assert rollback(initialised) == {"champion": "v1", "retired": "v4"}
+    assert load_champion(initialised).version == "v1"
+    assert {r["version"]: r["status"] for r in list_models(initialised)}["v4"] == "retired"
+    assert promote(initialised, "v2") == {"champion": "v2", "retired": "v1"}
+    with pytest.raises(RegistryError, match="already the champion"):
+        promote(initialised, "v2")
+    with pytest.raises(RegistryError, match="'v9' is not registered"):
+        load_version(initialised, "v9")
+
+
+def test_manifest_holds_evaluation_features_and_hash(initialised: Settings) -> None:
+    reg = _register(initialised, 1, ap=0.3)
+    manifest = read_manifest(initialised, "v1")
+    assert set(manifest["evaluation"]) == {"model", "baseline", "shuffled_order"}
+    assert all(set(v) == set(METRICS) for v in manifest["evaluation"].values())
+    assert manifest["features"] == {"vocab": {"mcc": ["x"]}}
+    assert manifest["training_window"]["start"] == "2026-01-01"
+    assert "torch" in manifest["libraries"]
+    row = list_models(initialised)[0]
+    assert row["sha256"] == reg.sha256 and len(reg.sha256) == 64
+    assert not list(Path(reg.path).glob("*.pkl")) and sorted(p.name for p in reg.path.iterdir()) == [
+        "manifest.json", "model.safetensors"]
+
+
+def test_tampered_artifact_is_refused_and_champion_untouched(initialised: Settings) -> None:
+    _register(initialised, 1, ap=0.3)
+    challenger = _register(initialised, 2, ap=0.2, champion_ap=0.3, champion="v1")
+    weights = challenger.path / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    with pytest.raises(ModelIntegrityError) as err:
+        promote(initialised, "v2")
+    assert "model.safetensors" in str(err.value) and "registered" in str(err.value)
+    registered = json.loads((challenger.path / "manifest.json").read_text())["version"]
+    assert registered == "v2"
+    assert champion_version(initialised) == "v1"
+    assert load_champion(initialised).version == "v1"
+    champion_manifest = Path(load_champion(initialised).path) / "manifest.json"
+    champion_manifest.write_text(champion_manifest.read_text().replace('"v1"', '"v1 "'))
+    with pytest.raises(ModelIntegrityError, match="manifest.json has sha256"):
+        load_champion(initialised)
+    assert champion_version(initialised) == "v1"
+
+
+def test_rollback_without_history_is_refused(initialised: Settings) -> None:
+    with pytest.raises(RegistryError, match="no champion"):
+        load_champion(initialised)
+    _register(initialised, 1, ap=0.3)
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(initialised)
+
+
+def test_artifact_round_trip_without_database(tmp_path: Path) -> None:
+    net = _net(5)
+    manifest = {"version": "x", "model": net.config.to_dict(),
+                "calibration": Calibrator().to_dict(),
+                "bands": BandPolicy(mode="probability", high=0.5, medium=0.1).to_dict()}
+    sha, files = save_artifact(tmp_path / "x", net, manifest)
+    loaded = load_artifact(tmp_path / "x", sha)
+    batch = order_batch(20, seq_len=8)
+    with torch.no_grad():
+        from riskmodel.model import batch_tensors
+
+        expected = net(**batch_tensors(batch)).numpy()
+    assert np.array_equal(loaded.predict_logits(batch, device="cpu"), expected)
+    with pytest.raises(ModelIntegrityError, match=f"but {'0' * 64} was registered"):
+        load_artifact(tmp_path / "x", "0" * 64)
+    with pytest.raises(RegistryError, match="immutable"):
+        save_artifact(tmp_path / "x", net, manifest)
+    assert set(files) == {"manifest.json", "model.safetensors"}
+
+
+def test_promotion_decision_is_pure() -> None:
+    assert promotion_decision(_evaluation(0.1), None, None, 0.5)[0]
+    assert promotion_decision(_evaluation(0.41, 0.30), "a", "a", 0.1)[0]
+    assert not promotion_decision(_evaluation(0.40, 0.30), "a", "a", 0.1)[0]

@@ -1,0 +1,85 @@
+"""Inference: OOM back-off gives identical scores, reloaded model equals in-memory, device checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import order_batch
+
+from riskmodel.bands import BandPolicy
+from riskmodel.calibrate import Calibrator
+from riskmodel.errors import ConfigError
+from riskmodel.model import ModelConfig, RiskLSTM
+from riskmodel.registry import LoadedModel, load_artifact, save_artifact
+from riskmodel.score import ScoreReport, choose_device, score_batch, score_logits
+
+
+def _model() -> LoadedModel:
+    torch.manual_seed(0)
+    net = RiskLSTM(ModelConfig.for_batch(order_batch(2), [6], [4], hidden=16)).eval()
+    net.set_agg_stats(order_batch(100).agg)
+    calibrator = Calibrator("temperature", {"temperature": 1.5, "bias": -2.0})
+    bands = BandPolicy(mode="capacity", high=0.05, medium=0.15)
+    manifest = {"version": "mem", "model": net.config.to_dict(), "calibration": calibrator.to_dict(),
+                "bands": bands.to_dict()}
+    return LoadedModel(version="mem", sha256="", manifest=manifest, net=net, calibrator=calibrator,
+                       bands=bands)
+
+
+def test_oom_back_off_gives_identical_scores() -> None:
+    model = _model()
+    batch = order_batch(300, seed=5)
+    reference = score_batch(model, batch, device="cpu", batch_size=512)
+    sizes: list[int] = []
+
+    def fail_above_40(size: int) -> None:
+        sizes.append(size)
+        if size > 40:
+            raise torch.cuda.OutOfMemoryError("injected")
+
+    report = ScoreReport(device="cpu", precision="fp32", batch_size=512)
+    backed_off = score_batch(model, batch, device="cpu", batch_size=512, oom_hook=fail_above_40,
+                             report=report)
+    np.testing.assert_allclose(backed_off, reference, rtol=0, atol=1e-6)
+    assert report.oom_retries == 3 and report.batch_size == 37
+    assert sizes[:5] == [300, 150, 75, 37, 37]
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        score_batch(model, batch, device="cpu", batch_size=8,
+                    oom_hook=lambda size: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")))
+
+
+def test_reloaded_model_predicts_like_the_in_memory_one(tmp_path: Path) -> None:
+    model = _model()
+    batch = order_batch(200, seed=6)
+    model.bands = model.bands.fit(model.predict_proba(batch, device="cpu"))
+    model.manifest["bands"] = model.bands.to_dict()
+    sha, _ = save_artifact(tmp_path / "m", model.net, model.manifest)
+    loaded = load_artifact(tmp_path / "m", sha)
+    probs = model.predict_proba(batch, device="cpu")
+    assert np.array_equal(loaded.predict_proba(batch, device="cpu"), probs)
+    assert np.all((probs > 0) & (probs < 1))
+    assert np.array_equal(loaded.band(probs), model.band(probs))
+    assert (loaded.band(probs) == "high").sum() == 10
+
+
+def test_batch_size_and_threads_do_not_change_scores() -> None:
+    model = _model()
+    batch = order_batch(128, seed=7)
+    a = score_logits(model.net, batch, device="cpu", batch_size=128)
+    b = score_logits(model.net, batch, device="cpu", batch_size=7, threads=1)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_device_choice() -> None:
+    assert choose_device("cpu").type == "cpu"
+    assert choose_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="'tpu'"):
+        choose_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            choose_device("cuda")
+    with pytest.raises(ConfigError, match="batch_size"):
+        score_logits(_model().net, order_batch(3), device="cpu", batch_size=0)
