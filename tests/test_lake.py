@@ -1,0 +1,163 @@
+"""The incremental extract: layout, types, idempotence, late days, crash safety, one run at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import psycopg
+import pytest
+
+from riskmodel.lake import extract, lake_dates, lake_root, partition_path, scan_transactions
+from riskmodel.settings import Settings
+from riskmodel.spec import FeatureSpec
+from tests.datapath_helpers import END, TXN_COLUMNS, insert, seed_tiny_bank
+
+
+def lake_digest(settings: Settings) -> dict[str, str]:
+    """sha256 of every file under the lake's transactions folder, hidden ones included."""
+    base = lake_root(settings) / "transactions"
+    return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def bank(initialised: Settings) -> tuple[Settings, list[tuple]]:
+    """A seeded tiny bank: 30 accounts x 40 days ending END."""
+    return initialised, seed_tiny_bank(initialised)
+
+
+def test_full_extract_layout_and_types(bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec) -> None:
+    settings, rows = bank
+    report = extract(settings, demo_spec, END)
+    assert report.rows_read == len(rows) == report.rows_written
+    assert report.read_from is None
+    days = lake_dates(settings)
+    assert days[0] == END - timedelta(days=39) and days[-1] == END and len(days) == 40
+    lake = scan_transactions(settings, days[0], END).collect()
+    assert lake.height == len(rows)
+    assert lake.schema["ts"] == pl.Datetime("us", "UTC")
+    assert lake.schema["amount"] == pl.Float64
+    assert (lake["ts"].dt.date() == lake["txn_date"]).all()
+    one = pl.read_parquet(partition_path(settings, END))
+    assert one.columns == TXN_COLUMNS
+    assert one.sort(["account_id", "ts", "txn_id"]).equals(one)
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        mark = conn.execute("SELECT watermark, last_date FROM riskflow.extract_watermarks").fetchone()
+    assert mark == (max(r[2] for r in rows), END)
+
+
+def test_local_dates_follow_the_business_time_zone(bank: tuple[Settings, list[tuple]],
+                                                   demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    tokyo = settings.model_copy(update={"timezone": "Asia/Tokyo"})
+    insert(tokyo, "transactions", TXN_COLUMNS,
+           [(900001, 1, datetime(2026, 6, 29, 20, 0, tzinfo=UTC), 10.0, "5411", "pos", "DE", "m1")])
+    extract(tokyo, demo_spec, END + timedelta(days=1))
+    lake = pl.read_parquet(partition_path(tokyo, END))
+    assert 900001 in lake["txn_id"].to_list()
+    assert lake["ts"].dtype == pl.Datetime("us", "UTC")
+
+
+def test_rerun_over_unchanged_source_gives_identical_bytes(bank: tuple[Settings, list[tuple]],
+                                                           demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    first = lake_digest(settings)
+    second_report = extract(settings, demo_spec, END)
+    assert second_report.read_from == END - timedelta(days=settings.late_days)
+    assert lake_digest(settings) == first
+    extract(settings, demo_spec, END, full=True)
+    assert lake_digest(settings) == first
+
+
+def test_late_postings_inside_the_window_are_picked_up(bank: tuple[Settings, list[tuple]],
+                                                       demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    before = lake_digest(settings)
+    late = datetime.combine(END - timedelta(days=1), datetime.min.time(), tzinfo=UTC) + timedelta(hours=9)
+    too_late = late - timedelta(days=10)
+    new_day = late + timedelta(days=2)
+    insert(settings, "transactions", TXN_COLUMNS, [
+        (800001, 3, late, 42.0, "5411", "pos", "DE", "m2"),
+        (800002, 3, too_late, 43.0, "5411", "pos", "DE", "m2"),
+        (800003, 4, new_day, 44.0, "5812", "online", "FR", "m3"),
+    ])
+    report = extract(settings, demo_spec, END + timedelta(days=1))
+    assert report.read_from == END + timedelta(days=1 - settings.late_days)
+    assert END + timedelta(days=1) in report.dates_written
+    assert 800001 in pl.read_parquet(partition_path(settings, END - timedelta(days=1)))["txn_id"].to_list()
+    assert 800003 in pl.read_parquet(partition_path(settings, END + timedelta(days=1)))["txn_id"].to_list()
+    old_day = f"txn_date={(END - timedelta(days=11)).isoformat()}/part-0.parquet"
+    assert lake_digest(settings)[old_day] == before[old_day]
+    eleven = pl.read_parquet(partition_path(settings, END - timedelta(days=11)))
+    assert 800002 not in eleven["txn_id"].to_list()
+
+
+def test_deleted_source_day_is_removed_from_the_lake(bank: tuple[Settings, list[tuple]],
+                                                     demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        conn.execute("DELETE FROM bank.transactions WHERE ts >= %s", (datetime(2026, 6, 30, tzinfo=UTC),))
+    report = extract(settings, demo_spec, END)
+    assert report.dates_removed == [END]
+    assert not partition_path(settings, END).exists()
+
+
+def test_crash_between_write_and_rename_leaves_old_partitions_whole(
+        bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    before = lake_digest(settings)
+    insert(settings, "transactions", TXN_COLUMNS,
+           [(700001, 5, datetime(2026, 6, 29, 12, tzinfo=UTC), 5.0, "5411", "pos", "DE", "m1")])
+
+    def crash(day: date, tmp: Path) -> None:
+        if day == END - timedelta(days=1):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract(settings, demo_spec, END, before_rename=crash)
+    after = lake_digest(settings)
+    visible = {k: v for k, v in after.items() if k.endswith("/part-0.parquet")}
+    assert visible == before
+    assert any(k.endswith(".tmp") for k in after)
+    lake = scan_transactions(settings, END - timedelta(days=39), END).collect()
+    assert 700001 not in lake["txn_id"].to_list()
+    extract(settings, demo_spec, END)
+    healed = lake_digest(settings)
+    assert not any(k.endswith(".tmp") for k in healed)
+    assert 700001 in pl.read_parquet(partition_path(settings, END - timedelta(days=1)))["txn_id"].to_list()
+
+
+def test_two_concurrent_extracts_do_not_interleave(bank: tuple[Settings, list[tuple]],
+                                                   demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    events: list[str] = []
+    errors: list[BaseException] = []
+
+    def slow(day: date, tmp: Path) -> None:
+        events.append(threading.current_thread().name)
+        time.sleep(0.002)
+
+    def run() -> None:
+        try:
+            extract(settings, demo_spec, END, full=True, before_rename=slow)
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, name=f"t{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(events) == 80
+    switches = sum(1 for a, b in zip(events, events[1:], strict=False) if a != b)
+    assert switches == 1
