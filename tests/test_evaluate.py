@@ -1,0 +1,77 @@
+"""Metrics against hand-computed values, bootstrap intervals, per-group results, baseline, plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from model_helpers import order_batch
+
+from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
+from riskmodel.metrics import METRIC_KEYS, average_precision, group_metrics, point_metrics, roc_auc
+
+
+def test_point_metrics_match_hand_computed_values() -> None:
+    y = np.array([1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    m = point_metrics(y, s)
+    assert m["roc_auc"] == pytest.approx(5 / 6)
+    assert m["average_precision"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert m["ks"] == pytest.approx(2 / 3)
+    assert m["recall_at_1pct_fpr"] == pytest.approx(0.5)
+    assert m["precision_at_top_1pct"] == 1.0
+    assert m["brier"] == pytest.approx(np.mean((s - y) ** 2))
+    assert roc_auc(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(0.5)
+    assert average_precision(np.zeros(3), np.ones(3)) == 0.0
+    assert math.isnan(point_metrics(np.zeros(3), np.ones(3))["roc_auc"])
+
+
+def test_ties_do_not_depend_on_row_order() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(500) < 0.2).astype(float)
+    s = rng.integers(0, 5, 500).astype(float)
+    perm = rng.permutation(500)
+    assert point_metrics(y, s) == point_metrics(y[perm], s[perm])
+
+
+def test_evaluation_report_intervals_groups_and_plots() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(3000) < 0.1).astype(float)
+    good = np.clip(0.1 + 0.5 * y + rng.normal(0, 0.15, y.size), 0, 1)
+    weak = np.clip(0.1 + 0.1 * y + rng.normal(0, 0.15, y.size), 0, 1)
+    groups = np.where(y == 1, np.where(rng.random(y.size) < 0.5, "burst", "drift"), "")
+    report = evaluate_models(y, {"model": good, "baseline": weak}, groups=groups, n_boot=50)
+    assert set(report.evaluation) == {"model", "baseline"}
+    assert set(report.evaluation["model"]) == set(METRIC_KEYS)
+    for name, metrics in report.intervals.items():
+        for key, iv in metrics.items():
+            assert iv["lo"] <= iv["value"] <= iv["hi"], (name, key)
+    diff = report.ap_difference["model_minus_baseline"]
+    assert diff["lo"] > 0
+    assert set(report.groups["model"]) == {"burst", "drift"}
+    assert report.groups["model"]["burst"]["roc_auc"] > report.groups["baseline"]["burst"]["roc_auc"]
+    assert report.table()[0]["model"] == "model"
+    for png in (roc_png(y, {"model": good}), pr_png(y, {"model": good}), calibration_png(y, {"m": good})):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_group_metrics_counts_positives_per_group() -> None:
+    y = np.array([1, 1, 1, 0, 0, 0])
+    s = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.05])
+    g = np.array(["a", "b", "a", "", "", ""])
+    out = group_metrics(y, s, g)
+    assert out["a"]["positives"] == 2 and out["a"]["roc_auc"] == 1.0
+    assert out["b"]["roc_auc"] == pytest.approx(1 / 3)
+
+
+def test_lightgbm_baseline_learns_from_aggregates_not_order() -> None:
+    train, valid = order_batch(1500, seed=21), order_batch(800, seed=22)
+    for batch in (train, valid):
+        batch.static_num[:, 0] = batch.label * 1.5 + np.random.default_rng(0).normal(0, 0.5, len(batch))
+    baseline = train_baseline([train], [valid], seed=0, rounds=60)
+    probs = baseline.predict([valid])
+    assert probs.shape == (800,)
+    assert point_metrics(valid.label, probs)["roc_auc"] > 0.9
+    assert np.array_equal(baseline.predict([valid]), train_baseline([train], [valid], seed=0,
+                                                                      rounds=60).predict([valid]))
