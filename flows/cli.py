@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "flows.commands.spec",
     "flows.commands.config",
     "flows.commands.demo",
+    "flows.commands.models",
 ]
 
 

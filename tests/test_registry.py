@@ -151,3 +151,28 @@ def test_promotion_decision_is_pure() -> None:
     assert promotion_decision(_evaluation(0.1), None, None, 0.5)[0]
     assert promotion_decision(_evaluation(0.41, 0.30), "a", "a", 0.1)[0]
     assert not promotion_decision(_evaluation(0.40, 0.30), "a", "a", 0.1)[0]
+
+
+def test_models_cli_list_show_promote_rollback(initialised: Settings, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    monkeypatch.setenv("RISKFLOW_DATABASE_URL", initialised.database_url.get_secret_value())
+    monkeypatch.setenv("RISKFLOW_HOME", str(initialised.home))
+    _register(initialised, 1, ap=0.3)
+    _register(initialised, 2, ap=0.2, champion_ap=0.3, champion="v1")
+    capsys.readouterr()
+    assert main(["models", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["status"], r["average_precision"]) for r in rows] == [
+        ("v1", "champion", 0.3), ("v2", "challenger", 0.2)]
+    assert main(["models", "show", "v2", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert set(manifest["evaluation"]) == {"model", "champion", "baseline", "shuffled_order"}
+    assert set(manifest["evaluation"]["champion"]) == set(METRICS)
+    assert main(["models", "promote", "v2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"champion": "v2", "retired": "v1"}
+    assert main(["models", "rollback"]) == 0
+    assert "v1 is champion again" in capsys.readouterr().out
+    assert main(["models", "show", "nope"]) == 2
+    assert "'nope' is not registered" in capsys.readouterr().err
