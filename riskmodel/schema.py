@@ -53,12 +53,9 @@ def owned_schema_files() -> list[Path]:
     return sorted(p for p in SQL_DIR.glob("*.sql") if p.name not in skip)
 
 
-def _grant_sources(cur: psycopg.Cursor, settings: Settings, spec: FeatureSpec,
-                   demo_source: bool) -> list[str]:
-    refs = [spec.transactions, spec.events] + ([spec.accounts] if spec.accounts else [])
+def _grant_sources(cur: psycopg.Cursor, settings: Settings, spec: FeatureSpec) -> list[str]:
+    refs = [r for r in (spec.transactions, spec.events, spec.accounts, spec.ground_truth) if r]
     tables = [(r.db_schema, r.table) for r in refs]
-    if demo_source:
-        tables.append(("bank", "ground_truth"))
     reader = sql.Identifier(settings.reader_role)
     for schema_name in sorted({s for s, _ in tables}):
         cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
@@ -80,7 +77,7 @@ def init_database(settings: Settings, spec: FeatureSpec, *, demo_source: bool = 
             if demo_source:
                 cur.execute(render(SQL_DIR / DEMO_SOURCE_FILE, settings))
                 applied.append(DEMO_SOURCE_FILE)
-            sources = _grant_sources(cur, settings, spec, demo_source)
+            sources = _grant_sources(cur, settings, spec)
             cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(settings.writer_role)))
             for path in owned_schema_files():
                 cur.execute(render(path, settings))

@@ -114,6 +114,14 @@ class EventsSpec(TableRef):
         return cols + ([self.reported_at] if self.reported_at else [])
 
 
+class GroundTruthSpec(TableRef):
+    """Optional table of planted patterns (synthetic data); read by evaluation only, never training."""
+
+    account_id: str = Field("account_id", min_length=1, max_length=63)
+    pattern: str = Field("pattern", min_length=1, max_length=63)
+    is_lookalike: str = Field("is_lookalike", min_length=1, max_length=63)
+
+
 class FeatureSpec(_Strict):
     """The whole spec: source tables and the time windows of the problem."""
 
@@ -125,6 +133,7 @@ class FeatureSpec(_Strict):
     transactions: TransactionsSpec
     accounts: AccountsSpec | None = None
     events: EventsSpec
+    ground_truth: GroundTruthSpec | None = None
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of the spec; recorded with every model."""

@@ -52,12 +52,17 @@ def _expected_columns(spec: FeatureSpec) -> list[tuple[TableRef, str, set[str], 
         want += [(a, c, NUMERIC_TYPES, "numeric") for c in a.numeric]
         want += [(a, c, CATEGORY_TYPES, "categorical (text, integer or boolean)")
                  for c in a.categorical]
+    g = spec.ground_truth
+    if g is not None:
+        want += [(g, g.account_id, ID_TYPES, "an id (integer, text or uuid)"),
+                 (g, g.pattern, CATEGORY_TYPES, "categorical (text, integer or boolean)"),
+                 (g, g.is_lookalike, {"boolean"}, "boolean")]
     return want
 
 
 def check_spec(conn: psycopg.Connection, spec: FeatureSpec) -> list[Problem]:
     """Every missing table, missing column and wrongly typed column, in spec order."""
-    refs = {r.qualified: r for r in (spec.transactions, spec.events, spec.accounts) if r}
+    refs = {r.qualified: r for r in (spec.transactions, spec.events, spec.accounts, spec.ground_truth) if r}
     rows = conn.execute(
         """SELECT table_schema, table_name, column_name, data_type
              FROM information_schema.columns

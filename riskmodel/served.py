@@ -1,0 +1,31 @@
+"""Questions about what was served: which dates a model already scored, the top accounts of a date."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from psycopg import sql
+
+from riskmodel.db import connect
+from riskmodel.settings import Settings
+
+
+def scored_dates(settings: Settings, model_version: str, start: date, end: date) -> list[date]:
+    """Dates in [start, end] whose served scores in `risk_scores` come from `model_version`."""
+    query = sql.SQL("SELECT DISTINCT score_date FROM {} WHERE score_date BETWEEN %s AND %s "
+                    "AND model_version = %s ORDER BY 1").format(
+        sql.Identifier(settings.db_schema, "risk_scores"))
+    with connect(settings) as conn:
+        return [r[0] for r in conn.execute(query, (start, end, model_version)).fetchall()]
+
+
+def top_accounts(settings: Settings, score_date: date, limit: int = 10) -> list[dict[str, Any]]:
+    """The `limit` riskiest accounts of a date with band and reasons, highest score first."""
+    query = sql.SQL("SELECT account_id, risk_score, risk_band, reason_codes, model_version FROM {} "
+                    "WHERE score_date = %s ORDER BY risk_score DESC, account_id LIMIT %s").format(
+        sql.Identifier(settings.db_schema, "risk_scores"))
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(query, (score_date, limit))
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
