@@ -1,0 +1,248 @@
+"""The sequence builder: one code path from lake rows to `SequenceBatch` shards, for scoring and training.
+
+For a cutoff date D (local, settings.tz) the builder takes events with ts < D+1 (local
+midnight), keeps accounts with an event in the last `lookback_days`, and puts each account's
+last `max_seq_len` events, oldest first, into left-aligned padded arrays. Everything is Polars
+expressions and NumPy scatter; nothing loops over accounts or rows. Events older than
+`history_days(spec)` before D+1 are not read (that bounds both sequences and aggregates).
+Output is sharded by a stable hash of the account id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import polars as pl
+
+from riskmodel import aggregates as ag
+from riskmodel.batch import TIME_FEATURES, SequenceBatch
+from riskmodel.features import PAD_ID, FeatureState, encode, normalise
+from riskmodel.quality import local_midnight
+from riskmodel.settings import Settings
+from riskmodel.spec import FeatureSpec
+
+log = logging.getLogger("riskflow.sequences")
+
+ACC = "_acc"
+SHARD = "_shard"
+HOUR, DOW = "_hour", "_dow"
+TIME_SCALE = float(np.log1p(24.0 * 366))
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def history_days(spec: FeatureSpec) -> int:
+    """Days of events before D+1 the builder reads: the lookback, and the aggregates' 180 days."""
+    return max(ag.HISTORY_DAYS, spec.lookback_days)
+
+
+def stable_hash(ids: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of account ids that is the same in every process and version (splitmix64 / FNV-1a)."""
+    with np.errstate(over="ignore"):
+        if ids.dtype.kind in "iu":
+            x = ids.astype(np.int64).view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            return x ^ (x >> np.uint64(31))
+        raw = np.char.encode(ids.astype(str), "utf-8")
+        width = max(raw.dtype.itemsize, 1)
+        mat = np.frombuffer(raw.tobytes(), np.uint8).reshape(len(raw), width) if len(raw) else \
+            np.zeros((0, width), np.uint8)
+        lengths = np.char.str_len(raw) if len(raw) else np.zeros(0, np.int64)
+        h = np.full(len(raw), 0xCBF29CE484222325, np.uint64)
+        for j in range(width):
+            mixed = (h ^ mat[:, j].astype(np.uint64)) * np.uint64(0x100000001B3)
+            h = np.where(lengths > j, mixed, h)
+        return h & _M64
+
+
+def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
+    """Shard number (int32) of each account id."""
+    return (stable_hash(ids) % np.uint64(n_shards)).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Events encoded for one FeatureState, sorted by (shard, account, time), plus static features."""
+
+    frame: pl.DataFrame
+    static: pl.DataFrame
+    n_shards: int
+    names: dict[str, list[str]]
+
+
+def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame | None) -> pl.DataFrame:
+    if accounts is None or spec.accounts is None:
+        return pl.DataFrame({ACC: []})
+    exprs = [pl.col("account_id").alias(ACC)]
+    exprs += [normalise(pl.col(c), state.static_stats[c]).alias(f"_s{i}")
+              for i, c in enumerate(state.static_num)]
+    exprs += [encode(pl.col(c), state.static_vocab[c], missing=PAD_ID).alias(f"_t{i}")
+              for i, c in enumerate(state.static_cat)]
+    if spec.accounts.home_country:
+        exprs.append(pl.col(spec.accounts.home_country).hash(7).alias("_home"))
+    return accounts.select(exprs)
+
+
+def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: FeatureState, tz: ZoneInfo,
+            n_shards: int, accounts: pl.DataFrame | None = None) -> Prepared:
+    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags) and sort them."""
+    state.check_spec(spec)
+    tx = spec.transactions
+    lazy = events.lazy()
+    local = pl.col(tx.timestamp).dt.convert_time_zone(tz.key)
+    amount = pl.col(tx.amount).cast(pl.Float64)
+    exprs: list[pl.Expr] = [
+        pl.col(tx.account_id).alias(ACC),
+        pl.col(tx.timestamp).dt.convert_time_zone("UTC").dt.epoch("us").alias(ag.TS),
+        pl.col(tx.id).alias("_id"),
+        (local.dt.hour().cast(pl.Float32) / 23.0).alias(HOUR),
+        ((local.dt.weekday().cast(pl.Float32) - 1.0) / 6.0).alias(DOW),
+        amount.alias(ag.AMOUNT),
+        (amount <= tx.tiny_amount).alias(ag.TINY),
+    ]
+    exprs += [normalise(pl.col(c), state.stats[c]).alias(f"_n{i}") for i, c in enumerate(state.event_num)]
+    exprs += [encode(pl.col(c), state.vocab[c], missing=1).alias(f"_c{i}")
+              for i, c in enumerate(state.event_cat)]
+    if tx.channel:
+        exprs += [pl.col(tx.channel).is_in(tx.online_values).fill_null(False).alias(ag.ONLINE),
+                  pl.col(tx.channel).is_in(tx.atm_values).fill_null(False).alias(ag.ATM)]
+    for role, name in ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)):
+        if role:
+            exprs.append(pl.when(pl.col(role).is_null()).then(None).otherwise(pl.col(role).hash(7)).alias(name))
+    static = _static_table(spec, state, accounts)
+    frame = lazy.select(exprs).collect()
+    ids = frame[ACC].to_numpy()
+    frame = frame.with_columns(pl.Series(SHARD, shard_of(ids, n_shards)))
+    if tx.country and "_home" in static.columns:
+        home = static.select(ACC, "_home")
+        frame = frame.join(home, on=ACC, how="left", maintain_order="left").with_columns(
+            (pl.col("_home").is_not_null() & (pl.col(ag.COUNTRY) != pl.col("_home")))
+            .fill_null(False).alias(ag.FOREIGN)).drop("_home")
+    frame = frame.sort([SHARD, ACC, ag.TS, "_id"])
+    names = {"num": list(state.event_num), "cat": list(state.event_cat), "time": list(TIME_FEATURES),
+             "static_num": list(state.static_num), "static_cat": list(state.static_cat)}
+    return Prepared(frame, static, n_shards, names)
+
+
+def cutoff_bounds(spec: FeatureSpec, cutoff: date, tz: ZoneInfo) -> tuple[int, int, int]:
+    """(history start, activity start, end) of cutoff D in UTC microseconds; end is local midnight D+1."""
+    end = local_midnight(cutoff + timedelta(days=1), tz)
+    to_us = 1_000_000
+    start = local_midnight(cutoff + timedelta(days=1 - history_days(spec)), tz)
+    active = local_midnight(cutoff + timedelta(days=1 - spec.lookback_days), tz)
+    return (int(start.timestamp()) * to_us, int(active.timestamp()) * to_us, int(end.timestamp()) * to_us)
+
+
+def _static_arrays(prep: Prepared, account_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    n_num, n_cat = len(prep.names["static_num"]), len(prep.names["static_cat"])
+    if n_num + n_cat == 0 or prep.static.is_empty():
+        return np.zeros((len(account_ids), n_num), np.float32), np.zeros((len(account_ids), n_cat), np.int32)
+    joined = pl.DataFrame({ACC: account_ids}).join(prep.static, on=ACC, how="left", maintain_order="left")
+    nums = joined.select([pl.col(f"_s{i}").fill_null(0.0) for i in range(n_num)]).to_numpy()
+    cats = joined.select([pl.col(f"_t{i}").fill_null(PAD_ID) for i in range(n_cat)]).to_numpy()
+    return nums.astype(np.float32).reshape(-1, n_num), cats.astype(np.int32).reshape(-1, n_cat)
+
+
+def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: date, active_us: int,
+                end_us: int) -> SequenceBatch:
+    """Padded arrays for one shard's rows of one cutoff window (rows sorted by account, time)."""
+    rows = rows.with_columns(pl.col(ACC).rle_id().cast(pl.Int64).alias(ag.ACC))
+    idx = rows[ag.ACC].to_numpy()
+    ts = rows[ag.TS].to_numpy()
+    n_all = int(idx[-1]) + 1 if idx.size else 0
+    last = np.zeros(n_all, np.int64)
+    if idx.size:
+        ends = np.flatnonzero(np.r_[idx[1:] != idx[:-1], True])
+        last[idx[ends]] = ts[ends]
+    active = last >= active_us
+    if not active.all():
+        rows = rows.filter(pl.Series(active[idx]))
+        rows = rows.with_columns(pl.col(ACC).rle_id().cast(pl.Int64).alias(ag.ACC))
+        idx = rows[ag.ACC].to_numpy()
+        ts = rows[ag.TS].to_numpy()
+    n = int(idx[-1]) + 1 if idx.size else 0
+    seq_len = spec.max_seq_len
+    counts = np.bincount(idx, minlength=n)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rank = np.arange(idx.size) - starts[idx]
+    drop = np.maximum(counts - seq_len, 0)
+    keep = rank >= drop[idx]
+    pos = (rank - drop[idx])[keep]
+    a = idx[keep]
+    first = rank == 0
+    gap_h = np.where(first, 0, ts - np.r_[ts[:1], ts[:-1]]) / 3.6e9
+    age_h = (end_us - ts) / 3.6e9
+    names = prep.names
+    batch = SequenceBatch.empty(n, seq_len, len(names["num"]), len(names["cat"]), len(TIME_FEATURES),
+                                len(names["static_num"]), len(names["static_cat"]), 0)
+    for j in range(len(prep.names["num"])):
+        batch.num[a, pos, j] = rows[f"_n{j}"].to_numpy()[keep]
+    for j in range(len(prep.names["cat"])):
+        batch.cat[a, pos, j] = rows[f"_c{j}"].to_numpy()[keep]
+    time_cols = (np.log1p(np.maximum(gap_h, 0.0)) / TIME_SCALE, np.log1p(np.maximum(age_h, 0.0)) / TIME_SCALE,
+                 rows[HOUR].to_numpy(), rows[DOW].to_numpy())
+    for j, values in enumerate(time_cols):
+        batch.time[a, pos, j] = values[keep]
+    batch.lengths[:] = np.minimum(counts, seq_len)
+    account_ids = rows[ACC].gather(starts) if n else rows[ACC].head(0)
+    batch.account_id = account_ids.to_numpy()
+    batch.static_num, batch.static_cat = _static_arrays(prep, account_ids)
+    batch.agg, agg_names = ag.compute_aggregates(rows, n, end_us)
+    batch.cutoff = np.full(n, np.datetime64(cutoff, "D"))
+    batch.names = {**prep.names, "agg": agg_names}
+    return batch
+
+
+def build_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
+                 exclude: pl.Series | None = None) -> list[SequenceBatch]:
+    """One SequenceBatch per shard (index = shard number) for cutoff D, leaving out `exclude` accounts."""
+    start_us, active_us, end_us = cutoff_bounds(spec, cutoff, tz)
+    window = prep.frame.filter((pl.col(ag.TS) >= start_us) & (pl.col(ag.TS) < end_us))
+    if exclude is not None and len(exclude):
+        window = window.filter(~pl.col(ACC).is_in(exclude.implode()))
+    bounds = np.searchsorted(window[SHARD].to_numpy(), np.arange(prep.n_shards + 1), side="left")
+    return [build_shard(prep, window.slice(int(lo), int(hi - lo)), spec, cutoff, active_us, end_us)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def write_batch(batch: SequenceBatch, path: Path) -> Path:
+    """Save a batch beside `path` and rename it into place (readers never see half a shard)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    batch.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_prepared(settings: Settings, spec: FeatureSpec, state: FeatureState, first: date,
+                  last: date) -> Prepared:
+    """Prepare lake events for cutoffs from `first` to `last` (reads their whole history window)."""
+    from riskmodel.lake import scan_transactions
+    from riskmodel.sources import read_accounts
+
+    start = first + timedelta(days=1 - history_days(spec))
+    events = scan_transactions(settings, start, last)
+    return prepare(events, spec, state, settings.tz, settings.n_shards, read_accounts(settings, spec))
+
+
+def write_shards(batches: list[SequenceBatch], out_dir: Path, prefix: str) -> list[Path]:
+    """Write non-empty shard batches as `{prefix}-shard-NNNN.npz`, removing stale shards of that prefix."""
+    paths = [write_batch(b, out_dir / f"{prefix}-shard-{k:04d}.npz") for k, b in enumerate(batches) if len(b)]
+    for stale in set(out_dir.glob(f"{prefix}-shard-*.npz")) - set(paths):
+        stale.unlink()
+    return paths
+
+
+def build_scoring_shards(settings: Settings, spec: FeatureSpec, state: FeatureState, score_date: date,
+                         out_dir: Path) -> list[Path]:
+    """Shards of every account active at `score_date`, ready for the model (`label` is None)."""
+    prep = load_prepared(settings, spec, state, score_date, score_date)
+    batches = build_cutoff(prep, spec, score_date, settings.tz)
+    paths = write_shards(batches, Path(out_dir), f"score-{score_date.isoformat()}")
+    log.info("sequences %s: %d accounts in %d shards", score_date, sum(len(b) for b in batches), len(paths))
+    return paths
