@@ -192,8 +192,9 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         conn.commit()
         if checked.bad.height:
             log.warning("extract %s: quarantined %s (%d new rows in the quarantine table)", source,
-                        {k: v for k, v in checked.counts.items() if v}, added)
-        quality.enforce_threshold(checked, settings.max_bad_fraction, source)
+                        {k: v for k, v in checked.counts.items() if v}, sum(added.values()))
+        undated_known = checked.counts["null_timestamp"] - added["null_timestamp"]
+        quality.enforce_threshold(checked, settings.max_bad_fraction, source, undated_known)
         good = checked.good.with_columns(
             pl.col(tx.timestamp).dt.convert_time_zone(tz.key).dt.date().alias(TXN_DATE))
         report = ExtractReport(run_id, run_date, source, first_day, frame.height, good.height,

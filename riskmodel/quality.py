@@ -79,9 +79,6 @@ def check_batch(frame: pl.DataFrame, tx: TransactionsSpec, run_date: date, tz: Z
         rule_col = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(rule_col)
         reason_col = pl.when(cond.fill_null(False)).then(reason).otherwise(reason_col)
     tagged = frame.with_columns(rule_col.alias("_rule"), reason_col.alias("_reason"))
-    if tagged.filter(pl.col("_rule").is_null()).height == frame.height:
-        return QualityResult(frame, tagged.head(0).rename({"_rule": "rule", "_reason": "reason"}),
-                             dict.fromkeys(RULES, 0), frame.height)
     bad = tagged.filter(pl.col("_rule").is_not_null()).rename({"_rule": "rule", "_reason": "reason"})
     good = tagged.filter(pl.col("_rule").is_null()).drop("_rule", "_reason")
     counts = dict.fromkeys(RULES, 0)
@@ -91,10 +88,13 @@ def check_batch(frame: pl.DataFrame, tx: TransactionsSpec, run_date: date, tz: Z
 
 
 def quarantine(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, source: str,
-               tx: TransactionsSpec, bad: pl.DataFrame, tz: ZoneInfo) -> int:
-    """Insert bad rows into `{schema}.quarantine` (in the caller's transaction); returns rows added."""
+               tx: TransactionsSpec, bad: pl.DataFrame, tz: ZoneInfo) -> dict[str, int]:
+    """Insert bad rows not quarantined before into `{schema}.quarantine` (caller's transaction).
+
+    Returns how many rows each rule added."""
+    added = dict.fromkeys(RULES, 0)
     if bad.is_empty():
-        return 0
+        return added
     data_cols = [c for c in bad.columns if c not in ("rule", "reason")]
     rows = bad.select(
         pl.lit(str(run_id)).alias("run_id"), pl.lit(source).alias("source"), "rule", "reason",
@@ -119,17 +119,24 @@ def quarantine(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, source:
             "INSERT INTO {target} ({cols}) SELECT {cols} FROM _rf_quarantine t WHERE NOT EXISTS ("
             "SELECT 1 FROM {target} q WHERE q.source = t.source AND q.rule = t.rule "
             "AND q.txn_id IS NOT DISTINCT FROM t.txn_id AND q.txn_date IS NOT DISTINCT FROM t.txn_date) "
-            "ON CONFLICT (source, rule, txn_id, txn_date) WHERE txn_id IS NOT NULL DO NOTHING"
+            "ON CONFLICT (source, rule, txn_id, txn_date) WHERE txn_id IS NOT NULL DO NOTHING RETURNING rule"
         ).format(target=target, cols=col_list))
-        return cur.rowcount
+        for (rule,) in cur.fetchall():
+            added[rule] += 1
+    return added
 
 
-def enforce_threshold(result: QualityResult, max_bad_fraction: float, source: str) -> None:
-    """Raise DataQualityError naming the rules when the bad share exceeds `max_bad_fraction`."""
-    if result.bad_fraction <= max_bad_fraction:
+def enforce_threshold(result: QualityResult, max_bad_fraction: float, source: str,
+                      already_known: int = 0) -> None:
+    """Raise DataQualityError naming the rules when the bad share exceeds `max_bad_fraction`.
+
+    `already_known` bad rows (quarantined by an earlier run and not tied to this run's dates)
+    do not count, so a handful of old undated rows cannot fail every small nightly batch."""
+    counted = result.bad.height - already_known
+    if not result.total or counted / result.total <= max_bad_fraction:
         return
     worst = sorted(((n, r) for r, n in result.counts.items() if n), reverse=True)
     detail = ", ".join(f"rule {r}: {n} rows" for n, r in worst)
     raise DataQualityError(
-        f"{source}: {result.bad.height} of {result.total} rows ({result.bad_fraction:.2%}) failed quality "
+        f"{source}: {counted} of {result.total} rows ({counted / result.total:.2%}) failed quality "
         f"checks, above max_bad_fraction {max_bad_fraction:.2%} ({detail}); see the quarantine table")
