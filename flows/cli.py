@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "flows.commands.config",
     "flows.commands.demo",
     "flows.commands.models",
+    "flows.commands.seed",
+    "flows.commands.flowruns",
 ]
 
 
