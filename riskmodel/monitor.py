@@ -1,0 +1,290 @@
+"""Nightly monitoring: drift (PSI) of the score and of each feature group, band counts against the
+previous night, and realised performance once labels have matured.
+
+Reference distributions are built at training time by `reference_distributions` and stored in
+the model manifest: fixed bins (quantile edges for numeric values, top ids for categorical
+ones) so that tonight's population is binned exactly like the training population.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from psycopg import sql
+
+from riskmodel.batch import SequenceBatch
+from riskmodel.db import connect
+from riskmodel.errors import ConfigError
+from riskmodel.metrics import average_precision, roc_auc
+from riskmodel.reasons import GROUP_LABELS, feature_groups
+from riskmodel.settings import Settings
+from riskmodel.spec import FeatureSpec
+
+PSI_ALERT = 0.25
+EPSILON = 1e-4
+CATEGORICAL_PARTS = ("cat", "static_cat")
+OTHER = -1
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, eps: float = EPSILON) -> float:
+    """Population stability index of two bin-share vectors; empty bins count as `eps`."""
+    e = np.maximum(np.asarray(expected, np.float64), eps)
+    a = np.maximum(np.asarray(actual, np.float64), eps)
+    if e.shape != a.shape:
+        raise ConfigError(f"psi: {e.shape[0]} reference bins but {a.shape[0]} current bins")
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def numeric_reference(values: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Quantile bin edges of `values` and the share of values in each bin."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, bins + 1))) if v.size else np.array([0.0, 1.0])
+    return {"kind": "numeric", "edges": edges.tolist(), "fractions": numeric_fractions(v, edges).tolist()}
+
+
+def numeric_fractions(values: np.ndarray, edges: np.ndarray | list[float]) -> np.ndarray:
+    """Shares of `values` in the bins of `edges` (the outer bins are open-ended)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    inner = np.asarray(edges, np.float64)[1:-1]
+    counts = np.bincount(np.searchsorted(inner, v, side="right"), minlength=inner.size + 1)
+    return counts / max(v.size, 1)
+
+
+def categorical_reference(ids: np.ndarray, top: int = 20) -> dict[str, Any]:
+    """The `top` most frequent ids and their shares, plus one share for every other id."""
+    values, counts = np.unique(np.asarray(ids, np.int64), return_counts=True)
+    keep = values[np.argsort(-counts, kind="stable")[:top]]
+    return {"kind": "categorical", "values": sorted(int(x) for x in keep),
+            "fractions": categorical_fractions(ids, sorted(int(x) for x in keep)).tolist()}
+
+
+def categorical_fractions(ids: np.ndarray, values: list[int]) -> np.ndarray:
+    """Shares of each of `values` among `ids`, then the share of all other ids."""
+    ids = np.asarray(ids, np.int64)
+    known = np.asarray(values, np.int64)
+    if known.size:
+        pos = np.minimum(np.searchsorted(known, ids), known.size - 1)
+        slot = np.where(known[pos] == ids, pos, known.size)
+    else:
+        slot = np.zeros(ids.size, np.int64)
+    return np.bincount(slot, minlength=known.size + 1) / max(ids.size, 1)
+
+
+def feature_values(batch: SequenceBatch) -> dict[str, np.ndarray]:
+    """Per column `part:name`: one value per account (numeric: mean over real events), or every
+    real event's id (event categoricals). Arrays from several shards can be concatenated."""
+    real = np.arange(batch.seq_len)[None, :] < batch.lengths[:, None]
+    count = np.maximum(real.sum(axis=1), 1)
+    out: dict[str, np.ndarray] = {}
+    for part in ("num", "time", "cat", "static_num", "static_cat", "agg"):
+        array = getattr(batch, part)
+        for j, name in enumerate(batch.names.get(part, [])):
+            if part == "cat":
+                out[f"{part}:{name}"] = array[..., j][real]
+            elif part in ("num", "time"):
+                out[f"{part}:{name}"] = (array[..., j] * real).sum(axis=1) / count
+            else:
+                out[f"{part}:{name}"] = array[:, j]
+    return out
+
+
+def _group_columns(names: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {g.key: [f"{part}:{names[part][j]}" for part, idx in g.columns.items() for j in idx]
+            for g in feature_groups(names)}
+
+
+def reference_distributions(scores: np.ndarray, batch: SequenceBatch, bins: int = 10) -> dict[str, Any]:
+    """The drift reference for a model manifest: score bins, per-column bins and the feature groups."""
+    values = feature_values(batch)
+    columns = {}
+    for key, v in values.items():
+        part = key.split(":", 1)[0]
+        columns[key] = categorical_reference(v) if part in CATEGORICAL_PARTS else numeric_reference(v, bins)
+    return {"score": numeric_reference(np.asarray(scores), bins), "columns": columns,
+            "groups": _group_columns(batch.names)}
+
+
+def _fractions(ref: dict[str, Any], values: np.ndarray) -> np.ndarray:
+    if ref.get("kind") == "categorical":
+        return categorical_fractions(values, ref["values"])
+    return numeric_fractions(values, ref["edges"])
+
+
+def drift(reference: dict[str, Any], scores: np.ndarray,
+          values: dict[str, np.ndarray]) -> tuple[float, dict[str, dict[str, Any]]]:
+    """PSI of the score, and per feature group the largest column PSI (with that column's name)."""
+    score_ref = reference.get("score", reference)
+    if "edges" not in score_ref:
+        raise ConfigError("monitoring reference has no score distribution ('score': {'edges', 'fractions'})")
+    score_psi = psi(score_ref["fractions"], numeric_fractions(scores, score_ref["edges"]))
+    groups: dict[str, dict[str, Any]] = {}
+    for key, cols in reference.get("groups", {}).items():
+        worst: tuple[float, str] | None = None
+        for col in cols:
+            ref = reference.get("columns", {}).get(col)
+            if ref is None or col not in values:
+                continue
+            value = psi(ref["fractions"], _fractions(ref, values[col]))
+            if worst is None or value > worst[0]:
+                worst = (value, col)
+        if worst is not None:
+            groups[key] = {"label": GROUP_LABELS.get(key, key), "psi": worst[0], "column": worst[1]}
+    return score_psi, groups
+
+
+def band_changes(settings: Settings, score_date: dt.date, table: str = "risk_scores") -> list[dict[str, Any]]:
+    """Accounts per band on `score_date` and on the previous scored night, with the change."""
+    if table not in ("risk_scores", "risk_scores_shadow"):
+        raise ConfigError(f"table must be risk_scores or risk_scores_shadow, got {table!r}")
+    ident = sql.Identifier(settings.db_schema, table)
+    query = sql.SQL(
+        "WITH prev AS (SELECT max(score_date) AS d FROM {t} WHERE score_date < %(d)s)"
+        " SELECT b.risk_band,"
+        "  count(*) FILTER (WHERE b.score_date = %(d)s),"
+        "  count(*) FILTER (WHERE b.score_date = (SELECT d FROM prev)),"
+        "  (SELECT d FROM prev)"
+        " FROM {t} b WHERE b.score_date = %(d)s OR b.score_date = (SELECT d FROM prev)"
+        " GROUP BY b.risk_band ORDER BY b.risk_band").format(t=ident)
+    with connect(settings) as conn:
+        rows = conn.execute(query, {"d": score_date}).fetchall()
+    order = {"low": 0, "medium": 1, "high": 2}
+    out = [{"band": band, "accounts": now, "previous": prev, "previous_date": prev_date,
+            "change": now - prev} for band, now, prev, prev_date in rows]
+    return sorted(out, key=lambda r: (order.get(r["band"], 9), r["band"]))
+
+
+def label_window(settings: Settings, spec: FeatureSpec, score_date: dt.date) -> dict[str, Any]:
+    """For monitoring night D: the served date S = D - H - lag, its label window (S, S+H] as
+    timestamps in the business time zone, and the as-of time (start of D+1) for `reported_at`."""
+    served = score_date - dt.timedelta(days=spec.horizon_days + spec.reporting_lag_days)
+
+    def start_of(day: dt.date) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(0), tzinfo=settings.tz)
+
+    return {"served_date": served, "start": start_of(served + dt.timedelta(days=1)),
+            "end": start_of(served + dt.timedelta(days=spec.horizon_days + 1)),
+            "known_by": start_of(score_date + dt.timedelta(days=1))}
+
+
+def realised_performance(settings: Settings, spec: FeatureSpec, score_date: dt.date) -> dict[str, Any] | None:
+    """AUC and average precision of the scores served on D - H - lag against the labels known now.
+
+    A label is an event of a positive type in (S, S+H], reported by the end of D; that window
+    has closed, so the labels are mature. None when nothing was served on S.
+    """
+    w = label_window(settings, spec, score_date)
+    ev = spec.events
+    reported = (sql.SQL("AND e.{} < %(known)s").format(sql.Identifier(ev.reported_at))
+                if ev.reported_at else sql.SQL(""))
+    query = sql.SQL(
+        "SELECT s.risk_score, (l.account IS NOT NULL)"
+        " FROM {scores} s LEFT JOIN ("
+        "   SELECT DISTINCT e.{acct}::text AS account FROM {events} e"
+        "    WHERE e.{ts} >= %(start)s AND e.{ts} < %(end)s AND e.{typ} = ANY(%(types)s) {reported}"
+        " ) l ON l.account = s.account_id"
+        " WHERE s.score_date = %(served)s").format(
+        scores=sql.Identifier(settings.db_schema, "risk_scores"),
+        events=sql.Identifier(ev.db_schema, ev.table), acct=sql.Identifier(ev.account_id),
+        ts=sql.Identifier(ev.timestamp), typ=sql.Identifier(ev.event_type), reported=reported)
+    params = {"start": w["start"], "end": w["end"], "known": w["known_by"],
+              "types": list(ev.positive_types), "served": w["served_date"]}
+    with connect(settings) as conn:
+        rows = conn.execute(query, params).fetchall()
+    if not rows:
+        return None
+    scores = np.array([r[0] for r in rows], np.float64)
+    labels = np.array([r[1] for r in rows], np.float64)
+    auc = roc_auc(labels, scores)
+    return {"served_date": w["served_date"], "label_window": [w["start"], w["end"]],
+            "known_by": w["known_by"], "accounts": int(labels.size), "positives": int(labels.sum()),
+            "roc_auc": None if math.isnan(auc) else auc,
+            "average_precision": average_precision(labels, scores) if labels.sum() else None}
+
+
+def score_distribution_png(scores: np.ndarray, reference: dict[str, Any] | None = None,
+                           title: str = "Score distribution") -> bytes:
+    """A PNG bar chart of tonight's score shares per reference bin (and the reference's), via Agg."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = (reference or {}).get("score", reference or {})
+    edges = np.asarray(ref.get("edges", np.linspace(0, 1, 11)), np.float64)
+    current = numeric_fractions(scores, edges)
+    x = np.arange(current.size)
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    try:
+        if "fractions" in ref:
+            ax.bar(x - 0.2, ref["fractions"], width=0.4, label="reference (training)", color="#999999")
+        ax.bar(x + 0.2, current, width=0.4, label="tonight", color="#c0392b")
+        ax.set_xticks(x, [f"{edges[i]:.2g}–{edges[i + 1]:.2g}" for i in range(current.size)],
+                      rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("share of accounts")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+@dataclass
+class MonitorReport:
+    """Tonight's monitoring results; `alerts` is non-empty when something needs a person."""
+
+    score_date: dt.date
+    score_psi: float
+    group_psi: dict[str, dict[str, Any]]
+    bands: list[dict[str, Any]]
+    realised: dict[str, Any] | None
+    alerts: list[str] = field(default_factory=list)
+    image_png: bytes = b""
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per metric, for a table artifact."""
+        out = [{"metric": "psi:score", "value": round(self.score_psi, 4), "note": ""}]
+        out += [{"metric": f"psi:{k}", "value": round(v["psi"], 4), "note": v["column"]}
+                for k, v in sorted(self.group_psi.items(), key=lambda kv: -kv[1]["psi"])]
+        out += [{"metric": f"band:{b['band']}", "value": b["accounts"],
+                 "note": f"previous {b['previous']} ({b['change']:+d})"} for b in self.bands]
+        if self.realised:
+            for key in ("roc_auc", "average_precision"):
+                out.append({"metric": f"realised:{key}", "value": self.realised[key],
+                            "note": f"served {self.realised['served_date']}, "
+                                    f"{self.realised['positives']}/{self.realised['accounts']} positive"})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly content (without the image)."""
+        return {"score_date": self.score_date, "score_psi": self.score_psi, "group_psi": self.group_psi,
+                "bands": self.bands, "realised": self.realised, "alerts": self.alerts}
+
+
+def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, scores: np.ndarray,
+            values: dict[str, np.ndarray], reference: dict[str, Any], ap_floor: float = 0.05,
+            psi_alert: float = PSI_ALERT) -> MonitorReport:
+    """Everything above for night `score_date`: drift vs the manifest reference, band changes,
+    realised performance, alerts (PSI > `psi_alert`, realised AP < `ap_floor`) and the image."""
+    score_psi, groups = drift(reference, scores, values)
+    bands = band_changes(settings, score_date)
+    realised = realised_performance(settings, spec, score_date)
+    alerts = []
+    if score_psi > psi_alert:
+        alerts.append(f"score PSI {score_psi:.3f} > {psi_alert}")
+    alerts += [f"feature group {g['label']} PSI {g['psi']:.3f} > {psi_alert} (column {g['column']})"
+               for g in groups.values() if g["psi"] > psi_alert]
+    if realised and realised["average_precision"] is not None and realised["average_precision"] < ap_floor:
+        alerts.append(f"realised average precision {realised['average_precision']:.3f} < floor {ap_floor} "
+                      f"(scores served {realised['served_date']})")
+    image = score_distribution_png(scores, reference, title=f"Scores {score_date} (PSI {score_psi:.3f})")
+    return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image)

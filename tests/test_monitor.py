@@ -1,0 +1,148 @@
+"""Monitoring: PSI near 0 for the same population and large for a shifted one, per feature group too;
+band changes; realised performance only from matured, reported labels of the served date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+import numpy as np
+import polars as pl
+import pytest
+
+from riskmodel.batch import SequenceBatch
+from riskmodel.db import connect
+from riskmodel.metrics import roc_auc
+from riskmodel.monitor import (
+    band_changes,
+    categorical_fractions,
+    feature_values,
+    label_window,
+    monitor,
+    psi,
+    realised_performance,
+    reference_distributions,
+)
+from riskmodel.settings import Settings
+from riskmodel.spec import FeatureSpec
+from riskmodel.writeback import write_scores
+
+NAMES = {"num": ["amount"], "cat": ["mcc", "channel", "country", "merchant_id"],
+         "time": ["log_gap", "log_age", "hour", "dow"], "static_num": ["credit_limit"],
+         "static_cat": ["segment"], "agg": ["amount_sum_7d", "amount_count_1d", "new_countries_90d"]}
+
+
+def _population(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, SequenceBatch]:
+    rng = np.random.default_rng(seed)
+    b = SequenceBatch.empty(n=n, seq_len=8, n_num=1, n_cat=4, n_time=4, n_static_num=1,
+                            n_static_cat=1, n_agg=3)
+    b.lengths[:] = rng.integers(1, 9, n)
+    real = np.arange(8)[None, :] < b.lengths[:, None]
+    b.num[..., 0] = rng.normal(shift, 1, (n, 8)) * real
+    b.cat[:] = rng.integers(2, 12, (n, 8, 4)) * real[..., None]
+    b.time[:] = rng.normal(size=(n, 8, 4)) * real[..., None]
+    b.static_num[:, 0] = rng.normal(size=n)
+    b.static_cat[:, 0] = rng.integers(2, 6, n)
+    b.agg[:] = rng.gamma(2.0, 1.0, (n, 3))
+    b.agg[:, 0] += 3 * shift
+    b.names = NAMES
+    scores = np.clip(rng.beta(2, 8 - 5 * min(shift, 1.0), n), 0, 1)
+    return scores, b
+
+
+def test_psi_is_small_for_the_same_population_and_large_for_a_shifted_one() -> None:
+    ref_scores, ref_batch = _population(20_000, seed=1)
+    reference = json.loads(json.dumps(reference_distributions(ref_scores, ref_batch)))
+    scores, batch = _population(20_000, seed=2)
+    same = monitor_drift(reference, scores, batch)
+    assert same[0] < 0.01 and max(g["psi"] for g in same[1].values()) < 0.02
+    shifted_scores, shifted_batch = _population(20_000, seed=3, shift=1.0)
+    shifted = monitor_drift(reference, shifted_scores, shifted_batch)
+    assert shifted[0] > 0.25
+    assert shifted[1]["amount_pattern"]["psi"] > 0.25
+    assert shifted[1]["merchant_category"]["psi"] < 0.02
+    assert set(shifted[1]) == {"amount_pattern", "merchant_category", "country_channel", "timing",
+                               "recent_burst", "static_profile"}
+
+
+def monitor_drift(reference: dict, scores: np.ndarray, batch: SequenceBatch) -> tuple[float, dict]:
+    from riskmodel.monitor import drift
+
+    return drift(reference, scores, feature_values(batch))
+
+
+def test_psi_basics() -> None:
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
+    assert psi([0.5, 0.5, 0.0], [0.0, 0.5, 0.5]) > 1.0
+    assert categorical_fractions(np.array([2, 2, 3, 9]), [2, 3]).tolist() == [0.5, 0.25, 0.25]
+
+
+def _write(settings: Settings, day: dt.date, scores: dict[str, float]) -> None:
+    frame = pl.DataFrame({"account_id": list(scores), "risk_score": list(scores.values()),
+                          "risk_band": ["high" if s >= 0.5 else "low" for s in scores.values()],
+                          "reason_codes": [[] for _ in scores]})
+    write_scores(settings, score_date=day, scores=frame, model_version="m1", model_sha256="c" * 64,
+                 run_id=uuid.uuid4(), watermark=None)
+
+
+def test_band_changes_against_the_previous_night(initialised: Settings) -> None:
+    d = dt.date(2026, 6, 30)
+    _write(initialised, d - dt.timedelta(days=2), {"1": 0.9, "2": 0.1, "3": 0.2})
+    _write(initialised, d, {"1": 0.9, "2": 0.8, "3": 0.2, "4": 0.1})
+    bands = band_changes(initialised, d)
+    before = d - dt.timedelta(days=2)
+    assert bands == [
+        {"band": "low", "accounts": 2, "previous": 2, "previous_date": before, "change": 0},
+        {"band": "high", "accounts": 2, "previous": 1, "previous_date": before, "change": 1},
+    ]
+
+
+def test_realised_performance_uses_only_matured_reported_labels(initialised: Settings,
+                                                                  demo_spec: FeatureSpec) -> None:
+    d = dt.date(2026, 6, 30)
+    w = label_window(initialised, demo_spec, d)
+    served = w["served_date"]
+    assert served == d - dt.timedelta(days=demo_spec.horizon_days + demo_spec.reporting_lag_days)
+    assert realised_performance(initialised, demo_spec, d) is None
+    scores = {"1": 0.9, "2": 0.8, "3": 0.7, "4": 0.6, "5": 0.5, "6": 0.2, "7": 0.1, "8": 0.3}
+    _write(initialised, served, scores)
+    _write(initialised, served + dt.timedelta(days=1), {k: 1 - v for k, v in scores.items()})
+    inside = w["start"] + dt.timedelta(days=3)
+    day = dt.timedelta(days=1)
+    events = [
+        (1, inside, inside + day, "fraud"),                       # counted
+        (6, w["end"] - dt.timedelta(hours=1), w["end"], "chargeback"),   # counted (last hour of window)
+        (2, inside, w["known_by"] + day, "fraud"),                # reported after D: not known yet
+        (3, w["start"] - dt.timedelta(hours=1), inside, "fraud"),  # before the window (on S)
+        (4, w["end"], w["end"] + day, "fraud"),                   # after the window
+        (5, inside, inside + day, "dispute"),                     # not a positive type
+    ]
+    with connect(initialised, admin=True) as conn:
+        for acct, ts, rep, kind in events:
+            conn.execute("INSERT INTO bank.risk_events (account_id, event_ts, reported_at, event_type)"
+                         " VALUES (%s, %s, %s, %s)", (acct, ts, rep, kind))
+    got = realised_performance(initialised, demo_spec, d)
+    assert got is not None
+    assert (got["served_date"], got["accounts"], got["positives"]) == (served, 8, 2)
+    labels = np.array([k in ("1", "6") for k in scores], float)
+    assert got["roc_auc"] == pytest.approx(roc_auc(labels, np.array(list(scores.values()))))
+    assert got["roc_auc"] == pytest.approx(7 / 12)
+
+
+def test_monitor_report_alerts_and_image(initialised: Settings, demo_spec: FeatureSpec) -> None:
+    ref_scores, ref_batch = _population(5000, seed=4)
+    reference = reference_distributions(ref_scores, ref_batch)
+    d = dt.date(2026, 6, 30)
+    _write(initialised, d, {"1": 0.9, "2": 0.1})
+    scores, batch = _population(5000, seed=5, shift=1.0)
+    report = monitor(initialised, demo_spec, score_date=d, scores=scores, values=feature_values(batch),
+                     reference=reference)
+    assert any(a.startswith("score PSI") for a in report.alerts)
+    assert any("Amount pattern" in a for a in report.alerts)
+    assert report.image_png.startswith(b"\x89PNG") and len(report.image_png) > 2000
+    assert report.rows()[0]["metric"] == "psi:score"
+    calm = monitor(initialised, demo_spec, score_date=d, scores=ref_scores[:2500],
+                   values=feature_values(ref_batch), reference=reference)
+    assert calm.alerts == [] and calm.realised is None
+    json.dumps(calm.to_dict(), default=str)
