@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "flows.commands.models",
     "flows.commands.seed",
     "flows.commands.flowruns",
+    "flows.commands.extract",
+    "flows.commands.bench",
 ]
 
 
@@ -57,8 +59,17 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+PREFECT_DEFAULTS = {
+    # A busy 2-core machine can take longer than Prefect's 20 s to start the ephemeral API.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    for key, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
