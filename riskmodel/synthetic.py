@@ -53,6 +53,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -269,7 +270,8 @@ def _account_slots(bank: Bank, end_date: dt.date):
     return ["account_id", "open_date", "credit_limit", "tenure_months", "segment", "home_country"], slots
 
 
-def _txn_slots(bank: Bank):
+def transaction_slots(bank: Bank) -> tuple[list[str], Callable[[slice], list]]:
+    """COPY columns of bank.transactions and the encoder of a block of `bank`'s transactions."""
     w, tx = bank.world, bank.txns
     tail = concat_tables(text_table([MCC_CODES[c] for c in w.mcc.tolist()]),
                          text_table([CHANNELS[KIND_CHANNEL[k]] for k in w.kind.tolist()]),
@@ -317,7 +319,7 @@ def load_bank(settings: Settings, bank: Bank, *,
               progress: bool = False) -> tuple[dict[str, int], dict[str, str]]:
     """Replace the four bank tables with `bank` in one transaction; rows and sha256 per table stream."""
     acc_cols, acc_slots = _account_slots(bank, bank.end_date)
-    txn_cols, txn_slots = _txn_slots(bank)
+    txn_cols, txn_slots = transaction_slots(bank)
     ev_cols, ev_slots, n_events = _event_slots(bank)
     gt_cols, gt_slots = _truth_slots(bank)
     plan = [("accounts", acc_cols, bank.acc.n, acc_slots),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,14 @@ def test_loaded_tables_are_valid_and_patterns_at_their_rates(initialised: Settin
             "count(*) - count(DISTINCT txn_id) FROM bank.transactions").fetchone()
         assert lo >= dt.datetime(2026, 4, 2, tzinfo=dt.UTC) and hi < dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
         assert min_amount > 0 and set(channels) == set(CHANNELS) and bad_ids == 0
+        bank = generate_bank(accounts=n, days=90, end_date=END, seed=5, rates=RATES)
+        total, first_ts = conn.execute(
+            "SELECT sum(amount), min(ts) FILTER (WHERE txn_id = 1) FROM bank.transactions").fetchone()
+        assert total == Decimal(int(bank.txns.cents.sum())) / 100
+        assert first_ts.timestamp() == bank.day0_us / 1e6 + bank.txns.t[0]
+        nulls = conn.execute("SELECT bool_and((event_ts IS NULL) = is_lookalike) FROM bank.ground_truth"
+                             ).fetchone()[0]
+        assert nulls is True
         hours = conn.execute("SELECT count(DISTINCT extract(hour FROM ts AT TIME ZONE 'UTC')) "
                              "FROM bank.transactions").fetchone()[0]
         assert hours == 24
