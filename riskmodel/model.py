@@ -162,3 +162,24 @@ def batch_tensors(batch: SequenceBatch, device: torch.device | str = "cpu",
             t = t.pin_memory()
         out[key] = t.to(device, non_blocking=pin)
     return out
+
+
+def trimmed_tensors(batch: SequenceBatch, rows: np.ndarray, device: torch.device,
+                    pin: bool = False) -> dict[str, torch.Tensor]:
+    """Model inputs for `rows`, cut to their longest real length (left-aligned: the rest is padding).
+
+    The LSTM is causal and pooling reads step `length - 1`, so trimming changes no score.
+    """
+    lengths = batch.lengths[rows]
+    steps = max(1, int(lengths.max(initial=1)))
+    arrays = {"num": batch.num[rows, :steps], "cat": batch.cat[rows, :steps],
+              "time": batch.time[rows, :steps], "lengths": lengths,
+              "static_num": batch.static_num[rows], "static_cat": batch.static_cat[rows],
+              "agg": batch.agg[rows]}
+    out = {}
+    for key, value in arrays.items():
+        t = torch.from_numpy(np.ascontiguousarray(value))
+        if pin:
+            t = t.pin_memory()
+        out[key] = t.to(device, non_blocking=pin)
+    return out

@@ -20,7 +20,7 @@ import torch
 
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
-from riskmodel.model import RiskLSTM, batch_tensors
+from riskmodel.model import RiskLSTM, trimmed_tensors
 
 if TYPE_CHECKING:
     from riskmodel.registry import LoadedModel
@@ -60,34 +60,28 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _forward_rows(net: RiskLSTM, batch: SequenceBatch, lo: int, hi: int, device: torch.device,
-                  bf16: bool) -> np.ndarray:
-    cuda = device.type == "cuda"
-    part = batch.subset(np.arange(lo, hi))
-    t = batch_tensors(part, device, pin=cuda)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
-        out = net(**t)
-    return out.float().cpu().numpy()
-
-
 def _run(net: RiskLSTM, batch: SequenceBatch, device: torch.device, batch_size: int, bf16: bool,
          oom_hook: OomHook | None, report: ScoreReport) -> np.ndarray:
-    """Logits for all rows, halving the batch size on CUDA out-of-memory and retrying the same rows."""
+    """Logits for all rows, in length-sorted chunks; halves the chunk on CUDA out-of-memory and retries."""
     out = np.empty(len(batch), dtype=np.float32)
+    order = np.argsort(batch.lengths, kind="stable")
+    cuda = device.type == "cuda"
     lo, size = 0, batch_size
     while lo < len(batch):
         hi = min(lo + size, len(batch))
         try:
             if oom_hook is not None:
                 oom_hook(hi - lo)
-            out[lo:hi] = _forward_rows(net, batch, lo, hi, device, bf16)
+            t = trimmed_tensors(batch, order[lo:hi], device, pin=cuda)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+                out[order[lo:hi]] = net(**t).float().cpu().numpy()
         except torch.cuda.OutOfMemoryError:
             if hi - lo <= 1:
                 raise
             size = max(1, (hi - lo) // 2)
             report.oom_retries += 1
             log.warning("out of memory at batch size %d; retrying with %d", hi - lo, size)
-            if device.type == "cuda":
+            if cuda:
                 torch.cuda.empty_cache()
             continue
         lo = hi

@@ -23,7 +23,7 @@ from torch import nn
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
 from riskmodel.metrics import average_precision
-from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
+from riskmodel.model import ModelConfig, RiskLSTM, trimmed_tensors
 
 log = logging.getLogger("riskflow.train")
 
@@ -106,32 +106,41 @@ def predict_logits(model: RiskLSTM, sources: Sequence[Source], device: torch.dev
             has_labels = has_labels and batch.label is not None
             if batch.label is not None:
                 labels.append(batch.label.astype(np.float32))
+            order = np.argsort(batch.lengths, kind="stable")
+            out = np.empty(len(batch), dtype=np.float32)
             for lo in range(0, len(batch), batch_size):
-                t = batch_tensors(batch.subset(np.arange(lo, min(lo + batch_size, len(batch)))),
-                                  device, pin=cuda)
+                rows = order[lo:lo + batch_size]
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                    out = model(**t)
-                logits.append(out.float().cpu().numpy())
+                    out[rows] = model(**trimmed_tensors(batch, rows, device, pin=cuda)).float().cpu().numpy()
+            logits.append(out)
     flat = np.concatenate(logits) if logits else np.zeros(0, np.float32)
     return flat, (np.concatenate(labels) if has_labels and labels else None)
 
 
 def _minibatches(batch: SequenceBatch, size: int, rng: np.random.Generator,
                  balanced: bool) -> Iterator[np.ndarray]:
-    """Row indices of shuffled minibatches; with `balanced`, positives are drawn as often as negatives."""
+    """Row indices of shuffled, length-bucketed minibatches.
+
+    Rows are shuffled (with `balanced`, positives are drawn as often as negatives), then sorted by
+    length within pools of 32 minibatches so each minibatch can be cut to its longest sequence;
+    the minibatches are yielded in random order.
+    """
     n = len(batch)
+    order = rng.permutation(n)
     if balanced:
         y = batch.label.astype(np.float64)
         n_pos = y.sum()
         if 0 < n_pos < n:
             p = np.where(y > 0, 0.5 / n_pos, 0.5 / (n - n_pos))
             order = rng.choice(n, size=n, replace=True, p=p)
-        else:
-            order = rng.permutation(n)
-    else:
-        order = rng.permutation(n)
-    for lo in range(0, n, size):
-        yield order[lo:lo + size]
+    pool = 32 * size
+    chunks = []
+    for lo in range(0, len(order), pool):
+        part = order[lo:lo + pool]
+        part = part[np.argsort(batch.lengths[part], kind="stable")]
+        chunks += [part[k:k + size] for k in range(0, len(part), size)]
+    for k in rng.permutation(len(chunks)):
+        yield chunks[k]
 
 
 def _fit_scaffolding(model: RiskLSTM, sources: Sequence[Source], cfg: TrainConfig) -> float:
@@ -191,9 +200,8 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
             for k in rng.permutation(len(train)):
                 batch = load_source(train[k])
                 for rows in _minibatches(batch, cfg.batch_size, rng, cfg.imbalance == "balanced"):
-                    part = batch.subset(rows)
-                    t = batch_tensors(part, device, pin=cuda)
-                    y = torch.from_numpy(part.label.astype(np.float32)).to(device, non_blocking=cuda)
+                    t = trimmed_tensors(batch, rows, device, pin=cuda)
+                    y = torch.from_numpy(batch.label[rows].astype(np.float32)).to(device, non_blocking=cuda)
                     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                         logits = model(**t)
                     loss = loss_fn(logits.float(), y)

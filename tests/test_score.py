@@ -83,3 +83,15 @@ def test_device_choice() -> None:
             choose_device("cuda")
     with pytest.raises(ConfigError, match="batch_size"):
         score_logits(_model().net, order_batch(3), device="cpu", batch_size=0)
+
+
+def test_length_sorted_trimmed_scoring_equals_the_full_forward() -> None:
+    model = _model()
+    batch = order_batch(150, seq_len=24, seed=8)
+    batch.lengths[:3] = [1, 24, 2]
+    with torch.no_grad():
+        from riskmodel.model import batch_tensors
+
+        full = model.net(**batch_tensors(batch)).numpy()
+    np.testing.assert_allclose(score_logits(model.net, batch, device="cpu", batch_size=16), full,
+                               rtol=0, atol=1e-5)

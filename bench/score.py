@@ -1,0 +1,94 @@
+"""Bench stage "score": inference sequences per second (CPU, and CUDA when present).
+
+Measured: `score_logits` over every account of the scale (batches of 4096, inference mode).
+Baseline: the same model called on one account at a time (a naive per-account loop).
+Limit: the pure model forward over the same length-sorted chunks, preloaded as tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.model_data import (
+    CAT_CARDINALITIES,
+    STATIC_CAT_CARDINALITIES,
+    accounts,
+    random_batch,
+    row,
+)
+from riskmodel.batch import SequenceBatch
+from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
+from riskmodel.score import ScoreReport, score_logits, trimmed_tensors
+
+BATCH = 4096
+NAIVE_ACCOUNTS = 300
+REPEATS = {"S": 3, "M": 1}  # best of N: the bench machine is shared
+
+
+def _model(sample: SequenceBatch) -> RiskLSTM:
+    torch.manual_seed(7)
+    net = RiskLSTM(ModelConfig.for_batch(sample, CAT_CARDINALITIES, STATIC_CAT_CARDINALITIES))
+    net.set_agg_stats(sample.agg)
+    return net.eval()
+
+
+def _naive_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device) -> float:
+    n = min(NAIVE_ACCOUNTS, len(batch))
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(n):
+            net(**batch_tensors(batch.subset(np.array([i])), device))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - started)
+
+
+def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16: bool) -> float:
+    """Pure forward over the same length-sorted, trimmed chunks, already tensors on the device."""
+    order = np.argsort(batch.lengths, kind="stable")
+    chunks = [trimmed_tensors(batch, order[lo:lo + BATCH], device) for lo in range(0, len(batch), BATCH)]
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        net(**chunks[0])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for t in chunks:
+            net(**t)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return len(batch) / (time.perf_counter() - started)
+
+
+def run(scale: str, workdir: Path) -> list[dict]:
+    """Score every account of the scale once per available device; one row per device."""
+    n = accounts(scale)
+    batch = SequenceBatch.concat([random_batch(min(25_000, n - lo), 7 + k)
+                                  for k, lo in enumerate(range(0, n, 25_000))])
+    net = _model(batch.subset(np.arange(min(2048, n))))
+    weights_mb = sum(p.numel() * p.element_size() for p in net.state_dict().values()) / 2**20
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for name in devices:
+        device = torch.device(name)
+        net.to(device)
+        report = ScoreReport(device=name, precision="", batch_size=BATCH)
+        score_logits(net, batch.subset(np.arange(min(BATCH, n))), device=name, batch_size=BATCH)
+        seconds, limit = float("inf"), 0.0
+        for _ in range(REPEATS[scale]):
+            started = time.perf_counter()
+            score_logits(net, batch, device=name, batch_size=BATCH, report=report)
+            seconds = min(seconds, time.perf_counter() - started)
+            limit = max(limit, _limit_rate(net, batch, device, bf16=name == "cuda"))
+        baseline = _naive_rate(net, batch, device)
+        rows.append(row("score", scale, n, seconds, baseline, limit, weights_mb,
+                        {"device": name, "precision": report.precision, "batch_size": BATCH,
+                         "seq_len": batch.seq_len, "threads": torch.get_num_threads(),
+                         "bf16_max_abs_diff": report.bf16_max_abs_diff,
+                         "baseline": f"one account per call ({NAIVE_ACCOUNTS} accounts)",
+                         "limit": "pure forward on the same chunks preloaded as tensors"}))
+        net.to("cpu")
+    return rows
