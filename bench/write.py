@@ -1,0 +1,218 @@
+"""Bench stage "write": nightly scores written to Postgres per second, on an embedded server.
+
+Measured: `riskmodel.writeback.write_scores` for a new night (validation, checksum, binary COPY
+into the staging partition, its indexes, the swap and the pipeline_runs record), best of 3.
+Baseline: SQLAlchemy Core `conn.execute(insert(table), rows)` with default engine settings into a
+plain table of the same columns and primary key. Limit: one raw `COPY ... FROM STDIN (FORMAT
+BINARY)` of the same rows, already encoded, into an empty table without indexes. Details add a
+rerun (swap with audit) against delete-and-insert of the same night, and the psycopg
+`write_row` COPY loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import resource
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import psycopg
+from psycopg import sql
+
+from riskmodel import pgcopy
+from riskmodel.db import connect
+from riskmodel.schema import init_database
+from riskmodel.settings import DEMO_SPEC, Settings
+from riskmodel.spec import load_spec
+from riskmodel.writeback import COLUMNS, _encode_block, prepare_scores, write_scores
+
+ACCOUNTS = {"S": 5_000, "M": 100_000}
+END_DATE = dt.date(2026, 6, 30)
+SEED = 7
+REPEATS = 3
+REASONS = ["Amount pattern", "Merchant / category", "Country / channel change", "Transaction timing",
+           "Recent burst of activity"]
+COPY_TYPES = ["date", "text", "float8", "text", "text", "text[]", "timestamptz", "uuid"]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def scores_frame(n: int, seed: int = SEED) -> pl.DataFrame:
+    """`n` accounts with random scores, bands and up to three reasons for medium/high bands."""
+    rng = np.random.default_rng(seed)
+    scores = rng.beta(1.2, 12.0, n)
+    bands = np.where(scores >= 0.3, "high", np.where(scores >= 0.1, "medium", "low"))
+    picks = rng.integers(0, len(REASONS), (n, 3))
+    reasons = [[] if b == "low" else [REASONS[k] for k in dict.fromkeys(p)]
+               for b, p in zip(bands, picks, strict=True)]
+    return pl.DataFrame({"account_id": rng.permutation(np.arange(1_000_000, 1_000_000 + n)).astype(str),
+                         "risk_score": scores, "risk_band": bands, "reason_codes": reasons})
+
+
+def _server_settings(workdir: Path) -> tuple[Settings, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(workdir / "pg", cleanup_mode="stop")
+    base = server.get_uri()
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS bench_write WITH (FORCE)")
+        conn.execute("CREATE DATABASE bench_write")
+    info = psycopg.conninfo.conninfo_to_dict(base)
+    info["dbname"] = "bench_write"
+    settings = Settings(database_url=psycopg.conninfo.make_conninfo(**info), home=workdir / "home")
+    init_database(settings, load_spec(DEMO_SPEC), demo_source=True)
+    return settings, server
+
+
+def _plain_table(conn: psycopg.Connection, schema: str, name: str, *, primary_key: bool) -> sql.Identifier:
+    ident = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
+        ident, sql.Identifier(schema, "risk_scores")))
+    if primary_key:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (score_date, account_id)").format(ident))
+    conn.commit()
+    return ident
+
+
+def _python_rows(frame: pl.DataFrame, day: dt.date, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    now = dt.datetime.now(dt.UTC)
+    return [{"score_date": day, "account_id": r["account_id"], "risk_score": r["risk_score"],
+             "risk_band": r["risk_band"], "model_version": "bench", "reason_codes": r["reason_codes"],
+             "scored_at": now, "run_id": run_id} for r in frame.iter_rows(named=True)]
+
+
+def _baseline(settings: Settings, rows: list[dict[str, Any]]) -> float:
+    """SQLAlchemy Core executemany with default engine settings; seconds."""
+    import sqlalchemy as sa
+    from sqlalchemy.dialects.postgresql import ARRAY, UUID
+
+    with connect(settings) as conn:
+        _plain_table(conn, settings.db_schema, "bench_baseline", primary_key=True)
+    engine = sa.create_engine("postgresql+psycopg://", creator=lambda: connect(settings))
+    table = sa.Table("bench_baseline", sa.MetaData(), sa.Column("score_date", sa.Date),
+                     sa.Column("account_id", sa.Text), sa.Column("risk_score", sa.Float),
+                     sa.Column("risk_band", sa.Text), sa.Column("model_version", sa.Text),
+                     sa.Column("reason_codes", ARRAY(sa.Text)),
+                     sa.Column("scored_at", sa.DateTime(timezone=True)), sa.Column("run_id", UUID),
+                     schema=settings.db_schema)
+    try:
+        with engine.connect() as conn:
+            started = time.perf_counter()
+            conn.execute(sa.insert(table), rows)
+            conn.commit()
+            return time.perf_counter() - started
+    finally:
+        engine.dispose()
+
+
+def _limit(settings: Settings, block: Any) -> float:
+    """One raw binary COPY of already-encoded rows into an empty, unindexed table; seconds."""
+    with connect(settings) as conn:
+        ident = _plain_table(conn, settings.db_schema, "bench_limit", primary_key=False)
+        started = time.perf_counter()
+        copy_sql = sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(ident)
+        with conn.cursor() as cur, cur.copy(copy_sql) as cp:
+            cp.write(pgcopy.HEADER)
+            cp.write(memoryview(block))
+            cp.write(pgcopy.TRAILER)
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def _write_row_copy(settings: Settings, rows: list[dict[str, Any]]) -> float:
+    """psycopg binary COPY with `set_types` and one `write_row` per row; seconds."""
+    with connect(settings) as conn:
+        ident = _plain_table(conn, settings.db_schema, "bench_write_row", primary_key=False)
+        started = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                ident, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))) as cp:
+            cp.set_types(COPY_TYPES)
+            for r in rows:
+                cp.write_row(tuple(r[c] for c in COLUMNS))
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def _delete_insert(settings: Settings, frame: pl.DataFrame, day: dt.date) -> float:
+    """The alternative to the swap for a rerun: COPY to a temp table, then DELETE + INSERT; seconds."""
+    prepared = prepare_scores(frame)
+    run_id = uuid.uuid4()
+    block = _encode_block(prepared, day, "bench", dt.datetime.now(dt.UTC), run_id)
+    with connect(settings) as conn:
+        started = time.perf_counter()
+        schema = settings.db_schema
+        target = sql.Identifier(schema, "risk_scores")
+        cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+        conn.execute(sql.SQL("CREATE TEMP TABLE bench_stage (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP")
+                     .format(target))
+        with conn.cursor() as cur, cur.copy(sql.SQL("COPY bench_stage ({}) FROM STDIN (FORMAT BINARY)")
+                                            .format(cols)) as cp:
+            cp.write(pgcopy.HEADER)
+            cp.write(memoryview(block))
+            cp.write(pgcopy.TRAILER)
+        conn.execute(sql.SQL("INSERT INTO {} ({}, replaced_by_run) SELECT {}, %s FROM {}"
+                             " WHERE score_date = %s").format(
+                         sql.Identifier(schema, "risk_scores_audit"), cols, cols, target), (run_id, day))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE score_date = %s").format(target), (day,))
+        conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM bench_stage").format(target, cols, cols))
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def _write(settings: Settings, frame: pl.DataFrame, day: dt.date) -> tuple[float, dict[str, float]]:
+    started = time.perf_counter()
+    report = write_scores(settings, score_date=day, scores=frame, model_version="bench",
+                          model_sha256="0" * 64, run_id=uuid.uuid4(), watermark=None)
+    return time.perf_counter() - started, report.seconds
+
+
+def run(scale: str, workdir: Path) -> list[dict]:
+    """Write one night of scores for the scale's accounts; one row (new night), details for reruns."""
+    if scale not in ACCOUNTS:
+        raise ValueError(f"scale must be one of {sorted(ACCOUNTS)}, got {scale!r}")
+    n = ACCOUNTS[scale]
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings, server = _server_settings(workdir)
+    try:
+        frame = scores_frame(n)
+        rows = _python_rows(frame, END_DATE, uuid.uuid4())
+        block = _encode_block(prepare_scores(frame), END_DATE, "bench", dt.datetime.now(dt.UTC), uuid.uuid4())
+        _write(settings, frame.head(100), END_DATE - dt.timedelta(days=30))
+        timings = [_write(settings, frame, END_DATE - dt.timedelta(days=k)) for k in range(REPEATS)]
+        seconds, stages = min(timings, key=lambda t: t[0])
+        reruns = [_write(settings, frame, END_DATE)[0] for _ in range(REPEATS)]
+        delete_insert = [_delete_insert(settings, frame, END_DATE - dt.timedelta(days=1))
+                         for _ in range(REPEATS)]
+        baseline = _baseline(settings, rows)
+        limit = min(_limit(settings, block) for _ in range(REPEATS))
+        write_row = min(_write_row_copy(settings, rows) for _ in range(REPEATS))
+    finally:
+        server.cleanup()
+    rate = n / seconds
+    details = {
+        "stage_seconds": {k: round(v, 4) for k, v in stages.items()},
+        "rerun_swap_with_audit_s": round(min(reruns), 4),
+        "rerun_delete_insert_with_audit_s": round(min(delete_insert), 4),
+        "baseline_sqlalchemy_s": round(baseline, 4),
+        "limit_copy_prebuilt_s": round(limit, 4),
+        "copy_write_row_s": round(write_row, 4),
+        "copy_write_row_rows_per_s": round(n / write_row, 1),
+    }
+    return [{"stage": "write", "scale": scale, "rows": n, "seconds": round(seconds, 4),
+             "rows_per_s": round(rate, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+             "output_mb": round(block.size / 2**20, 3), "baseline": round(n / baseline, 1),
+             "baseline_ratio": round(baseline / seconds, 2), "limit": round(n / limit, 1),
+             "limit_ratio": round(limit / seconds, 3), "details": details}]
