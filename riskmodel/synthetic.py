@@ -9,8 +9,9 @@ limit, tenure and a spending scale; merchants with a category (mcc), a country a
 channel ("card_present", "online", "atm"; employers credit salaries online with mcc
 "payroll" and a positive amount like every other row); daily counts with weekly seasonality;
 favourite merchants; personal hours of day (timestamps are UTC, shifted by the home or
-travel country's offset); monthly salaries; a trip abroad for about half of the accounts a
-year, most of them preceded by an online airline ticket (mcc 4511).
+travel country's offset); monthly salaries; a trip abroad (probability 1 - exp(-1.5 days / 365)
+per account), most of them preceded by an online airline ticket (mcc 4511). An account that
+defaults is closed: it has no transactions after its default.
 
 Planted patterns (riskmodel/synthetic_patterns.py). Every planted account gets one risk
 event after its pattern's last transaction, reported 1-21 days later (the demo spec's
@@ -236,10 +237,18 @@ def generate_bank(*, accounts: int, days: int, end_date: dt.date, seed: int,
     parts.append(background(rng, groups[4][0], days))
     planted = Planted.concat(parts)
     txns = Txns.concat([life, planted.txns])
-    txns = txns.select((txns.t >= 0) & (txns.t < days * DAY))
+    txns = txns.select((txns.t >= 0) & (txns.t < _closed_at(planted, accounts, days)[txns.account]))
     txns = txns.select(np.argsort(txns.t, kind="stable"))
     end_us = (day0 + days) * DAY * 1_000_000
     return Bank(world, acc, txns, planted, day0, end_us, end_date)
+
+
+def _closed_at(planted: Planted, accounts: int, days: int) -> np.ndarray:
+    """Per account, the time its card stops working: a default closes it, else the window's end."""
+    closed = np.full(accounts, days * DAY, np.int64)
+    defaulted = planted.ev_type == EVENT_TYPES.index("default")
+    np.minimum.at(closed, planted.ev_account[defaulted], planted.ev_time[defaulted])
+    return closed
 
 
 def pattern_counts(bank: Bank) -> dict[str, dict[str, int]]:

@@ -95,6 +95,10 @@ def test_loaded_tables_are_valid_and_patterns_at_their_rates(initialised: Settin
                         SELECT 1 FROM bank.risk_events e WHERE e.account_id = g.account_id))
         """).fetchone()
         assert (orphans, lookalike_events, missing) == (0, 0, 0)
+        after_default = conn.execute("""
+            SELECT count(*) FROM bank.transactions t JOIN bank.ground_truth g USING (account_id)
+             WHERE g.pattern = 'bust_out' AND NOT g.is_lookalike AND t.ts >= g.event_ts""").fetchone()[0]
+        assert after_default == 0
 
 
 def _episodes(bank: Bank, code: int) -> tuple[list[dict], list[dict]]:
