@@ -89,8 +89,8 @@ def bench_settings(scale: str, workdir: Path, **overrides: Any) -> Settings:
     from riskmodel.db import database_url
 
     home = (Path(workdir) / f"bank-{scale}").resolve()
-    base = Settings(database_url=None, home=home, lake_url=str(home / "lake"), **overrides)
-    return base.model_copy(update={"database_url": database_url(base)})
+    url = database_url(Settings(database_url=None, home=home))
+    return Settings(database_url=url, home=home, lake_url=str(home / "lake"), **overrides)
 
 
 def seeded_bank(scale: str, workdir: Path) -> Settings:

@@ -26,10 +26,13 @@ _PG_TYPES = frozenset({"timestamptz", "date", "text", "float8", "int8"})
 
 
 def param(name: str, pg_type: str) -> sql.Composed:
-    """SQL reading the session parameter `name` as `pg_type` (set by `read_frame`)."""
+    """SQL reading the session parameter `name` as `pg_type` (set by `read_arrow`).
+
+    A scalar subquery, so Postgres evaluates it once per query (an InitPlan), not once per row."""
     if not _PARAM_NAME.match(name) or pg_type not in _PG_TYPES:
         raise ValueError(f"bad query parameter {name!r}::{pg_type!r}")
-    return sql.SQL("current_setting({})::{}").format(sql.Literal(f"riskflow.p_{name}"), sql.SQL(pg_type))
+    setting = sql.Literal(f"riskflow.p_{name}")
+    return sql.SQL("(SELECT current_setting({})::{})").format(setting, sql.SQL(pg_type))
 
 
 @contextmanager

@@ -59,7 +59,7 @@ def rule_exprs(tx: TransactionsSpec, run_date: date, tz: ZoneInfo) -> list[tuple
                      .otherwise(pl.lit(f"{tx.amount} < 0 and allow_negative is false")))
     if not tx.allow_negative:
         bad_amount = bad_amount | (amount < 0)
-    dup = pl.col(tx.id).is_not_null() & (pl.int_range(pl.len()).over(tx.id) > 0)
+    dup = pl.col(tx.id).is_not_null() & ~pl.col(tx.id).is_first_distinct()
     return [
         ("null_account", pl.col(tx.account_id).is_null(), pl.lit(f"{tx.account_id} is null")),
         ("null_timestamp", pl.col(tx.timestamp).is_null(), pl.lit(f"{tx.timestamp} is null")),
@@ -73,14 +73,18 @@ def rule_exprs(tx: TransactionsSpec, run_date: date, tz: ZoneInfo) -> list[tuple
 def check_batch(frame: pl.DataFrame, tx: TransactionsSpec, run_date: date, tz: ZoneInfo) -> QualityResult:
     """Split `frame` (sorted deterministically) into good and bad rows by the rules, first match wins."""
     rules = rule_exprs(tx, run_date, tz)
+    code = pl.lit(None, pl.Int8)
+    for k in reversed(range(len(rules))):
+        code = pl.when(rules[k][1].fill_null(False)).then(pl.lit(k, pl.Int8)).otherwise(code)
+    tagged = frame.with_columns(code.alias("_code"))
+    good = tagged.filter(pl.col("_code").is_null()).drop("_code")
+    bad = tagged.filter(pl.col("_code").is_not_null())
     rule_col = pl.lit(None, pl.String)
     reason_col = pl.lit(None, pl.String)
-    for name, cond, reason in reversed(rules):
-        rule_col = pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(rule_col)
-        reason_col = pl.when(cond.fill_null(False)).then(reason).otherwise(reason_col)
-    tagged = frame.with_columns(rule_col.alias("_rule"), reason_col.alias("_reason"))
-    bad = tagged.filter(pl.col("_rule").is_not_null()).rename({"_rule": "rule", "_reason": "reason"})
-    good = tagged.filter(pl.col("_rule").is_null()).drop("_rule", "_reason")
+    for k in reversed(range(len(rules))):
+        rule_col = pl.when(pl.col("_code") == k).then(pl.lit(rules[k][0])).otherwise(rule_col)
+        reason_col = pl.when(pl.col("_code") == k).then(rules[k][2]).otherwise(reason_col)
+    bad = bad.with_columns(rule_col.alias("rule"), reason_col.alias("reason")).drop("_code")
     counts = dict.fromkeys(RULES, 0)
     for rule, n in bad.group_by("rule").len().iter_rows():
         counts[rule] = int(n)
