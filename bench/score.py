@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from bench.model_data import (
-    CAT_CARDINALITIES,
-    STATIC_CAT_CARDINALITIES,
-    accounts,
-    random_batch,
-    row,
-)
+from bench.common import bench_row, in_child, scale_of
+from bench.train import CAT_CARDINALITIES, STATIC_CAT_CARDINALITIES, random_batch
 from riskmodel.batch import SequenceBatch
 from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
 from riskmodel.score import ScoreReport, score_logits, trimmed_tensors
@@ -63,32 +59,41 @@ def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16:
     return len(batch) / (time.perf_counter() - started)
 
 
-def run(scale: str, workdir: Path) -> list[dict]:
-    """Score every account of the scale once per available device; one row per device."""
-    n = accounts(scale)
+def _measure(n: int, device_name: str, repeats: int) -> dict[str, Any]:
+    """In the child process: score all `n` accounts (best of `repeats`), then baseline and limit."""
     batch = SequenceBatch.concat([random_batch(min(25_000, n - lo), 7 + k)
                                   for k, lo in enumerate(range(0, n, 25_000))])
     net = _model(batch.subset(np.arange(min(2048, n))))
-    weights_mb = sum(p.numel() * p.element_size() for p in net.state_dict().values()) / 2**20
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    device = torch.device(device_name)
+    net.to(device)
+    report = ScoreReport(device=device_name, precision="", batch_size=BATCH)
+    score_logits(net, batch.subset(np.arange(min(BATCH, n))), device=device_name, batch_size=BATCH)
+    seconds, limit = float("inf"), 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        score_logits(net, batch, device=device_name, batch_size=BATCH, report=report)
+        seconds = min(seconds, time.perf_counter() - started)
+        limit = max(limit, _limit_rate(net, batch, device, bf16=device_name == "cuda"))
+    return {"seconds": seconds, "limit": limit, "baseline": _naive_rate(net, batch, device),
+            "precision": report.precision, "bf16_max_abs_diff": report.bf16_max_abs_diff,
+            "threads": torch.get_num_threads(), "seq_len": batch.seq_len,
+            "weights_mb": sum(p.numel() * p.element_size() for p in net.state_dict().values()) / 2**20}
+
+
+def run(scale: str, workdir: Path) -> list[dict]:
+    """Score every account of the scale once per available device; one row per device."""
+    n = scale_of(scale).accounts
     rows = []
-    for name in devices:
-        device = torch.device(name)
-        net.to(device)
-        report = ScoreReport(device=name, precision="", batch_size=BATCH)
-        score_logits(net, batch.subset(np.arange(min(BATCH, n))), device=name, batch_size=BATCH)
-        seconds, limit = float("inf"), 0.0
-        for _ in range(REPEATS[scale]):
-            started = time.perf_counter()
-            score_logits(net, batch, device=name, batch_size=BATCH, report=report)
-            seconds = min(seconds, time.perf_counter() - started)
-            limit = max(limit, _limit_rate(net, batch, device, bf16=name == "cuda"))
-        baseline = _naive_rate(net, batch, device)
-        rows.append(row("score", scale, n, seconds, baseline, limit, weights_mb,
-                        {"device": name, "precision": report.precision, "batch_size": BATCH,
-                         "seq_len": batch.seq_len, "threads": torch.get_num_threads(),
-                         "bf16_max_abs_diff": report.bf16_max_abs_diff,
-                         "baseline": f"one account per call ({NAIVE_ACCOUNTS} accounts)",
-                         "limit": "pure forward on the same chunks preloaded as tensors"}))
-        net.to("cpu")
+    for name in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        m, _, peak = in_child(_measure, n, name, REPEATS[scale])
+        rows.append(bench_row(
+            "score", scale, rows=n, seconds=m["seconds"], peak_rss_mb=peak, output_mb=m["weights_mb"],
+            baseline=f"same model called on one account at a time ({NAIVE_ACCOUNTS} accounts)",
+            baseline_rate=m["baseline"],
+            limit="pure model forward over the same length-sorted chunks preloaded as tensors",
+            limit_rate=m["limit"],
+            details={"device": name, "precision": m["precision"], "batch_size": BATCH,
+                     "seq_len": m["seq_len"], "threads": m["threads"],
+                     "bf16_max_abs_diff": m["bf16_max_abs_diff"],
+                     "baseline_seq_per_s": round(m["baseline"], 1), "limit_seq_per_s": round(m["limit"], 1)}))
     return rows
