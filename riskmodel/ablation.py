@@ -10,6 +10,7 @@ model is what the order of events contributes.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -31,3 +32,17 @@ def shuffle_order(batch: SequenceBatch, seed: int = 0) -> SequenceBatch:
     num = np.take_along_axis(batch.num, perm[:, :, None], axis=1)
     cat = np.take_along_axis(batch.cat, perm[:, :, None], axis=1)
     return replace(batch, num=num, cat=cat)
+
+
+def shuffle_shards(paths: list[Path], out_dir: Path, seed: int = 0) -> list[Path]:
+    """Write an order-shuffled copy of each shard into `out_dir` (seeded per shard); returns the new paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, path in enumerate(paths):
+        target = out_dir / Path(path).name
+        tmp = target.with_name(target.name + ".tmp")
+        shuffle_order(SequenceBatch.load(Path(path)), seed=seed + k).save(tmp)
+        tmp.replace(target)
+        written.append(target)
+    return written

@@ -10,6 +10,7 @@ progress to whoever drives it (a tqdm bar in the CLI, a progress artifact in Pre
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,8 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
     budget_s = cfg.max_train_minutes * 60.0
     device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
+    if cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)

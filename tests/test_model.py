@@ -86,3 +86,16 @@ def test_order_ablation_keeps_multisets_timestamps_and_padding() -> None:
         assert np.array_equal(shuffled.cat[i, k:], batch.cat[i, k:])
         moved += not np.array_equal(before, after)
     assert moved >= 45
+
+
+def test_shuffle_shards_writes_shuffled_copies(tmp_path) -> None:
+    from riskmodel.ablation import shuffle_shards
+
+    batch = order_batch(30, seq_len=12, seed=2)
+    batch.save(tmp_path / "a.npz")
+    [out] = shuffle_shards([tmp_path / "a.npz"], tmp_path / "shuffled", seed=3)
+    again = SequenceBatch.load(out)
+    expected = shuffle_order(batch, seed=3)
+    assert out.parent.name == "shuffled"
+    assert np.array_equal(again.num, expected.num) and np.array_equal(again.cat, expected.cat)
+    assert np.array_equal(again.label, batch.label) and not np.array_equal(again.num, batch.num)
