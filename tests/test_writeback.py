@@ -212,3 +212,26 @@ def test_shadow_rewrite_keeps_other_challengers(initialised: Settings) -> None:
     counts = dict(shadow.group_by("model_version").len().iter_rows())
     assert counts == {"c1": 70, "c2": 60} and report.replaced_rows == 50
     assert scores_for_date(initialised, DAY).height == 0
+
+
+def test_different_dates_write_in_parallel(initialised: Settings) -> None:
+    days = [DAY - dt.timedelta(days=k) for k in range(3)]
+    _write(initialised, score_frame(100, seed=20), day=days[0])
+    errors: list[BaseException] = []
+
+    def one(day: dt.date, seed: int) -> None:
+        try:
+            _write(initialised, score_frame(1500, seed=seed), day=day)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(day, 21 + k)) for k, day in enumerate(days)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    for k, day in enumerate(days):
+        assert scores_for_date(initialised, day).select(CONTENT[:3]).equals(
+            score_frame(1500, seed=21 + k).sort("account_id").select(CONTENT[:3]))
+    assert [r[1] for r in _runs(initialised)] == ["succeeded"] * 4
