@@ -98,6 +98,8 @@ def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
     if bad.height:
         raise ConfigError(f"scores: risk_score must be in [0, 1]; row {bad['index'][0]} "
                           f"(account {bad['account_id'][0]!r}) has {bad['risk_score'][0]}")
+    if df.height == 0:
+        raise ConfigError("scores: no rows; refusing to replace a night's scores with nothing")
     df = df.sort("account_id")
     repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
     if repeated.height:

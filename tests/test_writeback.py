@@ -105,6 +105,8 @@ def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> No
     with pytest.raises(ConfigError, match=r"risk_score must be in \[0, 1\]; row 3"):
         bad = pl.when(pl.int_range(pl.len()) == 3).then(1.5).otherwise(pl.col("risk_score"))
         _write(initialised, frame.with_columns(bad.alias("risk_score")))
+    with pytest.raises(ConfigError, match="no rows"):
+        _write(initialised, frame.head(0))
     with pytest.raises(ConfigError, match="missing column"):
         _write(initialised, frame.drop("risk_band"))
     assert scores_for_date(initialised, DAY).height == 0
