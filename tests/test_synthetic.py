@@ -187,3 +187,31 @@ def test_cli_seed_json(database_url: str, tmp_path: Path, monkeypatch: pytest.Mo
         assert conn.execute("SELECT count(*) FROM bank.transactions").fetchone()[0] == \
             payload["rows"]["transactions"] > 0
     assert main(["seed", "--accounts", "400", "--days", "60", "--end-date", "30/06/2026"]) == 2
+
+
+def test_binary_encoder_round_trips_edge_values(initialised: Settings) -> None:
+    from riskmodel.synthetic_copy import (
+        categorical,
+        copy_rows,
+        null_or,
+        numeric_cents_field,
+        text_table,
+        timestamptz_field,
+    )
+
+    cents = np.array([1, 99, 100, 123_456, 999_999_999_999_99, 10_000_00], dtype=np.int64)
+    micros = np.array([0, 946_684_800_000_000, 1_782_777_600_123_456, -1, 5, 7], dtype=np.int64)
+    valid = np.array([True, True, True, False, True, True])
+    words = text_table(["", "é", "card_present"])
+    codes = np.array([0, 1, 2, 2, 1, 0])
+    with connect(initialised, admin=True) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE enc (a numeric(14, 2), t timestamptz, w text)")
+        copy_rows(cur, sql.Identifier("enc"), ["a", "t", "w"], len(cents), lambda r: [
+            numeric_cents_field(cents[r]), null_or(timestamptz_field(micros[r]), valid[r]),
+            categorical(codes[r], words)], chunk_rows=4)
+        got = cur.execute("SELECT a, t, w FROM enc").fetchall()
+    assert [g[0] for g in got] == [Decimal(int(c)) / 100 for c in cents]
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    assert [g[1] for g in got] == [epoch + dt.timedelta(microseconds=int(m)) if v else None
+                                   for m, v in zip(micros, valid, strict=True)]
+    assert [g[2] for g in got] == ["", "é", "card_present", "card_present", "é", ""]
