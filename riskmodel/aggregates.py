@@ -4,7 +4,8 @@ They feed the GBDT baseline and the model head: over 1, 3, 7, 30, 90 days, count
 max / std of amount, distinct categories and merchants, online / ATM / foreign shares, tiny
 amounts, categories and countries new versus the 90 days before the window; plus the amount
 trend (last 30 days vs the 60 before) and days since the last event. Raw scale, NaN-free.
-Work is NumPy `bincount` over account-sorted rows and one Polars group-by per pair column.
+Work is NumPy `bincount` over account-sorted rows and one Polars group-by per pair column
+(on vocabulary ids, so unseen values count as one).
 """
 
 from __future__ import annotations
@@ -22,21 +23,22 @@ TS = "_ts_us"
 AMOUNT = "_amount"
 ONLINE, ATM, FOREIGN, TINY = "_is_online", "_is_atm", "_is_foreign", "_is_tiny"
 CATEGORY, MERCHANT, COUNTRY = "_category", "_merchant", "_country"
+FLAGS = (ONLINE, ATM, FOREIGN)
 
 
-def aggregate_names(frame_columns: list[str]) -> list[str]:
-    """Aggregate names, in column order, for a prepared frame with these columns."""
+def aggregate_names(flags: list[str], pairs: list[str]) -> list[str]:
+    """Aggregate names, in column order, given which flag and pair columns are present."""
     names: list[str] = []
     for w in WINDOWS:
         names += [f"amount_count_{w}d", f"amount_sum_{w}d", f"amount_mean_{w}d", f"amount_max_{w}d",
                   f"amount_std_{w}d"]
-        if CATEGORY in frame_columns:
+        if CATEGORY in pairs:
             names += [f"distinct_categories_{w}d", f"new_categories_{w}d"]
-        if MERCHANT in frame_columns:
+        if MERCHANT in pairs:
             names.append(f"distinct_merchants_{w}d")
-        if COUNTRY in frame_columns:
+        if COUNTRY in pairs:
             names.append(f"new_countries_{w}d")
-        names += [f"share_{flag[4:]}_{w}d" for flag in (ONLINE, ATM, FOREIGN) if flag in frame_columns]
+        names += [f"share_{flag[4:]}_{w}d" for flag in FLAGS if flag in flags]
         names.append(f"tiny_count_{w}d")
     return names + ["amount_trend_30_60", "days_since_last_event"]
 
@@ -50,36 +52,42 @@ def _group_max(idx: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _pair_counts(window: pl.DataFrame, column: str, end_us: int, n: int) -> tuple[dict[int, np.ndarray],
-                                                                                  dict[int, np.ndarray]]:
-    """Per window: distinct values of `column` per account, and those unseen in the 90 days before."""
-    exprs = [pl.col(TS).max().alias("_last")]
+def _pair_counts(idx: np.ndarray, ts: np.ndarray, ids: np.ndarray, end_us: int,
+                 n: int) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """Per window: distinct ids per account, and those unseen in the 90 days before the window.
+
+    Ids are vocabulary ids (unseen values share id 1), so training and scoring count alike."""
+    width = np.int64(int(ids.max()) + 1 if ids.size else 1)
+    key = idx.astype(np.int64) * width + ids.astype(np.int64)
+    exprs = [pl.col("ts").max().alias("last")]
     for w in WINDOWS:
         start = end_us - w * DAY_US
-        prior = (pl.col(TS) < start) & (pl.col(TS) >= start - NEW_LOOKBACK_DAYS * DAY_US)
-        exprs.append(prior.any().alias(f"_prior_{w}"))
-    pairs = window.filter(pl.col(column).is_not_null()).group_by(ACC, column).agg(exprs)
-    idx = pairs[ACC].to_numpy()
-    last = pairs["_last"].to_numpy()
+        exprs.append(((pl.col("ts") < start) & (pl.col("ts") >= start - NEW_LOOKBACK_DAYS * DAY_US))
+                     .any().alias(f"prior_{w}"))
+    pairs = pl.DataFrame({"key": key, "ts": ts}).group_by("key").agg(exprs)
+    acc = pairs["key"].to_numpy() // width
+    last = pairs["last"].to_numpy()
     distinct, new = {}, {}
     for w in WINDOWS:
         inside = last >= end_us - w * DAY_US
-        distinct[w] = np.bincount(idx[inside], minlength=n).astype(np.float64)
-        fresh = inside & ~pairs[f"_prior_{w}"].to_numpy()
-        new[w] = np.bincount(idx[fresh], minlength=n).astype(np.float64)
+        distinct[w] = np.bincount(acc[inside], minlength=n).astype(np.float64)
+        fresh = inside & ~pairs[f"prior_{w}"].to_numpy()
+        new[w] = np.bincount(acc[fresh], minlength=n).astype(np.float64)
     return distinct, new
 
 
-def compute_aggregates(window: pl.DataFrame, n: int, end_us: int) -> tuple[np.ndarray, list[str]]:
-    """(n, A) float32 aggregates for accounts 0..n-1 of an account-sorted frame ending before `end_us`."""
-    idx = window[ACC].to_numpy()
-    ts = window[TS].to_numpy()
-    amount = window[AMOUNT].to_numpy().astype(np.float64)
+def compute_aggregates(idx: np.ndarray, ts: np.ndarray, amount: np.ndarray, tiny: np.ndarray,
+                       flags: dict[str, np.ndarray], pair_ids: dict[str, np.ndarray], n: int,
+                       end_us: int) -> tuple[np.ndarray, list[str]]:
+    """(n, A) float32 aggregates for accounts 0..n-1 from rows sorted by (account, time) before `end_us`.
+
+    `flags` maps ONLINE / ATM / FOREIGN to per-row booleans, `pair_ids` CATEGORY / MERCHANT /
+    COUNTRY to per-row vocabulary ids; absent keys leave their aggregates out."""
+    amount = amount.astype(np.float64)
     cols: list[np.ndarray] = []
-    pairs = {c: _pair_counts(window, c, end_us, n) for c in (CATEGORY, MERCHANT, COUNTRY)
-             if c in window.columns}
-    flags = {c: window[c].to_numpy().astype(np.float64) for c in (ONLINE, ATM, FOREIGN, TINY)
-             if c in window.columns}
+    pairs = {c: _pair_counts(idx, ts, ids, end_us, n) for c, ids in pair_ids.items()}
+    weights = {c: flags[c].astype(np.float64) for c in FLAGS if c in flags}
+    tiny_w = tiny.astype(np.float64)
     sums: dict[int, np.ndarray] = {}
     for w in WINDOWS:
         m = ts >= end_us - w * DAY_US
@@ -96,10 +104,10 @@ def compute_aggregates(window: pl.DataFrame, n: int, end_us: int) -> tuple[np.nd
             cols.append(pairs[MERCHANT][0][w])
         if COUNTRY in pairs:
             cols.append(pairs[COUNTRY][1][w])
-        for flag in (ONLINE, ATM, FOREIGN):
-            if flag in flags:
-                cols.append(np.bincount(i, weights=flags[flag][m], minlength=n) / safe)
-        cols.append(np.bincount(i, weights=flags[TINY][m], minlength=n))
+        for flag in FLAGS:
+            if flag in weights:
+                cols.append(np.bincount(i, weights=weights[flag][m], minlength=n) / safe)
+        cols.append(np.bincount(i, weights=tiny_w[m], minlength=n))
         sums[w] = total
     earlier = sums[90] - sums[30]
     cols.append(np.log1p(np.abs(sums[30])) - np.log1p(np.abs(earlier) / 2.0))
@@ -108,6 +116,5 @@ def compute_aggregates(window: pl.DataFrame, n: int, end_us: int) -> tuple[np.nd
         ends = np.flatnonzero(np.r_[idx[1:] != idx[:-1], True])
         last[idx[ends]] = ts[ends]
     cols.append((end_us - last) / DAY_US)
-    out = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
-    out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-    return out, aggregate_names(window.columns)
+    out = np.nan_to_num(np.stack(cols, axis=1), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+    return out, aggregate_names(list(weights), list(pairs))

@@ -31,6 +31,7 @@ log = logging.getLogger("riskflow.sequences")
 ACC = "_acc"
 SHARD = "_shard"
 HOUR, DOW = "_hour", "_dow"
+HOME = "_home"
 TIME_SCALE = float(np.log1p(24.0 * 366))
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -73,6 +74,7 @@ class Prepared:
     static: pl.DataFrame
     n_shards: int
     names: dict[str, list[str]]
+    roles: dict[str, int]
 
 
 def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame | None) -> pl.DataFrame:
@@ -83,8 +85,10 @@ def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame
               for i, c in enumerate(state.static_num)]
     exprs += [encode(pl.col(c), state.static_vocab[c], missing=PAD_ID).alias(f"_t{i}")
               for i, c in enumerate(state.static_cat)]
-    if spec.accounts.home_country:
-        exprs.append(pl.col(spec.accounts.home_country).hash(7).alias("_home"))
+    country = spec.transactions.country
+    if spec.accounts.home_country and country:
+        exprs.append(encode(pl.col(spec.accounts.home_country), state.vocab[country], missing=PAD_ID)
+                     .alias(HOME))
     return accounts.select(exprs)
 
 
@@ -111,22 +115,16 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
     if tx.channel:
         exprs += [pl.col(tx.channel).is_in(tx.online_values).fill_null(False).alias(ag.ONLINE),
                   pl.col(tx.channel).is_in(tx.atm_values).fill_null(False).alias(ag.ATM)]
-    for role, name in ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)):
-        if role:
-            exprs.append(pl.when(pl.col(role).is_null()).then(None).otherwise(pl.col(role).hash(7)).alias(name))
+    roles = {name: state.event_cat.index(col) for col, name in
+             ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)) if col}
     static = _static_table(spec, state, accounts)
     frame = lazy.select(exprs).collect()
     ids = frame[ACC].to_numpy()
     frame = frame.with_columns(pl.Series(SHARD, shard_of(ids, n_shards)))
-    if tx.country and "_home" in static.columns:
-        home = static.select(ACC, "_home")
-        frame = frame.join(home, on=ACC, how="left", maintain_order="left").with_columns(
-            (pl.col("_home").is_not_null() & (pl.col(ag.COUNTRY) != pl.col("_home")))
-            .fill_null(False).alias(ag.FOREIGN)).drop("_home")
     frame = frame.sort([SHARD, ACC, ag.TS, "_id"])
     names = {"num": list(state.event_num), "cat": list(state.event_cat), "time": list(TIME_FEATURES),
              "static_num": list(state.static_num), "static_cat": list(state.static_cat)}
-    return Prepared(frame, static, n_shards, names)
+    return Prepared(frame, static, n_shards, names, roles)
 
 
 def cutoff_bounds(spec: FeatureSpec, cutoff: date, tz: ZoneInfo) -> tuple[int, int, int]:
@@ -138,14 +136,18 @@ def cutoff_bounds(spec: FeatureSpec, cutoff: date, tz: ZoneInfo) -> tuple[int, i
     return (int(start.timestamp()) * to_us, int(active.timestamp()) * to_us, int(end.timestamp()) * to_us)
 
 
-def _static_arrays(prep: Prepared, account_ids: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    n_num, n_cat = len(prep.names["static_num"]), len(prep.names["static_cat"])
-    if n_num + n_cat == 0 or prep.static.is_empty():
-        return np.zeros((len(account_ids), n_num), np.float32), np.zeros((len(account_ids), n_cat), np.int32)
+def _static_arrays(prep: Prepared,
+                   account_ids: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Static numeric and categorical arrays of these accounts, and their home-country ids (or None)."""
+    n, n_num, n_cat = len(account_ids), len(prep.names["static_num"]), len(prep.names["static_cat"])
+    if prep.static.is_empty():
+        home = np.zeros(n, np.int32) if HOME in prep.static.columns else None
+        return np.zeros((n, n_num), np.float32), np.zeros((n, n_cat), np.int32), home
     joined = pl.DataFrame({ACC: account_ids}).join(prep.static, on=ACC, how="left", maintain_order="left")
     nums = joined.select([pl.col(f"_s{i}").fill_null(0.0) for i in range(n_num)]).to_numpy()
     cats = joined.select([pl.col(f"_t{i}").fill_null(PAD_ID) for i in range(n_cat)]).to_numpy()
-    return nums.astype(np.float32).reshape(-1, n_num), cats.astype(np.int32).reshape(-1, n_cat)
+    home = joined[HOME].fill_null(PAD_ID).to_numpy() if HOME in joined.columns else None
+    return nums.astype(np.float32).reshape(n, n_num), cats.astype(np.int32).reshape(n, n_cat), home
 
 
 def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: date, active_us: int,
@@ -191,8 +193,14 @@ def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: d
     batch.lengths[:] = np.minimum(counts, seq_len)
     account_ids = rows[ACC].gather(starts) if n else rows[ACC].head(0)
     batch.account_id = account_ids.to_numpy()
-    batch.static_num, batch.static_cat = _static_arrays(prep, account_ids)
-    batch.agg, agg_names = ag.compute_aggregates(rows, n, end_us)
+    batch.static_num, batch.static_cat, home = _static_arrays(prep, account_ids)
+    cats = {role: rows[f"_c{j}"].to_numpy() for role, j in prep.roles.items()}
+    flags = {f: rows[f].to_numpy() for f in (ag.ONLINE, ag.ATM) if f in rows.columns}
+    if home is not None and ag.COUNTRY in cats:
+        home_rows = home[idx]
+        flags[ag.FOREIGN] = (home_rows != PAD_ID) & (cats[ag.COUNTRY] != home_rows)
+    batch.agg, agg_names = ag.compute_aggregates(idx, ts, rows[ag.AMOUNT].to_numpy(),
+                                                 rows[ag.TINY].to_numpy(), flags, cats, n, end_us)
     batch.cutoff = np.full(n, np.datetime64(cutoff, "D"))
     batch.names = {**prep.names, "agg": agg_names}
     return batch

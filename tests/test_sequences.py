@@ -198,3 +198,5 @@ def test_scoring_and_snapshot_paths_give_identical_features(lake_bank, tmp_path)
     assert same.names == train.names
     assert train.label is not None and score.label is None
     assert same.static_cat.shape == (len(same), 2) and (same.static_cat >= 2).all()
+    foreign = same.agg[:, same.names["agg"].index("share_foreign_90d")]
+    assert 0.05 < foreign.mean() < 0.4
