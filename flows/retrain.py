@@ -1,0 +1,96 @@
+"""Retrain: snapshots -> challenger, LightGBM baseline, order ablation -> out-of-time evaluation
+against the champion -> register -> promote only if it wins. Orchestration only."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.context import settings_and_spec
+from flows.params import RetrainParams
+from riskmodel import registry
+from riskmodel import retrain as steps
+from riskmodel.clock import yesterday
+from riskmodel.settings import Settings
+from riskmodel.snapshots import training_cutoffs
+from tasks.data import extract_task, fit_features_task, training_shards_task
+from tasks.training import (
+    baseline_task,
+    champion_task,
+    evaluate_task,
+    fit_model_task,
+    hash_split_task,
+    register_task,
+    shuffle_task,
+)
+
+
+@flow(name="retrain", log_prints=False)
+def retrain(params: RetrainParams | None = None) -> dict:
+    """Train a challenger on closed label windows and promote it only if it beats the champion."""
+    params = params or RetrainParams()
+    logger = get_run_logger()
+    settings, spec = settings_and_spec()
+    if params.horizon_days is not None and params.horizon_days != spec.horizon_days:
+        spec = spec.model_copy(update={"horizon_days": params.horizon_days})
+    as_of = params.as_of or yesterday(settings.tz)
+    run_dir = settings.home / "runs" / f"retrain-{uuid.uuid4()}"
+    extract_task(as_of)
+
+    start = as_of - timedelta(days=params.train_days)
+    cutoffs = training_cutoffs(spec, start, as_of, params.cutoff_every_days, as_of)
+    split = steps.plan_split(cutoffs, spec.horizon_days)
+    logger.info("retrain as of %s: %s", as_of, split.describe())
+    features = fit_features_task(start, max(split.train))
+    try:
+        if split.kind == "out_of_time":
+            parts = {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of)
+                     for name, cutoffs_ in (("train", split.train), ("valid", split.valid),
+                                            ("test", split.test))}
+        else:
+            everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of)
+            parts = hash_split_task(everything, str(run_dir / "split"))
+        fit_params = params.model_dump(mode="json")
+        fit_params["device"] = settings.device
+        model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,
+                               fit_params, str(run_dir / "models"))
+        probs = {"model": model["test_probs"]}
+        probs["baseline"] = baseline_task(parts["train"], parts["valid"], parts["test"], params.seed,
+                                          str(run_dir / "probs"))
+        if params.run_ablation:
+            shuffled = {name: shuffle_task(paths, str(run_dir / "shuffled" / name), params.seed)
+                        for name, paths in parts.items()}
+            ablation = fit_model_task("shuffled_order", shuffled["train"], shuffled["valid"],
+                                      shuffled["test"], features, fit_params, str(run_dir / "models"))
+            probs["shuffled_order"] = ablation["test_probs"]
+        champion = registry.champion_version(settings)
+        if champion is not None:
+            probs["champion"] = champion_task(parts["test"], _champion_test(
+                settings, champion, split, run_dir, as_of), str(run_dir / "probs"))
+        evaluation = evaluate_task(parts["test"], model["test_labels"], probs, split.kind, params.seed,
+                                   str(run_dir))
+        registered = register_task(model, evaluation, champion, start, max(split.test), params.promote_policy,
+                                   params.min_ap_margin, model["test_probs"], parts["test"])
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}
+            for name, metrics in evaluation["evaluation"].items()]
+    logger.info("registered %s as %s: %s", registered["version"], registered["status"], registered["reason"])
+    return {**registered, "split": split.describe(), "evaluation": evaluation["evaluation"],
+            "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
+            "evaluation_rows": rows, "training": model["training"] | {"history": None}}
+
+
+def _champion_test(settings: Settings, champion: str, split: steps.Split, run_dir: Path,
+                   as_of: date) -> list[str]:
+    """Test shards encoded with the champion's own frozen features (reused when identical)."""
+    manifest = registry.read_manifest(settings, champion)
+    if split.kind != "out_of_time":
+        everything = training_shards_task(manifest["features"], split.test, str(run_dir / "champion-all"),
+                                          as_of)
+        return hash_split_task(everything, str(run_dir / "champion-split"))["test"]
+    return training_shards_task(manifest["features"], split.test, str(run_dir / "champion-test"), as_of)

@@ -1,0 +1,156 @@
+"""The steps of a retrain, as plain functions: split cutoffs, fit a challenger, predict, group rows.
+
+The Prefect flow (`flows/retrain.py`) calls these through tasks; a notebook can call them too.
+Splits are out-of-time: training cutoffs end at least H days before the validation cutoff, which
+precedes the test cutoff, so no training label window overlaps the evaluation windows. With
+fewer than three usable cutoffs (a one-off portfolio snapshot) rows are split by a stable hash of
+the account id instead, and the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from riskmodel.ablation import shuffle_order
+from riskmodel.bands import BandPolicy
+from riskmodel.batch import SequenceBatch
+from riskmodel.calibrate import Calibrator, fit_calibrator
+from riskmodel.errors import ConfigError
+from riskmodel.features import FeatureState
+from riskmodel.model import ModelConfig, RiskLSTM
+from riskmodel.sequences import stable_hash
+from riskmodel.train import ProgressFn, TrainConfig, TrainResult, predict_logits, resolve_device, train_model
+
+SplitKind = Literal["out_of_time", "account_hash"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which cutoffs feed training, validation and test, and how rows are separated."""
+
+    kind: SplitKind
+    train: list[date]
+    valid: list[date]
+    test: list[date]
+
+    def describe(self) -> str:
+        """One line for reports."""
+        fmt = ", ".join
+        return (f"{self.kind}: train {fmt(map(str, self.train))} | valid {fmt(map(str, self.valid))} | "
+                f"test {fmt(map(str, self.test))}")
+
+
+def plan_split(cutoffs: Sequence[date], horizon_days: int) -> Split:
+    """Out-of-time split of closed cutoffs (last = test, previous = valid, train with an H-day gap)."""
+    ordered = sorted(set(cutoffs))
+    if not ordered:
+        raise ConfigError("no training cutoff has a closed label window: widen train_days or wait")
+    if len(ordered) < 3:
+        return Split("account_hash", ordered, ordered, ordered)
+    test, valid = ordered[-1], ordered[-2]
+    gap = valid - timedelta(days=horizon_days)
+    train = [t for t in ordered[:-2] if t <= gap] or ordered[:-2]
+    return Split("out_of_time", train, [valid], [test])
+
+
+def hash_part(account_id: np.ndarray) -> np.ndarray:
+    """Stable split of accounts for the single-cutoff case: 0..69 train, 70..84 valid, 85..99 test."""
+    bucket = (stable_hash(account_id) % np.uint64(100)).astype(np.int64)
+    return np.where(bucket < 70, 0, np.where(bucket < 85, 1, 2))
+
+
+def split_shards_by_hash(paths: Sequence[Path], out_dir: Path) -> dict[str, list[Path]]:
+    """Write each shard's train/valid/test rows (by account hash) to `out_dir/<part>/`."""
+    out: dict[str, list[Path]] = {"train": [], "valid": [], "test": []}
+    for path in paths:
+        batch = SequenceBatch.load(Path(path))
+        part = hash_part(batch.account_id)
+        for index, name in enumerate(("train", "valid", "test")):
+            target = out_dir / name / Path(path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            batch.subset(part == index).save(target)
+            out[name].append(target)
+    return out
+
+
+def shuffle_shards(paths: Sequence[Path], out_dir: Path, seed: int) -> list[Path]:
+    """The order ablation of each shard, written to `out_dir` (same file names)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, path in enumerate(paths):
+        target = out_dir / Path(path).name
+        shuffle_order(SequenceBatch.load(Path(path)), seed=seed + i).save(target)
+        written.append(target)
+    return written
+
+
+@dataclass
+class Fitted:
+    """A trained, calibrated network with its capacity bands fitted on validation scores."""
+
+    net: RiskLSTM
+    calibrator: Calibrator
+    bands: BandPolicy
+    result: TrainResult
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_model(train: Sequence[Path], valid: Sequence[Path], *, features: dict[str, Any], hidden: int,
+              config: TrainConfig, bands: BandPolicy | None = None,
+              on_progress: ProgressFn | None = None) -> Fitted:
+    """Train on `train`, early-stop and calibrate on `valid`, fit band thresholds on `valid`."""
+    first = SequenceBatch.load(Path(train[0]))
+    state = FeatureState.from_dict(features)
+    model_config = ModelConfig.for_batch(
+        first, cat_cardinalities=state.cat_cardinalities,
+        static_cat_cardinalities=state.static_cat_cardinalities, hidden=hidden)
+    result = train_model(list(train), list(valid), model_config=model_config, config=config,
+                         on_progress=on_progress)
+    calibrator = fit_calibrator(result.valid_logits, result.valid_labels)
+    fitted_bands = (bands or BandPolicy()).fit(calibrator.apply(result.valid_logits))
+    summary = {"best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
+               "stopped": result.stopped, "seconds": round(result.seconds, 2),
+               "sequences_seen": result.sequences_seen,
+               "sequences_per_s": round(result.sequences_seen / max(result.seconds, 1e-9), 1),
+               "history": result.history}
+    return Fitted(result.model, calibrator, fitted_bands, result, summary)
+
+
+def predict_proba(net: RiskLSTM, calibrator: Calibrator, paths: Sequence[Path],
+                  device: str = "auto") -> tuple[np.ndarray, np.ndarray | None]:
+    """Calibrated probabilities and labels for every row of `paths`, in order."""
+    logits, labels = predict_logits(net, list(paths), resolve_device(device))
+    return calibrator.apply(logits), labels
+
+
+def row_keys(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """(account ids as text, cutoffs) of every row in order, to align two models' test rows."""
+    ids, cutoffs = [], []
+    for path in paths:
+        with np.load(Path(path), allow_pickle=False) as data:
+            ids.append(data["account_id"].astype(str))
+            cutoffs.append(data["cutoff"])
+    if not ids:
+        return np.zeros(0, str), np.zeros(0, "datetime64[D]")
+    return np.concatenate(ids), np.concatenate(cutoffs)
+
+
+def aggregate_medians(paths: Sequence[Path]) -> list[float]:
+    """Median of each aggregate over the training rows: the neutral value reason codes occlude with."""
+    aggs = []
+    for path in paths:
+        with np.load(Path(path), allow_pickle=False) as data:
+            aggs.append(data["agg"])
+    stacked = np.concatenate(aggs) if aggs else np.zeros((0, 0), np.float32)
+    return np.median(stacked, axis=0).astype(float).tolist() if len(stacked) else []
+
+
+def pattern_groups(account_ids: np.ndarray, truth: dict[str, str]) -> np.ndarray:
+    """Each row's planted pattern (from ground truth), "look-alike:<pattern>", or "unplanted"."""
+    return np.array([truth.get(a, "unplanted") for a in account_ids.astype(str)], dtype=object)

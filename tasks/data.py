@@ -1,0 +1,65 @@
+"""Prefect tasks around the data path: extract to the lake, feature fitting, sequence shards.
+
+Tasks pass dates, paths and small dicts only; frames and arrays stay on disk.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from flows.context import settings_and_spec
+from riskmodel import lake, sequences, snapshots
+from riskmodel.errors import DatabaseError
+from riskmodel.features import FeatureState, fit_feature_state
+from tasks.models import cached_model
+
+
+def _retry_on_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
+    """Retry connection problems; quality failures and bad input fail at once."""
+    try:
+        state.result()
+    except (DatabaseError, OSError, ConnectionError) as exc:
+        return "quality" not in str(exc)
+    except Exception:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+@task(name="extract", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_jitter_factor=0.5, retry_condition_fn=_retry_on_transient, timeout_seconds=3600,
+      cache_policy=NO_CACHE)
+def extract_task(run_date: date) -> dict[str, object]:
+    """Bring the lake up to `run_date` (incremental, quality-checked, atomic per partition)."""
+    settings, spec = settings_and_spec()
+    return lake.extract(settings, spec, run_date).as_dict()
+
+
+@task(name="build-scoring-shards", timeout_seconds=3600, cache_policy=NO_CACHE)
+def scoring_shards_task(version: str, sha256: str, score_date: date, out_dir: str) -> list[str]:
+    """Padded sequences of every account active at `score_date`, one .npz per account-hash shard,
+    encoded with the vocabularies and statistics frozen in model `version`."""
+    settings, spec = settings_and_spec()
+    state = FeatureState.from_dict(cached_model(version, sha256).manifest["features"])
+    paths = sequences.build_scoring_shards(settings, spec, state, score_date, Path(out_dir))
+    return [str(p) for p in paths]
+
+
+@task(name="fit-features", timeout_seconds=3600, cache_policy=NO_CACHE)
+def fit_features_task(start: date, end: date) -> dict:
+    """Vocabularies and normalisation statistics fitted on the training window only."""
+    settings, spec = settings_and_spec()
+    return fit_feature_state(settings, spec, start, end).to_dict()
+
+
+@task(name="build-training-shards", timeout_seconds=3 * 3600, cache_policy=NO_CACHE)
+def training_shards_task(features: dict, cutoffs: list[date], out_dir: str, as_of: date) -> list[str]:
+    """Labelled snapshots at `cutoffs` (labels known by `as_of`), same shard format as scoring."""
+    settings, spec = settings_and_spec()
+    state = FeatureState.from_dict(features)
+    paths = snapshots.build_training_shards(settings, spec, state, cutoffs, Path(out_dir), as_of)
+    return [str(p) for p in paths]

@@ -1,0 +1,58 @@
+"""Prefect task for nightly monitoring: drift (PSI) against the model's reference, band changes,
+realised performance, a Prefect event for automations when something needs a person."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from flows.context import settings_and_spec
+from riskmodel.batch import SequenceBatch
+from riskmodel.monitor import feature_values, monitor
+from tasks.models import cached_model
+from tasks.reporting import publish_images, publish_table
+
+DRIFT_EVENT = "riskflow.drift.detected"
+
+
+def concat_values(shards: list[str]) -> dict[str, np.ndarray]:
+    """Per-column monitoring values of every shard, concatenated."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for shard in shards:
+        for key, values in feature_values(SequenceBatch.load(Path(shard))).items():
+            parts.setdefault(key, []).append(values)
+    return {key: np.concatenate(v) for key, v in parts.items()}
+
+
+@task(name="monitor", retries=1, retry_delay_seconds=5, timeout_seconds=1800, cache_policy=NO_CACHE)
+def monitor_task(score_date: date, version: str, sha256: str, shards: list[str], score_files: list[str],
+                 out_dir: str) -> dict[str, Any]:
+    """PSI of scores and feature groups, band counts vs last night, realised performance; alerts."""
+    settings, spec = settings_and_spec()
+    model = cached_model(version, sha256)
+    scores = pl.concat([pl.read_parquet(f, columns=["risk_score", "risk_band"]) for f in score_files])
+    reference = model.manifest.get("reference") or {}
+    report = monitor(settings, spec, score_date=score_date, scores=scores["risk_score"].to_numpy(),
+                     values=concat_values(shards), reference=reference)
+    publish_table(f"monitoring-{score_date}", report.rows(),
+                  f"Drift (PSI vs training reference), band counts and realised performance, {score_date}")
+    publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
+                   Path(out_dir) / "plots", f"Score distribution for {score_date} against the reference")
+    if report.alerts:
+        logger = get_run_logger()
+        for alert in report.alerts:
+            logger.warning("monitoring alert for %s: %s", score_date, alert)
+        emit_event(event=DRIFT_EVENT,
+                   resource={"prefect.resource.id": f"riskflow.monitor.{spec.name}"},
+                   payload={"score_date": score_date.isoformat(), "model_version": version,
+                            "alerts": report.alerts, "score_psi": report.score_psi})
+    counts = scores.group_by("risk_band").len().sort("risk_band")
+    return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
+            "alerts": report.alerts, "score_psi": report.score_psi, "realised": report.realised}

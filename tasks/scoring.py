@@ -1,0 +1,88 @@
+"""Prefect tasks around scoring: load a verified model, score shards, write back, monitor.
+
+A shard's scores go to a Parquet file next to the shard; the write task reads them all and
+swaps the night's partition in one transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+from datetime import date, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from flows.context import settings_and_spec
+from riskmodel import registry, writeback
+from riskmodel.batch import SequenceBatch
+from riskmodel.reasons import at_or_above, reason_codes
+from riskmodel.score import ScoreReport, score_batch
+from tasks.models import cached_model, remember_model
+
+
+@task(name="resolve-models", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
+    """The champion (verified now, refusing a corrupted artifact) and, if asked, a fresh challenger."""
+    settings, _ = settings_and_spec()
+    champion = registry.load_champion(settings)
+    remember_model(champion)
+    result: dict[str, dict[str, str] | None] = {
+        "champion": {"version": champion.version, "sha256": champion.sha256}, "challenger": None}
+    challenger = registry.latest_challenger(settings) if shadow else None
+    if challenger and challenger != champion.version:
+        model = registry.load_version(settings, challenger)
+        remember_model(model)
+        result["challenger"] = {"version": model.version, "sha256": model.sha256}
+    return result
+
+
+@task(name="score-shard", retries=1, retry_delay_seconds=5, timeout_seconds=3600,
+      cache_policy=NO_CACHE)
+def score_shard_task(shard: str, version: str, sha256: str, device: str,
+                     with_reasons: bool = True) -> dict[str, object]:
+    """Score one shard: calibrated probability, band and (for high bands) reason codes."""
+    settings, _ = settings_and_spec()
+    model = cached_model(version, sha256)
+    batch = SequenceBatch.load(Path(shard))
+    report = ScoreReport(device=device, precision="fp32", batch_size=settings.score_batch_size)
+    probs = score_batch(model, batch, device=device, batch_size=settings.score_batch_size,
+                        threads=settings.torch_threads, report=report)
+    bands = model.band(probs)
+    reasons: list[list[str]] = [[] for _ in range(len(batch))]
+    if with_reasons and len(batch):
+        selected = at_or_above(bands, settings.reason_min_band)
+        neutral = model.manifest["features"].get("agg_neutral")
+        if selected.any():
+            reasons = reason_codes(lambda b: score_batch(model, b, device=device,
+                                                         batch_size=settings.score_batch_size),
+                                   batch, selected, top_k=3,
+                                   agg_neutral=np.asarray(neutral, np.float32) if neutral else None)
+    out = Path(shard).with_suffix(f".{version}.scores.parquet")
+    pl.DataFrame({
+        "account_id": batch.account_id.astype(str),
+        "risk_score": probs.astype(np.float64),
+        "risk_band": bands.astype(str),
+        "reason_codes": reasons,
+    }, schema_overrides={"reason_codes": pl.List(pl.String)}).write_parquet(out)
+    return {"path": str(out), "shard": shard, "rows": len(batch), **asdict(report)}
+
+
+@task(name="write-scores", retries=2, retry_delay_seconds=10, timeout_seconds=1800,
+      cache_policy=NO_CACHE)
+def write_scores_task(score_files: list[str], score_date: date, version: str, sha256: str,
+                      run_id: str, watermark: datetime | None, table: str = "risk_scores") -> dict:
+    """Swap the night's partition in one transaction (previous scores kept in the audit table)."""
+    settings, _ = settings_and_spec()
+    frames = [pl.read_parquet(f) for f in score_files]
+    scores = pl.concat(frames) if frames else pl.DataFrame(
+        schema={"account_id": pl.String, "risk_score": pl.Float64, "risk_band": pl.String,
+                "reason_codes": pl.List(pl.String)})
+    report = writeback.write_scores(settings, score_date=score_date, scores=scores,
+                                    model_version=version, model_sha256=sha256,
+                                    run_id=uuid.UUID(run_id), watermark=watermark, table=table)
+    return {"table": report.table, "rows": report.rows, "replaced_rows": report.replaced_rows,
+            "checksum": report.checksum, "partition": report.partition, "seconds": report.seconds}
