@@ -100,15 +100,25 @@ def _group_columns(names: dict[str, list[str]]) -> dict[str, list[str]]:
             for g in feature_groups(names)}
 
 
-def reference_distributions(scores: np.ndarray, batch: SequenceBatch, bins: int = 10) -> dict[str, Any]:
-    """The drift reference for a model manifest: score bins, per-column bins and the feature groups."""
-    values = feature_values(batch)
+def concat_values(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Join `feature_values` of several shards column by column."""
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} if parts else {}
+
+
+def reference_from_values(scores: np.ndarray, values: dict[str, np.ndarray], names: dict[str, list[str]],
+                          bins: int = 10) -> dict[str, Any]:
+    """The drift reference from `feature_values` output (e.g. concatenated over training shards)."""
     columns = {}
     for key, v in values.items():
         part = key.split(":", 1)[0]
         columns[key] = categorical_reference(v) if part in CATEGORICAL_PARTS else numeric_reference(v, bins)
     return {"score": numeric_reference(np.asarray(scores), bins), "columns": columns,
-            "groups": _group_columns(batch.names)}
+            "groups": _group_columns(names)}
+
+
+def reference_distributions(scores: np.ndarray, batch: SequenceBatch, bins: int = 10) -> dict[str, Any]:
+    """The drift reference for a model manifest: score bins, per-column bins and the feature groups."""
+    return reference_from_values(scores, feature_values(batch), batch.names, bins)
 
 
 def _fractions(ref: dict[str, Any], values: np.ndarray) -> np.ndarray:

@@ -17,12 +17,14 @@ from riskmodel.metrics import roc_auc
 from riskmodel.monitor import (
     band_changes,
     categorical_fractions,
+    concat_values,
     feature_values,
     label_window,
     monitor,
     psi,
     realised_performance,
     reference_distributions,
+    reference_from_values,
 )
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
@@ -62,6 +64,10 @@ def test_psi_is_small_for_the_same_population_and_large_for_a_shifted_one() -> N
     assert shifted[0] > 0.25
     assert shifted[1]["amount_pattern"]["psi"] > 0.25
     assert shifted[1]["merchant_category"]["psi"] < 0.02
+    halves = [feature_values(ref_batch.subset(np.arange(k, 20_000, 2))) for k in (0, 1)]
+    joined = reference_from_values(ref_scores, concat_values(halves), ref_batch.names)
+    column = "agg:amount_sum_7d"
+    assert joined["columns"][column]["edges"] == reference["columns"][column]["edges"]
     assert set(shifted[1]) == {"amount_pattern", "merchant_category", "country_channel", "timing",
                                "recent_burst", "static_profile"}
 
