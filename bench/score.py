@@ -59,8 +59,10 @@ def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16:
     return len(batch) / (time.perf_counter() - started)
 
 
-def _measure(n: int, device_name: str, repeats: int) -> dict[str, Any]:
+def _measure(n: int, device_name: str, repeats: int, threads: int) -> dict[str, Any]:
     """In the child process: score all `n` accounts (best of `repeats`), then baseline and limit."""
+    if threads:
+        torch.set_num_threads(threads)
     batch = SequenceBatch.concat([random_batch(min(25_000, n - lo), 7 + k)
                                   for k, lo in enumerate(range(0, n, 25_000))])
     net = _model(batch.subset(np.arange(min(2048, n))))
@@ -81,11 +83,12 @@ def _measure(n: int, device_name: str, repeats: int) -> dict[str, Any]:
 
 
 def run(scale: str, workdir: Path) -> list[dict]:
-    """Score every account of the scale once per available device; one row per device."""
+    """Score every account of the scale: CPU with torch's default threads and with one, then CUDA."""
     n = scale_of(scale).accounts
     rows = []
-    for name in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        m, _, peak = in_child(_measure, n, name, REPEATS[scale])
+    runs = [("cpu", 0), ("cpu", 1)] + ([("cuda", 0)] if torch.cuda.is_available() else [])
+    for name, threads in runs:
+        m, _, peak = in_child(_measure, n, name, REPEATS[scale], threads)
         rows.append(bench_row(
             "score", scale, rows=n, seconds=m["seconds"], peak_rss_mb=peak, output_mb=m["weights_mb"],
             baseline=f"same model called on one account at a time ({NAIVE_ACCOUNTS} accounts)",

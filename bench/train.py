@@ -98,9 +98,11 @@ def _steps_rate(sample: SequenceBatch, batch_size: int, steps: int, device: torc
     return steps * batch_size / (time.perf_counter() - started)
 
 
-def _measure(shards: list[Path], device_name: str) -> dict[str, Any]:
+def _measure(shards: list[Path], device_name: str, threads: int) -> dict[str, Any]:
     """In the child process: one epoch from the shards, then the baseline and limit rates."""
     device = torch.device(device_name)
+    if threads:
+        torch.set_num_threads(threads)
     valid = random_batch(1024, seed=99)
     marks: dict[str, float] = {}
 
@@ -116,18 +118,20 @@ def _measure(shards: list[Path], device_name: str) -> dict[str, Any]:
             "sequences": result.sequences_seen,
             "baseline": _steps_rate(sample, 1, NAIVE_STEPS, device),
             "limit": _steps_rate(sample, BATCH, LIMIT_STEPS, device),
+            "threads": torch.get_num_threads(),
             "weights_mb": sum(p.numel() * p.element_size()
                               for p in result.model.state_dict().values()) / 2**20}
 
 
 def run(scale: str, workdir: Path) -> list[dict]:
-    """One epoch of training at the scale per available device; one row per device."""
+    """One epoch of training at the scale: CPU with torch's default threads and with one, then CUDA."""
     n = scale_of(scale).accounts
     shards = write_shards(n, Path(workdir) / f"train-shards-{scale}")
     shard_mb = sum(p.stat().st_size for p in shards) / 2**20
     rows = []
-    for name in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        m, _, peak = in_child(_measure, shards, name)
+    runs = [("cpu", 0), ("cpu", 1)] + ([("cuda", 0)] if torch.cuda.is_available() else [])
+    for name, threads in runs:
+        m, _, peak = in_child(_measure, shards, name, threads)
         rows.append(bench_row(
             "train", scale, rows=m["sequences"], seconds=m["seconds"], peak_rss_mb=peak,
             output_mb=m["weights_mb"], baseline=f"same model, batch size 1 ({NAIVE_STEPS} steps)",
@@ -136,7 +140,7 @@ def run(scale: str, workdir: Path) -> list[dict]:
             limit_rate=m["limit"],
             details={"device": name, "precision": "bf16" if name == "cuda" else "fp32",
                      "batch_size": BATCH, "seq_len": SEQ_LEN, "hidden": 64,
-                     "threads": torch.get_num_threads(), "shards_mb": round(shard_mb, 1),
+                     "threads": m["threads"], "shards_mb": round(shard_mb, 1),
                      "baseline_seq_per_s": round(m["baseline"], 1),
                      "limit_seq_per_s": round(m["limit"], 1)}))
     return rows

@@ -48,6 +48,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = 2048
+    threads: int = 0
 
 
 @dataclass
@@ -176,6 +177,11 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
     if cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_threads = torch.get_num_threads()
+    if cfg.threads < 0:
+        raise ConfigError(f"threads={cfg.threads} must be >= 0 (0 = torch default)")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -255,3 +261,4 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
                            sequences_seen=seen)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(was_threads)
