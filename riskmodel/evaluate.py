@@ -22,10 +22,11 @@ import numpy as np
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
 from riskmodel.metrics import (
-    bootstrap_difference,
-    bootstrap_metrics,
+    bootstrap_draws,
     calibration_curve,
     group_metrics,
+    interval,
+    intervals_from_draws,
 )
 
 TABULAR_KEYS = ("static_num", "static_cat", "agg", "label")
@@ -138,12 +139,16 @@ def evaluate_models(labels: np.ndarray, probs: Mapping[str, np.ndarray], *, spli
         if np.asarray(p).shape != y.shape:
             raise ConfigError(f"evaluate_models: {name!r} has {np.asarray(p).size} scores "
                               f"for {y.size} labels")
-    intervals = bootstrap_metrics(y, probs, n_boot=n_boot, seed=seed)
+    draws = bootstrap_draws(y, probs, n_boot=n_boot, seed=seed)
+    intervals = intervals_from_draws(y, probs, draws)
     evaluation = {name: {k: v["value"] for k, v in m.items()} for name, m in intervals.items()}
     diffs = {}
     if "model" in probs:
-        diffs = {f"model_minus_{name}": bootstrap_difference(y, probs["model"], p, n_boot=n_boot, seed=seed)
-                 for name, p in probs.items() if name != "model"}
+        ap = "average_precision"
+        point = {name: m[ap]["value"] for name, m in intervals.items()}
+        diffs = {f"model_minus_{name}": interval(draws["model"][ap] - draws[name][ap],
+                                                 point["model"] - point[name])
+                 for name in probs if name != "model"}
     per_group = {} if groups is None else {name: group_metrics(y, p, groups) for name, p in probs.items()}
     curves = {name: calibration_curve(y, p) for name, p in probs.items()}
     return EvaluationReport(split=split, rows=int(y.size), positives=int(y.sum()), evaluation=evaluation,

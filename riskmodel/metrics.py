@@ -74,7 +74,8 @@ def calibration_curve(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> 
             "count": [int(c.size) for c in chunks]}
 
 
-def _interval(values: np.ndarray, point: float, alpha: float) -> dict[str, float]:
+def interval(values: np.ndarray, point: float, alpha: float = 0.05) -> dict[str, float]:
+    """{"value": point, "lo", "hi"}: the (1 - alpha) percentile interval of finite bootstrap values."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return {"value": point, "lo": math.nan, "hi": math.nan}
@@ -82,11 +83,11 @@ def _interval(values: np.ndarray, point: float, alpha: float) -> dict[str, float
     return {"value": point, "lo": float(lo), "hi": float(hi)}
 
 
-def bootstrap_metrics(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n_boot: int = 200,
-                      seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, dict[str, float]]]:
-    """Each model's metrics with a (1 - alpha) bootstrap interval; models share the resamples (paired).
+def bootstrap_draws(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n_boot: int = 200,
+                    seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Every metric of every model on `n_boot` resamples; models share the resamples (paired).
 
-    Returns {model: {metric: {"value", "lo", "hi"}}}.
+    Returns {model: {metric: array of n_boot values}}.
     """
     y = np.asarray(labels, dtype=np.float64).ravel()
     rng = np.random.default_rng(seed)
@@ -97,11 +98,28 @@ def bootstrap_metrics(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n
             m = point_metrics(y[idx], np.asarray(s)[idx])
             for k in METRIC_KEYS:
                 draws[name][k][b] = m[k]
+    return draws
+
+
+def intervals_from_draws(labels: np.ndarray, scores: Mapping[str, np.ndarray],
+                         draws: Mapping[str, Mapping[str, np.ndarray]],
+                         alpha: float = 0.05) -> dict[str, dict[str, dict[str, float]]]:
+    """{model: {metric: {"value", "lo", "hi"}}} from point metrics and bootstrap draws."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, s in scores.items():
-        point = point_metrics(y, s)
-        out[name] = {k: _interval(draws[name][k], point[k], alpha) for k in METRIC_KEYS}
+        point = point_metrics(labels, s)
+        out[name] = {k: interval(np.asarray(draws[name][k]), point[k], alpha) for k in METRIC_KEYS}
     return out
+
+
+def bootstrap_metrics(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n_boot: int = 200,
+                      seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, dict[str, float]]]:
+    """Each model's metrics with a (1 - alpha) paired bootstrap interval.
+
+    Returns {model: {metric: {"value", "lo", "hi"}}}.
+    """
+    draws = bootstrap_draws(labels, scores, n_boot=n_boot, seed=seed)
+    return intervals_from_draws(labels, scores, draws, alpha)
 
 
 def bootstrap_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *,
@@ -116,7 +134,7 @@ def bootstrap_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *,
         idx = rng.integers(0, y.size, y.size)
         diffs[i] = point_metrics(y[idx], a[idx])[metric] - point_metrics(y[idx], b[idx])[metric]
     point = point_metrics(y, a)[metric] - point_metrics(y, b)[metric]
-    return _interval(diffs, float(point), alpha)
+    return interval(diffs, float(point), alpha)
 
 
 def group_metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, dict[str, float]]:

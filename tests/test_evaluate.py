@@ -75,3 +75,14 @@ def test_lightgbm_baseline_learns_from_aggregates_not_order() -> None:
     assert point_metrics(valid.label, probs)["roc_auc"] > 0.9
     assert np.array_equal(baseline.predict([valid]), train_baseline([train], [valid], seed=0,
                                                                       rounds=60).predict([valid]))
+
+
+def test_paired_difference_matches_the_standalone_bootstrap() -> None:
+    from riskmodel.metrics import bootstrap_difference
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(800) < 0.2).astype(float)
+    a, b = y * 0.3 + rng.random(800), rng.random(800)
+    report = evaluate_models(y, {"model": a, "baseline": b}, n_boot=40, seed=5)
+    assert report.ap_difference["model_minus_baseline"] == pytest.approx(
+        bootstrap_difference(y, a, b, n_boot=40, seed=5))
