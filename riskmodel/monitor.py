@@ -259,10 +259,12 @@ class MonitorReport:
     realised: dict[str, Any] | None
     alerts: list[str] = field(default_factory=list)
     image_png: bytes = b""
+    notes: list[str] = field(default_factory=list)
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per metric, for a table artifact."""
-        out = [{"metric": "psi:score", "value": round(self.score_psi, 4), "note": ""}]
+        psi_value = None if math.isnan(self.score_psi) else round(self.score_psi, 4)
+        out = [{"metric": "psi:score", "value": psi_value, "note": "; ".join(self.notes)}]
         out += [{"metric": f"psi:{k}", "value": round(v["psi"], 4), "note": v["column"]}
                 for k, v in sorted(self.group_psi.items(), key=lambda kv: -kv[1]["psi"])]
         out += [{"metric": f"band:{b['band']}", "value": b["accounts"],
@@ -277,7 +279,7 @@ class MonitorReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly content (without the image)."""
         return {"score_date": self.score_date, "score_psi": self.score_psi, "group_psi": self.group_psi,
-                "bands": self.bands, "realised": self.realised, "alerts": self.alerts}
+                "bands": self.bands, "realised": self.realised, "alerts": self.alerts, "notes": self.notes}
 
 
 def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, scores: np.ndarray,
@@ -285,7 +287,12 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
             psi_alert: float = PSI_ALERT) -> MonitorReport:
     """Everything above for night `score_date`: drift vs the manifest reference, band changes,
     realised performance, alerts (PSI > `psi_alert`, realised AP < `ap_floor`) and the image."""
-    score_psi, groups = drift(reference, scores, values)
+    notes: list[str] = []
+    if "edges" in (reference or {}).get("score", reference or {}):
+        score_psi, groups = drift(reference, scores, values)
+    else:
+        score_psi, groups = math.nan, {}
+        notes.append("the model manifest has no reference distributions: drift not computed")
     bands = band_changes(settings, score_date)
     realised = realised_performance(settings, spec, score_date)
     alerts = []
@@ -296,5 +303,6 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
     if realised and realised["average_precision"] is not None and realised["average_precision"] < ap_floor:
         alerts.append(f"realised average precision {realised['average_precision']:.3f} < floor {ap_floor} "
                       f"(scores served {realised['served_date']})")
-    image = score_distribution_png(scores, reference, title=f"Scores {score_date} (PSI {score_psi:.3f})")
-    return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image)
+    image = score_distribution_png(scores, reference or None,
+                                   title=f"Scores {score_date} (PSI {score_psi:.3f})")
+    return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image, notes)

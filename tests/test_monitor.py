@@ -152,3 +152,6 @@ def test_monitor_report_alerts_and_image(initialised: Settings, demo_spec: Featu
                    values=feature_values(ref_batch), reference=reference)
     assert calm.alerts == [] and calm.realised is None
     json.dumps(calm.to_dict(), default=str)
+    bare = monitor(initialised, demo_spec, score_date=d, scores=scores, values={}, reference={})
+    assert bare.alerts == [] and bare.notes and bare.rows()[0]["value"] is None
+    assert bare.image_png.startswith(b"\x89PNG")
