@@ -95,3 +95,24 @@ def test_length_sorted_trimmed_scoring_equals_the_full_forward() -> None:
         full = model.net(**batch_tensors(batch)).numpy()
     np.testing.assert_allclose(score_logits(model.net, batch, device="cpu", batch_size=16), full,
                                rtol=0, atol=1e-5)
+
+
+def test_inference_modules_import_with_torch_and_numpy_only() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('polars', 'prefect', 'psycopg', 'pydantic', 'sqlalchemy',\n"
+        "                                  'pyarrow', 'lightgbm', 'matplotlib', 'pandas'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import riskmodel.model, riskmodel.train, riskmodel.score, riskmodel.registry\n"
+        "print('imported')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "imported"
