@@ -1,7 +1,8 @@
 """Bench stage "write": nightly scores written to Postgres per second, on an embedded server.
 
 Measured: `riskmodel.writeback.write_scores` for a new night (validation, checksum, binary COPY
-into the staging partition, its indexes, the swap and the pipeline_runs record), best of 3.
+into the staging partition, its indexes, the swap and the pipeline_runs record), best of 3, each
+in a fresh process (its peak RSS is the row's).
 Baseline: SQLAlchemy Core `conn.execute(insert(table), rows)` with default engine settings into a
 plain table of the same columns and primary key. Limit: one raw `COPY ... FROM STDIN (FORMAT
 BINARY)` of the same rows, already encoded, into an empty table without indexes. Details add a
@@ -12,8 +13,6 @@ rerun (swap with audit) against delete-and-insert of the same night, and the psy
 from __future__ import annotations
 
 import datetime as dt
-import resource
-import sys
 import time
 import uuid
 import warnings
@@ -25,6 +24,7 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
+from bench.common import END_DATE, SEED, bench_row, in_child, scale_of
 from riskmodel import pgcopy
 from riskmodel.db import connect
 from riskmodel.schema import init_database
@@ -32,19 +32,10 @@ from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import load_spec
 from riskmodel.writeback import COLUMNS, _encode_block, prepare_scores, write_scores
 
-ACCOUNTS = {"S": 5_000, "M": 100_000}
-END_DATE = dt.date(2026, 6, 30)
-SEED = 7
 REPEATS = 3
 REASONS = ["Amount pattern", "Merchant / category", "Country / channel change", "Transaction timing",
            "Recent burst of activity"]
 COPY_TYPES = ["date", "text", "float8", "text", "text", "text[]", "timestamptz", "uuid"]
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def scores_frame(n: int, seed: int = SEED) -> pl.DataFrame:
@@ -183,11 +174,17 @@ def _write(settings: Settings, frame: pl.DataFrame, day: dt.date) -> tuple[float
     return time.perf_counter() - started, report.seconds
 
 
+def _measured_write(url: str, home: str, n: int, day: dt.date) -> dict[str, float]:
+    """In a fresh process: build the night's frame, warm up on a tiny night, time `write_scores` alone."""
+    settings = Settings(database_url=url, home=Path(home))
+    frame = scores_frame(n)
+    _write(settings, frame.head(50), day - dt.timedelta(days=60))
+    return _write(settings, frame, day)[1]
+
+
 def run(scale: str, workdir: Path) -> list[dict]:
     """Write one night of scores for the scale's accounts; one row (new night), details for reruns."""
-    if scale not in ACCOUNTS:
-        raise ValueError(f"scale must be one of {sorted(ACCOUNTS)}, got {scale!r}")
-    n = ACCOUNTS[scale]
+    n = scale_of(scale).accounts
     workdir.mkdir(parents=True, exist_ok=True)
     settings, server = _server_settings(workdir)
     try:
@@ -195,8 +192,11 @@ def run(scale: str, workdir: Path) -> list[dict]:
         rows = _python_rows(frame, END_DATE, uuid.uuid4())
         block = _encode_block(prepare_scores(frame), END_DATE, "bench", dt.datetime.now(dt.UTC), uuid.uuid4())
         _write(settings, frame.head(100), END_DATE - dt.timedelta(days=30))
-        timings = [_write(settings, frame, END_DATE - dt.timedelta(days=k)) for k in range(REPEATS)]
-        seconds, stages = min(timings, key=lambda t: t[0])
+        url = settings.database_url.get_secret_value()
+        runs = [in_child(_measured_write, url, str(settings.home), n, END_DATE - dt.timedelta(days=k))
+                for k in range(REPEATS)]
+        stages = min((r[0] for r in runs), key=lambda t: t["total"])
+        seconds, peak_rss = stages["total"], max(r[2] for r in runs)
         reruns = [_write(settings, frame, END_DATE)[0] for _ in range(REPEATS)]
         delete_insert = [_delete_insert(settings, frame, END_DATE - dt.timedelta(days=1))
                          for _ in range(REPEATS)]
@@ -206,7 +206,6 @@ def run(scale: str, workdir: Path) -> list[dict]:
         write_row = min(_write_row_copy(settings, rows) for _ in range(REPEATS))
     finally:
         server.cleanup()
-    rate = n / seconds
     details = {
         "stage_seconds": {k: round(v, 4) for k, v in stages.items()},
         "rerun_swap_with_audit_s": round(min(reruns), 4),
@@ -218,8 +217,9 @@ def run(scale: str, workdir: Path) -> list[dict]:
         "copy_write_row_s": round(write_row, 4),
         "copy_write_row_rows_per_s": round(n / write_row, 1),
     }
-    return [{"stage": "write", "scale": scale, "rows": n, "seconds": round(seconds, 4),
-             "rows_per_s": round(rate, 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-             "output_mb": round(block.size / 2**20, 3), "baseline": round(n / baseline, 1),
-             "baseline_ratio": round(baseline / seconds, 2), "limit": round(n / limit, 1),
-             "limit_ratio": round(limit / seconds, 3), "details": details}]
+    return [bench_row(
+        "write", scale, rows=n, seconds=seconds, peak_rss_mb=peak_rss, output_mb=block.size / 2**20,
+        baseline="SQLAlchemy Core conn.execute(insert(t), rows), default engine, plain table with PK",
+        baseline_rate=n / baseline,
+        limit="one raw COPY FROM STDIN (FORMAT BINARY) of pre-encoded rows into an empty unindexed table",
+        limit_rate=n / limit, details=details)]
