@@ -35,7 +35,7 @@ log = logging.getLogger("riskflow.lake")
 TABLE = "transactions"
 PART_FILE = "part-0.parquet"
 TXN_DATE = "txn_date"
-PARQUET_OPTIONS: dict[str, object] = {"compression": "zstd", "compression_level": 3, "statistics": True,
+PARQUET_OPTIONS: dict[str, object] = {"compression": "zstd", "compression_level": 1, "statistics": True,
                                       "row_group_size": 1 << 20}
 
 BeforeRename = Callable[[date, Path], None]
@@ -112,18 +112,22 @@ def extract_query(tx: TransactionsSpec) -> sql.Composed:
 
 def read_window(settings: Settings, tx: TransactionsSpec, lo: datetime | None,
                 hi: datetime | None) -> pl.DataFrame:
-    """Source rows with `lo <= ts < hi` (None = unbounded) plus null-timestamp rows, UTC.
+    """Source rows with `lo <= ts < hi` (None = unbounded) plus null-timestamp rows, UTC, with `txn_date`.
 
-    Sorted by (account, ts, id), and by every column when those tie, so the order is deterministic."""
+    Sorted by (txn_date, account, ts, id), and by every column where those tie, so that the
+    order (and which copy of a duplicate is kept) is deterministic; each date is one slice."""
     params = {"lo": lo.isoformat() if lo else "-infinity", "hi": hi.isoformat() if hi else "infinity"}
     with adbc_connection(settings) as conn:
-        frame = pl.from_arrow(read_arrow(conn, extract_query(tx), params))
+        frame = pl.from_arrow(read_arrow(conn, extract_query(tx), params), rechunk=False)
     assert isinstance(frame, pl.DataFrame)
-    frame = frame.with_columns(pl.col(tx.timestamp).dt.convert_time_zone("UTC"))
-    keys = [tx.account_id, tx.timestamp, tx.id]
-    if frame.select(pl.struct(keys).is_duplicated().any()).item():
-        keys += [c for c in frame.columns if c not in keys]
-    return frame.sort(keys, nulls_last=True)
+    ts = pl.col(tx.timestamp).dt.convert_time_zone("UTC")
+    frame = frame.with_columns(ts, ts.dt.convert_time_zone(settings.tz.key).dt.date().alias(TXN_DATE))
+    keys = [TXN_DATE, tx.account_id, tx.timestamp, tx.id]
+    frame = frame.sort(keys, nulls_last=True)
+    ties = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
+    if frame.select(ties.any()).item():
+        frame = frame.sort(keys + [c for c in frame.columns if c not in keys], nulls_last=True)
+    return frame
 
 
 def _watermark(conn, settings: Settings, source: str) -> tuple[datetime, date] | None:
@@ -198,15 +202,19 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
                         {k: v for k, v in checked.counts.items() if v}, sum(added.values()))
         undated_known = checked.counts["null_timestamp"] - added["null_timestamp"]
         quality.enforce_threshold(checked, settings.max_bad_fraction, source, undated_known)
-        good = checked.good.with_columns(
-            pl.col(tx.timestamp).dt.convert_time_zone(tz.key).dt.date().alias(TXN_DATE))
+        good = checked.good
         report = ExtractReport(run_id, run_date, source, first_day, frame.height, good.height,
                                quarantined=checked.counts)
-        days = sorted(good[TXN_DATE].unique().to_list())
+        del frame, checked
+        bounds = good.select(pl.col(TXN_DATE).rle().struct.unnest())
+        days = bounds["value"].to_list()
         start = first_day if first_day is not None else (days[0] if days else run_date)
-        for day, part in good.partition_by(TXN_DATE, as_dict=True, maintain_order=True).items():
-            write_partition(settings, day[0], part.drop(TXN_DATE), run_id, before_rename)
-            report.dates_written.append(day[0])
+        offset = 0
+        data = good.drop(TXN_DATE)
+        for day, length in zip(days, bounds["len"].to_list(), strict=True):
+            write_partition(settings, day, data.slice(offset, length), run_id, before_rename)
+            report.dates_written.append(day)
+            offset += length
         present = set(days)
         for day in lake_dates(settings):
             if start <= day <= run_date and day not in present:
