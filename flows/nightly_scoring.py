@@ -48,9 +48,8 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
 
 
 @flow(name="nightly-scoring", log_prints=False)
-def nightly_scoring(params: ScoreParams | None = None) -> dict:
+def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     """Score every active account for `params.score_date` with the champion (and shadow challenger)."""
-    params = params or ScoreParams()
     logger = get_run_logger()
     settings, _ = settings_and_spec()
     score_date = params.score_date or yesterday(settings.tz)

@@ -30,9 +30,8 @@ from tasks.training import (
 
 
 @flow(name="retrain", log_prints=False)
-def retrain(params: RetrainParams | None = None) -> dict:
+def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     """Train a challenger on closed label windows and promote it only if it beats the champion."""
-    params = params or RetrainParams()
     logger = get_run_logger()
     settings, spec = settings_and_spec()
     if params.horizon_days is not None and params.horizon_days != spec.horizon_days:

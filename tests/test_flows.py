@@ -1,0 +1,144 @@
+"""The flows end to end in the Prefect test harness, on a small seeded bank in a real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from prefect.utilities.callables import parameter_schema
+from psycopg import sql
+
+from flows.backfill import backfill
+from flows.nightly_scoring import nightly_scoring
+from flows.params import BackfillParams, RetrainParams, ScoreParams
+from flows.retrain import retrain
+from riskmodel import registry
+from riskmodel.db import connect
+from riskmodel.errors import ModelIntegrityError
+from riskmodel.schema import init_database
+from riskmodel.settings import DEMO_SPEC, Settings
+from riskmodel.spec import load_spec
+from riskmodel.synthetic import seed_bank
+
+END = date(2026, 6, 30)
+METRIC_KEYS = {"roc_auc", "average_precision", "ks", "recall_at_1pct_fpr", "precision_at_top_1pct",
+               "brier"}
+
+
+@pytest.fixture(scope="module")
+def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
+         prefect_harness: None) -> Iterator[Settings]:
+    """A seeded bank and a trained champion, shared by this module's tests (env points at it)."""
+    name = f"rf_flows_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
+    info["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**info)
+    home = tmp_path_factory.mktemp("flows-home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RISKFLOW_DATABASE_URL", url)
+    patch.setenv("RISKFLOW_HOME", str(home))
+    patch.setenv("RISKFLOW_N_SHARDS", "2")
+    settings = Settings(database_url=url, home=home, n_shards=2)
+    init_database(settings, load_spec(DEMO_SPEC), demo_source=True)
+    seed_bank(settings, accounts=1500, days=200, end_date=END, seed=3)
+    yield settings
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def trained(bank: Settings) -> dict:
+    """The first retrain's result (becomes champion)."""
+    return retrain(RetrainParams(as_of=END, train_days=150, epochs=2, max_train_minutes=2.0, seed=1))
+
+
+def _scores(settings: Settings, day: date) -> list[tuple]:
+    with connect(settings) as conn:
+        return conn.execute(
+            "SELECT account_id, risk_score, risk_band, reason_codes, model_version "
+            "FROM riskflow.risk_scores WHERE score_date = %s ORDER BY account_id", (day,)).fetchall()
+
+
+def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, trained: dict) -> None:
+    assert trained["status"] == "champion"
+    assert trained["split"].startswith("out_of_time")
+    manifest = registry.read_manifest(bank, trained["version"])
+    evaluation = manifest["evaluation"]
+    assert {"model", "baseline", "shuffled_order"} <= set(evaluation)
+    for metrics in evaluation.values():
+        assert METRIC_KEYS <= set(metrics)
+    assert 0.0 <= evaluation["model"]["roc_auc"] <= 1.0
+    assert manifest["reference"]["score"]["edges"]
+    assert registry.champion_version(bank) == trained["version"]
+
+
+def test_nightly_scores_every_active_account_once_and_rerun_is_identical(bank: Settings,
+                                                                           trained: dict) -> None:
+    day = END
+    first = nightly_scoring(ScoreParams(score_date=day))
+    with connect(bank) as conn:
+        active = conn.execute(
+            "SELECT count(DISTINCT account_id) FROM bank.transactions WHERE ts < %s AND ts >= %s",
+            (day + timedelta(days=1), day + timedelta(days=1) - timedelta(days=90))).fetchone()[0]
+    rows = _scores(bank, day)
+    assert first["accounts_scored"] == len(rows) == active
+    assert len({r[0] for r in rows}) == len(rows)
+    assert all(r[4] == trained["version"] for r in rows)
+    assert any(r[3] for r in rows if r[2] == "high")
+    second = nightly_scoring(ScoreParams(score_date=day))
+    assert _scores(bank, day) == rows
+    assert second["checksum"] == first["checksum"]
+    assert second["replaced_rows"] == len(rows)
+    with connect(bank) as conn:
+        audited = conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit WHERE score_date = %s",
+                               (day,)).fetchone()[0]
+        runs = conn.execute("SELECT status, checksum, model_sha256 FROM riskflow.pipeline_runs "
+                            "WHERE score_date = %s AND flow = 'nightly_scoring'", (day,)).fetchall()
+    assert audited == len(rows)
+    assert [r[0] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0][1] == runs[1][1] and runs[0][2] == trained["sha256"]
+
+
+def test_corrupted_champion_fails_loudly_and_keeps_scores(bank: Settings, trained: dict) -> None:
+    day = END - timedelta(days=1)
+    nightly_scoring(ScoreParams(score_date=day, extract=False))
+    before = _scores(bank, day)
+    weights = Path(trained["path"]) / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-8] + b"\x00" * 8)
+    try:
+        with pytest.raises(ModelIntegrityError, match="sha256"):
+            nightly_scoring(ScoreParams(score_date=day, extract=False))
+    finally:
+        weights.write_bytes(original)
+    assert _scores(bank, day) == before
+    assert registry.champion_version(bank) == trained["version"]
+
+
+def test_backfill_scores_missing_dates_and_skips_scored_ones(bank: Settings, trained: dict) -> None:
+    start, end = END - timedelta(days=4), END - timedelta(days=2)
+    nightly_scoring(ScoreParams(score_date=end, extract=False))
+    result = backfill(BackfillParams(start=start, end=end, max_parallel=2))
+    assert result["skipped"] == [end.isoformat()]
+    assert sorted(result["scored"]) == [start.isoformat(), (start + timedelta(days=1)).isoformat()]
+    for day in (start, start + timedelta(days=1), end):
+        assert _scores(bank, day)
+
+
+def test_deployment_forms_have_typed_parameters() -> None:
+    schema = parameter_schema(nightly_scoring.fn).model_dump()
+    params = schema["definitions"]["ScoreParams"]["properties"]
+    assert params["device"]["enum"] == ["auto", "cpu", "cuda"]
+    assert "description" in params["score_date"]
+    assert schema["properties"]["params"]["default"]["shadow"] is True
+    retrain_schema = parameter_schema(retrain.fn).model_dump()
+    retrain_props = retrain_schema["definitions"]["RetrainParams"]["properties"]
+    assert retrain_props["promote_policy"]["enum"] == ["if_better", "always", "never"]
+    assert retrain_props["epochs"]["minimum"] == 1
+    back = parameter_schema(backfill.fn).model_dump()
+    assert back["required"] == ["params"]
