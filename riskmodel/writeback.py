@@ -100,7 +100,7 @@ def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
                           f"(account {bad['account_id'][0]!r}) has {bad['risk_score'][0]}")
     if df.height == 0:
         raise ConfigError("scores: no rows; refusing to replace a night's scores with nothing")
-    df = df.sort("account_id")
+    df = df.sort("account_id", multithreaded=False)
     repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
     if repeated.height:
         raise ConfigError(f"scores: account_id {repeated['account_id'][0]!r} appears more than once")
@@ -121,7 +121,9 @@ def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
     `scored_at` and `run_id` are left out, so a rerun over unchanged inputs has the same checksum.
     """
     df = rows.select("account_id", "risk_score", "risk_band", "model_version", "reason_codes")
-    df = df.sort("account_id", "model_version")
+    ids = df["account_id"]
+    if not ids.is_sorted() or (ids == ids.shift(1)).any():
+        df = df.sort("account_id", "model_version", multithreaded=False)
     digest = hashlib.sha256(f"riskflow-scores-v1|{score_date.isoformat()}|{df.height}|".encode())
     table = df.to_arrow()
     for name in ("account_id", "risk_band", "model_version"):
