@@ -30,7 +30,7 @@ from riskmodel.db import connect
 from riskmodel.schema import init_database
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import load_spec
-from riskmodel.writeback import COLUMNS, _encode_block, prepare_scores, write_scores
+from riskmodel.writeback import COLUMNS, encode_copy_block, prepare_scores, write_scores
 
 REPEATS = 3
 REASONS = ["Amount pattern", "Merchant / category", "Country / channel change", "Transaction timing",
@@ -145,7 +145,7 @@ def _delete_insert(settings: Settings, frame: pl.DataFrame, day: dt.date) -> flo
     """The alternative to the swap for a rerun: COPY to a temp table, then DELETE + INSERT; seconds."""
     prepared = prepare_scores(frame)
     run_id = uuid.uuid4()
-    block = _encode_block(prepared, day, "bench", dt.datetime.now(dt.UTC), run_id)
+    block = encode_copy_block(prepared, day, "bench", dt.datetime.now(dt.UTC), run_id)
     with connect(settings) as conn:
         started = time.perf_counter()
         schema = settings.db_schema
@@ -190,7 +190,8 @@ def run(scale: str, workdir: Path) -> list[dict]:
     try:
         frame = scores_frame(n)
         rows = _python_rows(frame, END_DATE, uuid.uuid4())
-        block = _encode_block(prepare_scores(frame), END_DATE, "bench", dt.datetime.now(dt.UTC), uuid.uuid4())
+        block = encode_copy_block(prepare_scores(frame), END_DATE, "bench", dt.datetime.now(dt.UTC),
+                                  uuid.uuid4())
         _write(settings, frame.head(100), END_DATE - dt.timedelta(days=30))
         url = settings.database_url.get_secret_value()
         runs = [in_child(_measured_write, url, str(settings.home), n, END_DATE - dt.timedelta(days=k))

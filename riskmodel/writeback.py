@@ -135,8 +135,9 @@ def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _encode_block(df: pl.DataFrame, score_date: dt.date, model_version: str,
+def encode_copy_block(df: pl.DataFrame, score_date: dt.date, model_version: str,
                   scored_at: dt.datetime, run_id: uuid.UUID) -> pa.Buffer:
+    """Prepared rows as one binary COPY data block in `COLUMNS` order (no header or trailer)."""
     n = df.height
     table = df.to_arrow()
     return pgcopy.encode_rows([
@@ -315,7 +316,7 @@ def _build_stage(conn: psycopg.Connection, settings: Settings, df: pl.DataFrame,
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
             for start in range(0, df.height, BLOCK_ROWS):
-                block = _encode_block(df.slice(start, BLOCK_ROWS), score_date, model_version,
+                block = encode_copy_block(df.slice(start, BLOCK_ROWS), score_date, model_version,
                                       scored_at, run_id)
                 copy.write(memoryview(block))
             copy.write(pgcopy.TRAILER)
