@@ -4,14 +4,13 @@ They feed the GBDT baseline and the model head: over 1, 3, 7, 30, 90 days, count
 max / std of amount, distinct categories and merchants, online / ATM / foreign shares, tiny
 amounts, categories and countries new versus the 90 days before the window; plus the amount
 trend (last 30 days vs the 60 before) and days since the last event. Raw scale, NaN-free.
-Work is NumPy `bincount` over account-sorted rows and one Polars group-by per pair column
+Work is NumPy `bincount` over account-sorted rows, plus one stable sort per pair column
 (on vocabulary ids, so unseen values count as one).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 
 WINDOWS = (1, 3, 7, 30, 90)
 NEW_LOOKBACK_DAYS = 90
@@ -56,22 +55,25 @@ def _pair_counts(idx: np.ndarray, ts: np.ndarray, ids: np.ndarray, end_us: int,
                  n: int) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Per window: distinct ids per account, and those unseen in the 90 days before the window.
 
-    Ids are vocabulary ids (unseen values share id 1), so training and scoring count alike."""
+    Rows come sorted by (account, time); a stable sort by (account, id) keeps time order, so each
+    row's previous occurrence of its id is the row before it. A pair counts as distinct in a
+    window at its first row there (previous occurrence before the window start), and as new when
+    that previous occurrence is also more than 90 days before the start. Ids are vocabulary ids
+    (unseen values share id 1), so training and scoring count alike."""
     width = np.int64(int(ids.max()) + 1 if ids.size else 1)
     key = idx.astype(np.int64) * width + ids.astype(np.int64)
-    exprs = [pl.col("ts").max().alias("last")]
-    for w in WINDOWS:
-        start = end_us - w * DAY_US
-        exprs.append(((pl.col("ts") < start) & (pl.col("ts") >= start - NEW_LOOKBACK_DAYS * DAY_US))
-                     .any().alias(f"prior_{w}"))
-    pairs = pl.DataFrame({"key": key, "ts": ts}).group_by("key").agg(exprs)
-    acc = pairs["key"].to_numpy() // width
-    last = pairs["last"].to_numpy()
+    order = np.argsort(key, kind="stable")
+    key, ts_sorted, acc = key[order], ts[order], idx[order]
+    prev = np.empty_like(ts_sorted)
+    if ts_sorted.size:
+        prev[1:] = np.where(key[1:] == key[:-1], ts_sorted[:-1], np.iinfo(np.int64).min)
+        prev[0] = np.iinfo(np.int64).min
     distinct, new = {}, {}
     for w in WINDOWS:
-        inside = last >= end_us - w * DAY_US
-        distinct[w] = np.bincount(acc[inside], minlength=n).astype(np.float64)
-        fresh = inside & ~pairs[f"prior_{w}"].to_numpy()
+        start = end_us - w * DAY_US
+        inside = ts_sorted >= start
+        distinct[w] = np.bincount(acc[inside & (prev < start)], minlength=n).astype(np.float64)
+        fresh = inside & (prev < start - NEW_LOOKBACK_DAYS * DAY_US)
         new[w] = np.bincount(acc[fresh], minlength=n).astype(np.float64)
     return distinct, new
 

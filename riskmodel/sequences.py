@@ -11,7 +11,8 @@ Output is sharded by a stable hash of the account id.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -66,15 +67,29 @@ def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
     return (stable_hash(ids) % np.uint64(n_shards)).astype(np.int32)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Prepared:
-    """Events encoded for one FeatureState, sorted by (shard, account, time), plus static features."""
+    """Events encoded for one FeatureState (with their shard), plus static features.
+
+    `shard_rows(k)` sorts one shard at a time, so scoring holds one sorted shard in memory;
+    with `keep_sorted` (many cutoffs over the same events) sorted shards are kept for reuse."""
 
     frame: pl.DataFrame
     static: pl.DataFrame
     n_shards: int
     names: dict[str, list[str]]
     roles: dict[str, int]
+    keep_sorted: bool = False
+    _sorted: dict[int, pl.DataFrame] = field(default_factory=dict, repr=False)
+
+    def shard_rows(self, k: int) -> pl.DataFrame:
+        """Rows of shard `k` sorted by (account, time, txn id)."""
+        if k in self._sorted:
+            return self._sorted[k]
+        rows = self.frame.filter(pl.col(SHARD) == k).sort([ACC, ag.TS, "_id"])
+        if self.keep_sorted:
+            self._sorted[k] = rows
+        return rows
 
 
 def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame | None) -> pl.DataFrame:
@@ -93,8 +108,8 @@ def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame
 
 
 def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: FeatureState, tz: ZoneInfo,
-            n_shards: int, accounts: pl.DataFrame | None = None) -> Prepared:
-    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags) and sort them."""
+            n_shards: int, accounts: pl.DataFrame | None = None, *, keep_sorted: bool = False) -> Prepared:
+    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags) with their shard."""
     state.check_spec(spec)
     tx = spec.transactions
     lazy = events.lazy()
@@ -121,10 +136,9 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
     frame = lazy.select(exprs).collect()
     ids = frame[ACC].to_numpy()
     frame = frame.with_columns(pl.Series(SHARD, shard_of(ids, n_shards)))
-    frame = frame.sort([SHARD, ACC, ag.TS, "_id"])
     names = {"num": list(state.event_num), "cat": list(state.event_cat), "time": list(TIME_FEATURES),
              "static_num": list(state.static_num), "static_cat": list(state.static_cat)}
-    return Prepared(frame, static, n_shards, names, roles)
+    return Prepared(frame, static, n_shards, names, roles, keep_sorted)
 
 
 def cutoff_bounds(spec: FeatureSpec, cutoff: date, tz: ZoneInfo) -> tuple[int, int, int]:
@@ -206,16 +220,24 @@ def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: d
     return batch
 
 
+def iter_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
+                exclude: pl.Series | None = None) -> Iterator[SequenceBatch]:
+    """SequenceBatches of cutoff D, shard 0, 1, ... in turn, leaving out `exclude` accounts."""
+    start_us, active_us, end_us = cutoff_bounds(spec, cutoff, tz)
+    for k in range(prep.n_shards):
+        rows = prep.shard_rows(k)
+        ts = rows[ag.TS]
+        if len(rows) and (ts.min() < start_us or ts.max() >= end_us):
+            rows = rows.filter((pl.col(ag.TS) >= start_us) & (pl.col(ag.TS) < end_us))
+        if exclude is not None and len(exclude):
+            rows = rows.filter(~pl.col(ACC).is_in(exclude.implode()))
+        yield build_shard(prep, rows, spec, cutoff, active_us, end_us)
+
+
 def build_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
                  exclude: pl.Series | None = None) -> list[SequenceBatch]:
     """One SequenceBatch per shard (index = shard number) for cutoff D, leaving out `exclude` accounts."""
-    start_us, active_us, end_us = cutoff_bounds(spec, cutoff, tz)
-    window = prep.frame.filter((pl.col(ag.TS) >= start_us) & (pl.col(ag.TS) < end_us))
-    if exclude is not None and len(exclude):
-        window = window.filter(~pl.col(ACC).is_in(exclude.implode()))
-    bounds = np.searchsorted(window[SHARD].to_numpy(), np.arange(prep.n_shards + 1), side="left")
-    return [build_shard(prep, window.slice(int(lo), int(hi - lo)), spec, cutoff, active_us, end_us)
-            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return list(iter_cutoff(prep, spec, cutoff, tz, exclude))
 
 
 def write_batch(batch: SequenceBatch, path: Path) -> Path:
@@ -235,11 +257,12 @@ def load_prepared(settings: Settings, spec: FeatureSpec, state: FeatureState, fi
 
     start = first + timedelta(days=1 - history_days(spec))
     events = scan_transactions(settings, start, last)
-    return prepare(events, spec, state, settings.tz, settings.n_shards, read_accounts(settings, spec))
+    return prepare(events, spec, state, settings.tz, settings.n_shards, read_accounts(settings, spec),
+                   keep_sorted=first != last)
 
 
-def write_shards(batches: list[SequenceBatch], out_dir: Path, prefix: str) -> list[Path]:
-    """Write non-empty shard batches as `{prefix}-shard-NNNN.npz`, removing stale shards of that prefix."""
+def write_shards(batches: Iterable[SequenceBatch], out_dir: Path, prefix: str) -> list[Path]:
+    """Write non-empty shard batches as `{prefix}-shard-NNNN.npz` as they come; removes stale ones."""
     paths = [write_batch(b, out_dir / f"{prefix}-shard-{k:04d}.npz") for k, b in enumerate(batches) if len(b)]
     for stale in set(out_dir.glob(f"{prefix}-shard-*.npz")) - set(paths):
         stale.unlink()
@@ -250,7 +273,7 @@ def build_scoring_shards(settings: Settings, spec: FeatureSpec, state: FeatureSt
                          out_dir: Path) -> list[Path]:
     """Shards of every account active at `score_date`, ready for the model (`label` is None)."""
     prep = load_prepared(settings, spec, state, score_date, score_date)
-    batches = build_cutoff(prep, spec, score_date, settings.tz)
-    paths = write_shards(batches, Path(out_dir), f"score-{score_date.isoformat()}")
-    log.info("sequences %s: %d accounts in %d shards", score_date, sum(len(b) for b in batches), len(paths))
+    paths = write_shards(iter_cutoff(prep, spec, score_date, settings.tz), Path(out_dir),
+                         f"score-{score_date.isoformat()}")
+    log.info("sequences %s: %d shards written to %s", score_date, len(paths), out_dir)
     return paths

@@ -77,5 +77,5 @@ def build_training_shards(settings: Settings, spec: FeatureSpec, state: FeatureS
             batch.label = np.isin(batch.account_id, positive.to_numpy()).astype(np.float32)
         paths += write_shards(batches, Path(out_dir), f"train-{cutoff.isoformat()}")
         log.info("snapshot %s: %d accounts, %d positive", cutoff, sum(len(b) for b in batches),
-                 int(sum(b.label.sum() for b in batches if b.label is not None)))
+                 int(sum(float(b.label.sum()) for b in batches if b.label is not None)))
     return paths
