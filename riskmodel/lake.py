@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time as clock
 import uuid
 from collections.abc import Callable
@@ -230,3 +231,15 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
     log.info("extract %s -> %s: %d rows read, %d written to %d dates in %.2fs", source, settings.lake,
              report.rows_read, report.rows_written, len(report.dates_written), report.seconds)
     return report
+
+
+def reset_lake(settings: Settings) -> None:
+    """Forget the lake (partitions and watermark) so the next extract reads the whole source again.
+
+    Used after the source was replaced wholesale, e.g. a re-seeded demo bank.
+    """
+    with connect(settings) as conn, advisory_lock(conn, f"extract:{settings.lake}"):
+        shutil.rmtree(lake_root(settings) / TABLE, ignore_errors=True)
+        conn.execute(sql.SQL("DELETE FROM {} WHERE lake = %s").format(
+            sql.Identifier(settings.db_schema, "extract_watermarks")), (settings.lake,))
+        conn.commit()
