@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "flows.commands.models",
     "flows.commands.seed",
     "flows.commands.flowruns",
+    "flows.commands.serve",
     "flows.commands.extract",
     "flows.commands.bench",
 ]

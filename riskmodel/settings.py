@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(4096, ge=1, description="Accounts per inference batch.")
     lock_timeout_ms: int = Field(2000, ge=1, description="Bound on lock waits at swap time.")
     retention_days: int = Field(400, ge=1, description="Score partitions older are dropped.")
+    nightly_cron: str = Field("0 2 * * *", description="When `riskflow serve` runs nightly scoring.")
+    retrain_cron: str = Field("0 4 * * 0", description="When `riskflow serve` runs the weekly retrain.")
     reason_min_band: Literal["low", "medium", "high"] = Field(
         "medium", description="Reason codes for accounts in this band or above."
     )

@@ -142,3 +142,16 @@ def test_deployment_forms_have_typed_parameters() -> None:
     assert retrain_props["epochs"]["minimum"] == 1
     back = parameter_schema(backfill.fn).model_dump()
     assert back["required"] == ["params"]
+
+
+def test_serve_builds_three_deployments_with_schedules_and_drift_trigger() -> None:
+    from flows.serve import deployments
+
+    deps = {d.name: d for d in deployments(Settings(timezone="Europe/Berlin", nightly_cron="15 1 * * *"))}
+    assert set(deps) == {"nightly-scoring", "weekly-retrain", "backfill"}
+    nightly = deps["nightly-scoring"].schedules[0].schedule
+    assert (nightly.cron, nightly.timezone) == ("15 1 * * *", "Europe/Berlin")
+    assert deps["nightly-scoring"].concurrency_limit == 1
+    trigger = deps["weekly-retrain"].triggers[0]
+    assert trigger.expect == {"riskflow.drift.detected"}
+    assert not deps["backfill"].schedules

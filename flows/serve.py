@@ -1,0 +1,35 @@
+"""The three deployments as code, for `riskflow serve` (one process, no work pool needed).
+
+`deploy/prefect.yaml` describes the same deployments for a Prefect server with workers.
+"""
+
+from __future__ import annotations
+
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
+
+from flows.backfill import backfill
+from flows.nightly_scoring import nightly_scoring
+from flows.retrain import retrain
+from riskmodel.settings import Settings
+from tasks.monitoring import DRIFT_EVENT
+
+
+def deployments(settings: Settings) -> list[RunnerDeployment]:
+    """nightly-scoring (cron, one at a time), weekly-retrain (cron + drift event), backfill (manual)."""
+    return [
+        nightly_scoring.to_deployment(
+            name="nightly-scoring", schedules=[Cron(settings.nightly_cron, timezone=settings.timezone)],
+            concurrency_limit=1, tags=["riskflow", "scoring"],
+            description="Score every active account for the business date (default yesterday)."),
+        retrain.to_deployment(
+            name="weekly-retrain", schedules=[Cron(settings.retrain_cron, timezone=settings.timezone)],
+            concurrency_limit=1, tags=["riskflow", "training"],
+            triggers=[DeploymentEventTrigger(name="retrain on drift", expect={DRIFT_EVENT},
+                                             match={"prefect.resource.id": "riskflow.monitor.*"})],
+            description="Train a challenger; promote it only if it beats the champion."),
+        backfill.to_deployment(
+            name="backfill", tags=["riskflow", "scoring"],
+            description="Score a range of dates with bounded concurrency."),
+    ]
