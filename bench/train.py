@@ -114,7 +114,8 @@ def _measure(shards: list[Path], device_name: str, threads: int) -> dict[str, An
         if step == total and "val_ap" not in metrics:
             marks["epoch_end"] = time.perf_counter()
 
-    config = TrainConfig(epochs=1, batch_size=BATCH, device=device_name, max_train_minutes=60, seed=7)
+    config = TrainConfig(epochs=1, batch_size=BATCH, device=device_name, max_train_minutes=60, seed=7,
+                         threads=threads)
     sample = random_batch(BATCH * 4, seed=5)
     _steps_rate(sample, BATCH, 1, device)  # warm-up: lazy imports of the optimiser stack stay off the clock
     started = time.perf_counter()

@@ -48,7 +48,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = 2048
-    threads: int = 0
+    # CPU threads for training (0 = torch default). One by default: the LSTM's small per-step matmuls
+    # gain little from intra-op threads, lose badly on shared cores (12x slower with 2 threads on the
+    # loaded 2-core dev box, `riskflow bench --stage train`), and a fixed count keeps runs reproducible.
+    threads: int = 1
 
 
 @dataclass
