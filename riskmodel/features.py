@@ -121,11 +121,15 @@ def normalise(expr: pl.Expr, stats: NumericStats) -> pl.Expr:
 
 
 def encode(expr: pl.Expr, vocab: list[str], *, missing: int) -> pl.Expr:
-    """Map text values to ids: vocabulary rank + 2, unseen values to 1, nulls to `missing`."""
-    mapping = {v: i + FIRST_ID for i, v in enumerate(vocab)}
+    """Map text values to ids: vocabulary rank + 2, unseen values to 1, nulls to `missing`.
+
+    A non-strict cast to an Enum of the vocabulary: streams, and needs no per-row hash map."""
     text = expr.cast(pl.String)
-    ids = text.replace_strict(mapping, default=UNSEEN_ID, return_dtype=pl.Int32)
-    return pl.when(text.is_null()).then(pl.lit(missing, pl.Int32)).otherwise(ids)
+    if not vocab:
+        return pl.when(text.is_null()).then(pl.lit(missing, pl.Int32)).otherwise(pl.lit(UNSEEN_ID, pl.Int32))
+    ranked = text.cast(pl.Enum(vocab), strict=False).to_physical().cast(pl.Int32) + FIRST_ID
+    return (pl.when(text.is_null()).then(pl.lit(missing, pl.Int32))
+            .otherwise(ranked.fill_null(pl.lit(UNSEEN_ID, pl.Int32))))
 
 
 def fit_vocab(values: pl.Series, *, max_size: int, min_count: int) -> list[str]:

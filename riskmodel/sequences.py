@@ -81,12 +81,22 @@ class Prepared:
     roles: dict[str, int]
     keep_sorted: bool = False
     _sorted: dict[int, pl.DataFrame] = field(default_factory=dict, repr=False)
+    _order: pl.Series | None = field(default=None, repr=False)
+    _bounds: np.ndarray | None = field(default=None, repr=False)
 
     def shard_rows(self, k: int) -> pl.DataFrame:
-        """Rows of shard `k` sorted by (account, time, txn id)."""
+        """Rows of shard `k` sorted by (account, time, txn id).
+
+        One stable arg-sort by (shard, account) of the time-ordered rows, then one gather per shard."""
         if k in self._sorted:
             return self._sorted[k]
-        rows = self.frame.filter(pl.col(SHARD) == k).sort([ACC, ag.TS, "_id"])
+        if self._order is None:
+            self._order = self.frame.select(pl.arg_sort_by([SHARD, ACC], maintain_order=True)).to_series()
+            shards = self.frame[SHARD].gather(self._order).to_numpy()
+            self._bounds = np.searchsorted(shards, np.arange(self.n_shards + 1), side="left")
+        assert self._bounds is not None
+        lo, hi = int(self._bounds[k]), int(self._bounds[k + 1])
+        rows = self.frame[self._order.slice(lo, hi - lo)]
         if self.keep_sorted:
             self._sorted[k] = rows
         return rows
@@ -108,8 +118,12 @@ def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame
 
 
 def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: FeatureState, tz: ZoneInfo,
-            n_shards: int, accounts: pl.DataFrame | None = None, *, keep_sorted: bool = False) -> Prepared:
-    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags) with their shard."""
+            n_shards: int, accounts: pl.DataFrame | None = None, *, keep_sorted: bool = False,
+            time_ordered: bool = False) -> Prepared:
+    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags) with their shard.
+
+    `time_ordered` promises every account's rows already come in (ts, txn id) order (lake
+    partitions do: read in date order, each sorted by account, ts, id); otherwise rows are sorted."""
     state.check_spec(spec)
     tx = spec.transactions
     lazy = events.lazy()
@@ -133,7 +147,10 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
     roles = {name: state.event_cat.index(col) for col, name in
              ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)) if col}
     static = _static_table(spec, state, accounts)
-    frame = lazy.select(exprs).collect()
+    frame = lazy.select(exprs).collect(engine="streaming")
+    if not time_ordered:
+        frame = frame.sort([ag.TS, "_id"])
+    frame = frame.drop("_id")
     ids = frame[ACC].to_numpy()
     frame = frame.with_columns(pl.Series(SHARD, shard_of(ids, n_shards)))
     names = {"num": list(state.event_num), "cat": list(state.event_cat), "time": list(TIME_FEATURES),
@@ -258,7 +275,7 @@ def load_prepared(settings: Settings, spec: FeatureSpec, state: FeatureState, fi
     start = first + timedelta(days=1 - history_days(spec))
     events = scan_transactions(settings, start, last)
     return prepare(events, spec, state, settings.tz, settings.n_shards, read_accounts(settings, spec),
-                   keep_sorted=first != last)
+                   keep_sorted=first != last, time_ordered=True)
 
 
 def write_shards(batches: Iterable[SequenceBatch], out_dir: Path, prefix: str) -> list[Path]:
