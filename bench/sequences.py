@@ -1,6 +1,7 @@
 """Benchmark stage `sequences`: scoring shards for every active account at the end date.
 
-Rows are accounts; the builder runs with 16 shards (RISKFLOW_N_SHARDS) to bound memory. Baseline: pandas `groupby('account_id').apply` building each account's
+Rows are accounts; the builder runs with 16 shards (RISKFLOW_N_SHARDS) to bound memory.
+Baseline: pandas `groupby('account_id').apply` building each account's
 padded arrays, on a 10k-account subsample. Limit: one `numpy.copy` of the output arrays.
 """
 
@@ -36,11 +37,10 @@ def _state(state_path: Path):
 
 def build(settings: Settings, state_path: Path, out_dir: Path) -> tuple[int, float]:
     """Build the scoring shards; returns (accounts, seconds)."""
-    from riskmodel.batch import SequenceBatch
-    from riskmodel.sequences import build_scoring_shards
-
     import riskmodel.lake
     import riskmodel.sources  # noqa: F401  (imported before the clock starts)
+    from riskmodel.batch import SequenceBatch
+    from riskmodel.sequences import build_scoring_shards
 
     spec, state = _spec(), _state(state_path)
     started = time.perf_counter()

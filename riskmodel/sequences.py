@@ -91,7 +91,7 @@ class Prepared:
         if k in self._sorted:
             return self._sorted[k]
         if self._order is None:
-            self._order = self.frame.select(pl.arg_sort_by([SHARD, ACC], maintain_order=True)).to_series()
+            self._order = _shard_order(self.frame)
             shards = self.frame[SHARD].gather(self._order).to_numpy()
             self._bounds = np.searchsorted(shards, np.arange(self.n_shards + 1), side="left")
         assert self._bounds is not None
@@ -100,6 +100,18 @@ class Prepared:
         if self.keep_sorted:
             self._sorted[k] = rows
         return rows
+
+
+def _shard_order(frame: pl.DataFrame) -> pl.Series:
+    """Stable arg-sort by (shard, account) through one Int64 key (a multi-key stable sort is far slower)."""
+    acc = frame[ACC]
+    if acc.dtype.is_integer() and len(acc) and int(acc.max()) - int(acc.min()) < 2**40:
+        code = acc.cast(pl.Int64) - int(acc.min())
+    else:
+        code = acc.rank("dense").cast(pl.Int64)
+    span = int(code.max() or 0) + 1
+    key = frame[SHARD].cast(pl.Int64) * span + code
+    return pl.DataFrame({"key": key}).select(pl.arg_sort_by("key", maintain_order=True)).to_series()
 
 
 def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame | None) -> pl.DataFrame:
