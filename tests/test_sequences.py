@@ -198,5 +198,10 @@ def test_scoring_and_snapshot_paths_give_identical_features(lake_bank, tmp_path)
     assert same.names == train.names
     assert train.label is not None and score.label is None
     assert same.static_cat.shape == (len(same), 2) and (same.static_cat >= 2).all()
+    ages = score.time[:, :, 1]
+    real_pairs = np.arange(score.seq_len - 1)[None, :] < (score.lengths[:, None] - 1)
+    assert (np.diff(ages, axis=1)[real_pairs] <= 0).all()
+    padding = np.arange(score.seq_len)[None, :] >= score.lengths[:, None]
+    assert (score.lengths > 0).all() and (score.cat[padding] == 0).all()
     foreign = same.agg[:, same.names["agg"].index("share_foreign_90d")]
     assert 0.05 < foreign.mean() < 0.4
