@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from riskmodel.ablation import shuffle_order
 from riskmodel.bands import BandPolicy
 from riskmodel.batch import SequenceBatch
 from riskmodel.calibrate import Calibrator, fit_calibrator
@@ -77,17 +76,6 @@ def split_shards_by_hash(paths: Sequence[Path], out_dir: Path) -> dict[str, list
             batch.subset(part == index).save(target)
             out[name].append(target)
     return out
-
-
-def shuffle_shards(paths: Sequence[Path], out_dir: Path, seed: int) -> list[Path]:
-    """The order ablation of each shard, written to `out_dir` (same file names)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, path in enumerate(paths):
-        target = out_dir / Path(path).name
-        shuffle_order(SequenceBatch.load(Path(path)), seed=seed + i).save(target)
-        written.append(target)
-    return written
 
 
 @dataclass

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.context import settings_and_spec
 from riskmodel import registry, retrain
+from riskmodel.ablation import shuffle_shards
 from riskmodel.batch import SequenceBatch
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
@@ -70,7 +71,7 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
 @task(name="shuffle-order", timeout_seconds=3600, cache_policy=NO_CACHE)
 def shuffle_task(paths: list[str], out_dir: str, seed: int) -> list[str]:
     """The order ablation's shards: attributes permuted within each account's real events."""
-    return [str(p) for p in retrain.shuffle_shards([Path(p) for p in paths], Path(out_dir), seed)]
+    return [str(p) for p in shuffle_shards([Path(p) for p in paths], Path(out_dir), seed)]
 
 
 @task(name="split-by-account-hash", cache_policy=NO_CACHE)
