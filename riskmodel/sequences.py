@@ -159,7 +159,7 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
     roles = {name: state.event_cat.index(col) for col, name in
              ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)) if col}
     static = _static_table(spec, state, accounts)
-    frame = lazy.select(exprs).collect(engine="streaming")
+    frame = lazy.select(exprs).collect(engine="streaming").rechunk()
     if not time_ordered:
         frame = frame.sort([ag.TS, "_id"])
     frame = frame.drop("_id")
