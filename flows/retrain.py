@@ -21,6 +21,7 @@ from tasks.data import extract_task, fit_features_task, training_shards_task
 from tasks.training import (
     baseline_task,
     champion_task,
+    downsample_task,
     evaluate_task,
     fit_model_task,
     hash_split_task,
@@ -53,6 +54,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
         else:
             everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of)
             parts = hash_split_task(everything, str(run_dir / "split"))
+        parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"),
+                                         params.negative_keep, params.seed)
         fit_params = params.model_dump(mode="json")
         fit_params["device"] = settings.device
         model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,

@@ -78,6 +78,26 @@ def split_shards_by_hash(paths: Sequence[Path], out_dir: Path) -> dict[str, list
     return out
 
 
+def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed: int) -> list[Path]:
+    """Training shards with every positive and a seeded `keep` share of negatives (validation, test
+    and calibration stay untouched, so probabilities remain calibrated to the real base rate)."""
+    if not 0.0 < keep <= 1.0:
+        raise ConfigError(f"negative keep rate must be in (0, 1], got {keep}")
+    if keep == 1.0:
+        return list(paths)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, path in enumerate(paths):
+        batch = SequenceBatch.load(Path(path))
+        if batch.label is None:
+            raise ConfigError(f"{path}: training shard without labels")
+        draw = np.random.default_rng([seed, i]).random(len(batch))
+        target = out_dir / Path(path).name
+        batch.subset((batch.label > 0) | (draw < keep)).save(target)
+        written.append(target)
+    return written
+
+
 @dataclass
 class Fitted:
     """A trained, calibrated network with its capacity bands fitted on validation scores."""

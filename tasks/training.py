@@ -74,6 +74,12 @@ def shuffle_task(paths: list[str], out_dir: str, seed: int) -> list[str]:
     return [str(p) for p in shuffle_shards([Path(p) for p in paths], Path(out_dir), seed)]
 
 
+@task(name="downsample-negatives", cache_policy=NO_CACHE)
+def downsample_task(paths: list[str], out_dir: str, keep: float, seed: int) -> list[str]:
+    """Every positive and a seeded share of negatives of the training shards."""
+    return [str(p) for p in retrain.downsample_negatives([Path(p) for p in paths], Path(out_dir), keep, seed)]
+
+
 @task(name="split-by-account-hash", cache_policy=NO_CACHE)
 def hash_split_task(paths: list[str], out_dir: str) -> dict[str, list[str]]:
     """Single-cutoff fallback: stable train/valid/test split by account hash."""

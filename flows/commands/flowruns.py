@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better")
     train.add_argument("--margin", type=float, default=0.0, help="AP margin to beat the champion by")
+    train.add_argument("--negative-keep", type=float, default=0.25,
+                       help="share of negative training rows kept (positives always kept)")
     train.add_argument("--no-ablation", action="store_true", help="skip the order-shuffled ablation")
     train.set_defaults(func=run_train)
 
@@ -82,6 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
         as_of=args.as_of, train_days=args.train_days, cutoff_every_days=args.every,
         epochs=args.epochs, hidden_size=args.hidden, max_train_minutes=args.max_train_minutes,
         seed=args.seed, promote_policy=args.promote, min_ap_margin=args.margin,
+        negative_keep=args.negative_keep,
         run_ablation=not args.no_ablation))
     text = (f"model {result['version']} registered as {result['status']} ({result['reason']})\n"
             f"split: {result['split']}\n{table(result['evaluation_rows'])}")

@@ -1,0 +1,49 @@
+"""Retrain steps: out-of-time split with a horizon gap, account-hash fallback, negative sampling."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from riskmodel.batch import SequenceBatch
+from riskmodel.errors import ConfigError
+from riskmodel.retrain import downsample_negatives, hash_part, plan_split
+
+
+def test_out_of_time_split_keeps_an_h_day_gap_before_validation() -> None:
+    cutoffs = [date(2026, 1, 1) + timedelta(days=7 * i) for i in range(12)]
+    split = plan_split(cutoffs, horizon_days=14)
+    assert split.kind == "out_of_time"
+    assert split.test == [cutoffs[-1]] and split.valid == [cutoffs[-2]]
+    assert max(split.train) <= cutoffs[-2] - timedelta(days=14)
+    assert split.train == [t for t in cutoffs if t <= cutoffs[-2] - timedelta(days=14)]
+
+
+def test_too_few_cutoffs_fall_back_to_account_hash_split() -> None:
+    split = plan_split([date(2026, 3, 1)], horizon_days=30)
+    assert split.kind == "account_hash"
+    with pytest.raises(ConfigError, match="closed label window"):
+        plan_split([], horizon_days=30)
+    parts = hash_part(np.arange(20_000, dtype=np.int64))
+    shares = np.bincount(parts) / parts.size
+    assert np.allclose(shares, [0.70, 0.15, 0.15], atol=0.02)
+    assert np.array_equal(parts, hash_part(np.arange(20_000, dtype=np.int64)))
+
+
+def test_downsampling_keeps_every_positive_and_a_share_of_negatives(tmp_path: Path) -> None:
+    batch = SequenceBatch.empty(n=4000, seq_len=3, n_num=1, n_cat=1, n_time=4, n_static_num=0,
+                                n_static_cat=0, n_agg=0)
+    batch.label = (np.arange(4000) % 40 == 0).astype(np.float32)
+    batch.lengths[:] = 1
+    source = tmp_path / "train-shard-0000.npz"
+    batch.save(source)
+    first = downsample_negatives([source], tmp_path / "a", keep=0.25, seed=3)
+    again = downsample_negatives([source], tmp_path / "b", keep=0.25, seed=3)
+    kept = SequenceBatch.load(first[0])
+    assert int(kept.label.sum()) == 100
+    assert 0.2 < (len(kept) - 100) / 3900 < 0.3
+    assert np.array_equal(kept.account_id, SequenceBatch.load(again[0]).account_id)
+    assert downsample_negatives([source], tmp_path / "c", keep=1.0, seed=3) == [source]
