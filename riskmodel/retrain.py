@@ -46,16 +46,21 @@ class Split:
 
 
 def plan_split(cutoffs: Sequence[date], horizon_days: int) -> Split:
-    """Out-of-time split of closed cutoffs (last = test, previous = valid, train with an H-day gap)."""
+    """Out-of-time split of closed cutoffs: the last sixth (at least one) is the test window, the
+    sixth before it validation, the rest training, with an H-day gap before each later window so
+    no label window of an earlier part overlaps a later one. Too few cutoffs: account-hash split."""
     ordered = sorted(set(cutoffs))
     if not ordered:
         raise ConfigError("no training cutoff has a closed label window: widen train_days or wait")
-    if len(ordered) < 3:
+    gap = timedelta(days=horizon_days)
+    k = max(1, len(ordered) // 6)
+    test = ordered[-k:]
+    before_test = [t for t in ordered[:-k] if t <= test[0] - gap]
+    valid = before_test[-k:]
+    train = [t for t in before_test[:-k] if valid and t <= valid[0] - gap]
+    if not valid or not train:
         return Split("account_hash", ordered, ordered, ordered)
-    test, valid = ordered[-1], ordered[-2]
-    gap = valid - timedelta(days=horizon_days)
-    train = [t for t in ordered[:-2] if t <= gap] or ordered[:-2]
-    return Split("out_of_time", train, [valid], [test])
+    return Split("out_of_time", train, valid, test)
 
 
 def hash_part(account_id: np.ndarray) -> np.ndarray:

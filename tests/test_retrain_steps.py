@@ -17,14 +17,16 @@ def test_out_of_time_split_keeps_an_h_day_gap_before_validation() -> None:
     cutoffs = [date(2026, 1, 1) + timedelta(days=7 * i) for i in range(12)]
     split = plan_split(cutoffs, horizon_days=14)
     assert split.kind == "out_of_time"
-    assert split.test == [cutoffs[-1]] and split.valid == [cutoffs[-2]]
-    assert max(split.train) <= cutoffs[-2] - timedelta(days=14)
-    assert split.train == [t for t in cutoffs if t <= cutoffs[-2] - timedelta(days=14)]
+    assert split.test == cutoffs[-2:]
+    assert split.valid == [t for t in cutoffs if t <= cutoffs[-2] - timedelta(days=14)][-2:]
+    assert split.train == [t for t in cutoffs if t <= split.valid[0] - timedelta(days=14)]
+    assert split.train and max(split.train) < min(split.valid) < min(split.test)
 
 
 def test_too_few_cutoffs_fall_back_to_account_hash_split() -> None:
     split = plan_split([date(2026, 3, 1)], horizon_days=30)
     assert split.kind == "account_hash"
+    assert plan_split([date(2026, 3, 1) + timedelta(days=7 * i) for i in range(4)], 30).kind == "account_hash"
     with pytest.raises(ConfigError, match="closed label window"):
         plan_split([], horizon_days=30)
     parts = hash_part(np.arange(20_000, dtype=np.int64))
