@@ -6,6 +6,7 @@ Models travel between tasks as artifact folders on disk (path + sha256), probabi
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from tqdm import tqdm
 
 from flows.context import settings_and_spec
 from riskmodel import registry, retrain
@@ -44,16 +46,21 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
                    params: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """Train, calibrate and band one model; save it as a candidate artifact and its test probabilities."""
     progress = Progress(f"training-{name}", f"Training {name}: epochs and steps done")
+    bar = tqdm(total=100, desc=f"train {name}", unit="%", file=sys.stderr, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def on_progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
-        done = (epoch + step / max(total, 1)) / max(params["epochs"], 1)
+        done = min(1.0, (epoch + step / max(total, 1)) / max(params["epochs"], 1))
         progress.update(done, f"{name}: epoch {epoch + 1}, step {step}/{total}, {metrics}")
+        bar.n = round(100 * done)
+        bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
 
     config = TrainConfig(epochs=params["epochs"], max_train_minutes=params["max_train_minutes"],
                          seed=params["seed"], device=params.get("device", "auto"))
     fitted = retrain.fit_model([Path(p) for p in train], [Path(p) for p in valid], features=features,
                                hidden=params["hidden_size"], config=config, on_progress=on_progress)
     progress.update(1.0, f"{name}: done ({fitted.summary['stopped']})")
+    bar.close()
     probs, labels = retrain.predict_proba(fitted.net, fitted.calibrator, [Path(p) for p in test],
                                           device=config.device)
     folder = Path(out_dir) / name
