@@ -49,10 +49,13 @@ def copy_binary(settings: Settings) -> tuple[int, float]:
         _set_params(conn)
         with conn.cursor() as cur:
             started = time.perf_counter()
+            drained = 0
             with cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)) as copy:
-                for _block in copy:
-                    pass
+                for block in copy:
+                    drained += len(block)
             seconds = time.perf_counter() - started
+            if not drained:
+                return 0, seconds
             cur.execute(sql.SQL("SELECT count(*) FROM ({}) q").format(query))
             return int(cur.fetchone()[0]), seconds
 
