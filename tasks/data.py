@@ -23,8 +23,8 @@ def _retry_on_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect
     """Retry connection problems; quality failures and bad input fail at once."""
     try:
         state.result()
-    except (DatabaseError, OSError, ConnectionError) as exc:
-        return "quality" not in str(exc)
+    except (DatabaseError, OSError, ConnectionError):
+        return True
     except Exception:  # noqa: BLE001 - anything else is not transient
         return False
     return False
