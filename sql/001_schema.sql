@@ -16,27 +16,13 @@ CREATE TABLE IF NOT EXISTS {schema}.risk_scores (
 
 -- A challenger's nightly scores, same shape, so promotion can be judged on live traffic.
 CREATE TABLE IF NOT EXISTS {schema}.risk_scores_shadow (
-    score_date    date             NOT NULL,
-    account_id    text             NOT NULL,
-    risk_score    double precision NOT NULL CHECK (risk_score >= 0 AND risk_score <= 1),
-    risk_band     text             NOT NULL,
-    model_version text             NOT NULL,
-    reason_codes  text[]           NOT NULL,
-    scored_at     timestamptz      NOT NULL,
-    run_id        uuid             NOT NULL,
+    LIKE {schema}.risk_scores INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     PRIMARY KEY (score_date, account_id, model_version)
 ) PARTITION BY RANGE (score_date);
 
 -- Scores that a rerun replaced: what was served on any date stays answerable.
 CREATE TABLE IF NOT EXISTS {schema}.risk_scores_audit (
-    score_date      date             NOT NULL,
-    account_id      text             NOT NULL,
-    risk_score      double precision NOT NULL,
-    risk_band       text             NOT NULL,
-    model_version   text             NOT NULL,
-    reason_codes    text[]           NOT NULL,
-    scored_at       timestamptz      NOT NULL,
-    run_id          uuid             NOT NULL,
+    LIKE {schema}.risk_scores,
     replaced_at     timestamptz      NOT NULL DEFAULT now(),
     replaced_by_run uuid             NOT NULL
 );
