@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     reason_min_band: Literal["low", "medium", "high"] = Field(
         "medium", description="Reason codes for accounts in this band or above."
     )
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread", description="Where flow fan-out runs: threads in the flow process, or a Dask cluster."
+    )
+    dask_address: str | None = Field(
+        None, description="Scheduler of an existing Dask cluster; unset with `dask` starts a local one."
+    )
+    dask_workers: int = Field(2, ge=1, le=256, description="Worker processes of a local Dask cluster.")
+    dask_gpus_per_task: float = Field(
+        0.0, ge=0.0, le=64.0, description="Dask `GPU` resource each scoring task claims (0 = none)."
+    )
 
     @field_validator("timezone")
     @classmethod
