@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     )
     home: Path = Field(Path(".riskflow"), description="riskflow's own files.")
     lake_url: str | None = Field(None, description="Parquet lake folder or fsspec URL.")
+    lake_storage_options: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="fsspec options for an object-store lake (JSON in the env), e.g. endpoint_url, "
+        "key, secret, region; values are secret: never shown in logs or errors.",
+    )
     model_dir: Path | None = Field(None, description="Model artifacts folder.")
     db_schema: str = Field(
         "riskflow",
