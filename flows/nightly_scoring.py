@@ -17,7 +17,9 @@ from prefect.runtime import flow_run
 
 from flows.context import settings_and_spec
 from flows.params import ScoreParams
+from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import yesterday
+from riskmodel.settings import load_settings
 from tasks.data import extract_task, scoring_shards_task
 from tasks.monitoring import monitor_task
 from tasks.reporting import publish_markdown, publish_table
@@ -37,7 +39,8 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
                                  str(run_dir / model["version"]))
     timings[f"sequences[{table}]"] = time.perf_counter() - t
     t = time.perf_counter()
-    futures = score_shard_task.map(shards, model["version"], model["sha256"], device)
+    with scoring_placement(load_settings()):
+        futures = score_shard_task.map(shards, model["version"], model["sha256"], device)
     scored = [f.result() for f in futures]
     timings[f"score[{table}]"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -47,7 +50,7 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
     return {"shards": scored, "write": written}
 
 
-@flow(name="nightly-scoring", log_prints=False)
+@flow(name="nightly-scoring", log_prints=False, task_runner=SettingsTaskRunner())
 def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     """Score every active account for `params.score_date` with the champion (and shadow challenger)."""
     logger = get_run_logger()
