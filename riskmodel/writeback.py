@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from riskmodel import pgcopy
+from riskmodel import faults, pgcopy
 from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DatabaseError, RiskflowError
 from riskmodel.settings import Settings
@@ -263,6 +263,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             seconds |= _build_stage(conn, settings, df, table=table, stage=stage, score_date=score_date,
                          model_version=model_version, run_id=run_id)
             seconds["stage"] = time.perf_counter() - t1
+            faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
                 raise InjectedFailure(f"injected failure after staging {stage}")
             t2 = time.perf_counter()
@@ -364,6 +365,7 @@ def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage
     conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
         parent, stage_id, sql.Literal(score_date), sql.Literal(score_date + dt.timedelta(days=1))))
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(stage_id, sql.Identifier(part)))
+    faults.pause_point("writeback.in_swap")
     if fail:
         raise InjectedFailure(f"injected failure during the swap of {schema}.{part}")
     conn.execute(
