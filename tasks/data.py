@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+import psycopg
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -20,10 +21,11 @@ from tasks.models import cached_model
 
 
 def _retry_on_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
-    """Retry connection problems; quality failures and bad input fail at once."""
+    """Retry connection problems (ours, psycopg's: a dropped or terminated connection); quality failures
+    and bad input fail at once."""
     try:
         state.result()
-    except (DatabaseError, OSError, ConnectionError):
+    except (DatabaseError, psycopg.OperationalError, OSError, ConnectionError):
         return True
     except Exception:  # noqa: BLE001 - anything else is not transient
         return False
