@@ -1,12 +1,28 @@
-"""Incremental extract of source transactions into a hive-partitioned Parquet lake.
+"""Incremental extract of source transactions into a hive-partitioned Parquet lake, local or object store.
 
 Layout: `{lake}/transactions/txn_date=YYYY-MM-DD/part-0.parquet`, `txn_date` being the local
 business date (settings.tz) of `ts`; timestamps are stored in UTC, NUMERIC columns as float64.
+The lake is a folder or any fsspec URL (`s3://bucket/prefix` through s3fs; see riskmodel.storage).
 Each run re-reads the days from `late_days` before the watermark on (late postings) and
-appends new days. A partition is one file, written aside as a hidden temporary and renamed
-over the old one, so readers never see half a partition. Rows are sorted by every column and
-written with fixed Parquet options, so a rerun over an unchanged source gives identical bytes.
-One extract at a time per lake: a Postgres advisory lock spans the run.
+appends new days. Rows are sorted by every column and written with fixed Parquet options, so a
+rerun over an unchanged source gives identical bytes. One extract at a time per lake: a Postgres
+advisory lock spans the run.
+
+Streaming, in bounded memory: the source window is read as one COPY BINARY stream (ADBC record
+batches), regrouped by date through a KeySpill (memory up to a budget, Arrow IPC spill files
+beyond it), then each date is sorted, quality-checked (duplicate ids across dates through
+SeenIds) and written as a staged Parquet file. Only when the whole batch passed the bad-row
+threshold are the staged partitions committed, so a failed run changes no partition.
+
+Commit, per partition, never exposing half of one:
+- local folder: staged under `transactions/_staging/<run>/` in the lake itself, fsynced, then
+  renamed over `part-0.parquet` (atomic on one filesystem);
+- object store: staged in a local scratch folder, then uploaded with one PUT to the committed
+  key `part-0.parquet` (S3 replaces an object atomically: readers see the old or the new
+  object whole; s3fs uses a single PUT below 2 x its 50 MB block size, multipart above,
+  which is equally atomic at completion). Nothing but committed keys is ever written to the store.
+A crash before a partition's commit leaves its old version readable; a staging folder left by a
+crash is removed by the next run. Readers list only `txn_date=*/part-0.parquet`.
 """
 
 from __future__ import annotations
@@ -14,30 +30,38 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time as clock
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
 from psycopg import sql
 
 from riskmodel import quality
 from riskmodel.db import advisory_lock, connect
-from riskmodel.errors import ConfigError
-from riskmodel.pgread import adbc_connection, param, read_arrow
+from riskmodel.errors import ConfigError, DataQualityError
+from riskmodel.pgread import adbc_connection, param, stream_arrow
+from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec, TransactionsSpec
+from riskmodel.spill import KeySpill
+from riskmodel.storage import LakeStore, check_store_writable, lake_store, redact_lake
 
 log = logging.getLogger("riskflow.lake")
 
 TABLE = "transactions"
 PART_FILE = "part-0.parquet"
 TXN_DATE = "txn_date"
+STAGING = "_staging"
 PARQUET_OPTIONS: dict[str, object] = {"compression": "zstd", "compression_level": 1, "statistics": True,
                                       "row_group_size": 1 << 20}
+SPILL_BUDGET_BYTES = 256 << 20
 
 BeforeRename = Callable[[date, Path], None]
 
@@ -67,35 +91,78 @@ class ExtractReport:
                 "watermark": self.watermark, "seconds": round(self.seconds, 3)}
 
 
+@dataclass
+class _Staged:
+    """The checked batch, its partitions staged but not yet committed."""
+
+    files: dict[date, Path] = field(default_factory=dict)
+    bad: list[pl.DataFrame] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(quality.RULES, 0))
+    good_rows: int = 0
+    watermark: datetime | None = None
+
+
 def lake_root(settings: Settings) -> Path:
-    """The lake as a local folder (object-store URLs are not supported by this writer)."""
-    if "://" in settings.lake and not settings.lake.startswith("file://"):
-        raise ConfigError(f"lake_url {settings.lake!r}: only local folders are supported by the extract")
-    return Path(settings.lake.removeprefix("file://"))
+    """The lake as a local folder; ConfigError for an object-store lake (use `riskmodel.storage`)."""
+    store = lake_store(settings)
+    if not store.local:
+        raise ConfigError(f"lake_url {store.url}: not a local folder")
+    return Path(store.root)
+
+
+def _partition_key(store: LakeStore, day: date) -> str:
+    return store.path(TABLE, f"{TXN_DATE}={day.isoformat()}", PART_FILE)
 
 
 def partition_path(settings: Settings, day: date) -> Path:
-    """The Parquet file holding local date `day`."""
+    """The Parquet file holding local date `day` in a local lake."""
     return lake_root(settings) / TABLE / f"{TXN_DATE}={day.isoformat()}" / PART_FILE
+
+
+def partition_url(settings: Settings, day: date) -> str:
+    """Where local date `day` lives in any lake: a path, or a URL with the store's protocol."""
+    store = lake_store(settings)
+    key = _partition_key(store, day)
+    return key if store.local else store.fs.unstrip_protocol(key)
+
+
+def check_writable(settings: Settings) -> None:
+    """Fail early, with a ConfigError naming the (redacted) lake URL, when the lake cannot be written."""
+    check_store_writable(settings, lake_store(settings))
+
+
+def _dates(store: LakeStore) -> list[date]:
+    if store.local:
+        base = Path(store.root) / TABLE
+        found = [str(p) for p in base.glob(f"{TXN_DATE}=*/{PART_FILE}")] if base.is_dir() else []
+    else:
+        store.fs.invalidate_cache(store.path(TABLE))
+        found = store.fs.glob(store.path(TABLE, f"{TXN_DATE}=*", PART_FILE))
+    return sorted(date.fromisoformat(f.rsplit("/", 2)[-2].split("=", 1)[1]) for f in found)
 
 
 def lake_dates(settings: Settings) -> list[date]:
     """Dates that have a partition in the lake, ascending."""
-    base = lake_root(settings) / TABLE
-    if not base.is_dir():
-        return []
-    return sorted(date.fromisoformat(p.parent.name.split("=", 1)[1])
-                  for p in base.glob(f"{TXN_DATE}=*/{PART_FILE}"))
+    return _dates(lake_store(settings))
 
 
 def scan_transactions(settings: Settings, start: date, end: date) -> pl.LazyFrame:
-    """Lazy frame of lake rows with local dates in [start, end], with a `txn_date` Date column."""
-    files = [partition_path(settings, d) for d in lake_dates(settings) if start <= d <= end]
+    """Lazy frame of lake rows with local dates in [start, end], with a `txn_date` Date column last.
+
+    Partitions come in date order, each in its stored (account, ts) order. A local lake is read by
+    Polars directly; an object store through a pyarrow dataset over the fsspec filesystem, so any
+    fsspec URL with its storage options works the same way."""
+    store = lake_store(settings)
+    files = [_partition_key(store, d) for d in _dates(store) if start <= d <= end]
     if not files:
-        raise ConfigError(f"lake {settings.lake}: no partitions between {start} and {end}; "
+        raise ConfigError(f"lake {store.url}: no partitions between {start} and {end}; "
                           f"run `riskflow extract --date {end}` first")
-    return pl.scan_parquet([str(f) for f in files], hive_partitioning=True,
-                           hive_schema={TXN_DATE: pl.Date})
+    if store.local:
+        return pl.scan_parquet(files, hive_partitioning=True, hive_schema={TXN_DATE: pl.Date})
+    partitioning = ds.partitioning(pa.schema([(TXN_DATE, pa.date32())]), flavor="hive")
+    dataset = ds.dataset(files, filesystem=store.fs, format="parquet", partitioning=partitioning,
+                         partition_base_dir=store.path(TABLE))
+    return pl.scan_pyarrow_dataset(dataset)
 
 
 def extract_query(tx: TransactionsSpec) -> sql.Composed:
@@ -111,24 +178,28 @@ def extract_query(tx: TransactionsSpec) -> sql.Composed:
         lo=param("lo", "timestamptz"), hi=param("hi", "timestamptz"))
 
 
-def read_window(settings: Settings, tx: TransactionsSpec, lo: datetime | None,
-                hi: datetime | None) -> pl.DataFrame:
-    """Source rows with `lo <= ts < hi` (None = unbounded) plus null-timestamp rows, UTC, with `txn_date`.
+def stream_window(settings: Settings, tx: TransactionsSpec, lo: datetime | None,
+                  hi: datetime | None) -> Iterator[pl.DataFrame]:
+    """Source rows with `lo <= ts < hi` (None = unbounded) plus null-timestamp rows, in chunks as they arrive.
 
-    Sorted by (txn_date, account, ts, id), and by every column where those tie, so that the
-    order (and which copy of a duplicate is kept) is deterministic; each date is one slice."""
+    Timestamps in UTC; `txn_date` (local date, null for a null timestamp) added; no order."""
     params = {"lo": lo.isoformat() if lo else "-infinity", "hi": hi.isoformat() if hi else "infinity"}
-    with adbc_connection(settings) as conn:
-        frame = pl.from_arrow(read_arrow(conn, extract_query(tx), params), rechunk=False)
-    assert isinstance(frame, pl.DataFrame)
     ts = pl.col(tx.timestamp).dt.convert_time_zone("UTC")
-    frame = frame.with_columns(ts, ts.dt.convert_time_zone(settings.tz.key).dt.date().alias(TXN_DATE))
-    keys = [TXN_DATE, tx.account_id, tx.timestamp, tx.id]
-    frame = frame.sort(keys, nulls_last=True)
+    with adbc_connection(settings) as conn:
+        for batch in stream_arrow(conn, extract_query(tx), params):
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield frame.with_columns(ts, ts.dt.convert_time_zone(settings.tz.key).dt.date().alias(TXN_DATE))
+
+
+def sort_day(rows: pl.DataFrame, tx: TransactionsSpec) -> pl.DataFrame:
+    """One date's rows in (account, ts, id) order, and by every column where those tie (deterministic)."""
+    keys = [tx.account_id, tx.timestamp, tx.id]
+    rows = rows.sort(keys, nulls_last=True)
     ties = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
-    if frame.select(ties.any()).item():
-        frame = frame.sort(keys + [c for c in frame.columns if c not in keys], nulls_last=True)
-    return frame
+    if rows.select(ties.any()).item():
+        rows = rows.sort(keys + [c for c in rows.columns if c not in keys], nulls_last=True)
+    return rows
 
 
 def _watermark(conn, settings: Settings, source: str) -> tuple[datetime, date] | None:
@@ -148,44 +219,102 @@ def _set_watermark(conn, settings: Settings, source: str, watermark: datetime, l
         (settings.lake, source, watermark, last_date))
 
 
-def write_partition(settings: Settings, day: date, rows: pl.DataFrame, run_id: uuid.UUID,
-                    before_rename: BeforeRename | None = None) -> Path:
-    """Write one date's rows to a hidden temporary file beside the partition, then rename it into place."""
-    final = partition_path(settings, day)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{PART_FILE}.{run_id.hex}.tmp"
-    rows.write_parquet(tmp, **PARQUET_OPTIONS)  # type: ignore[arg-type]
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    if before_rename is not None:
-        before_rename(day, tmp)
-    os.replace(tmp, final)
-    return final
+def _staging_dir(store: LakeStore, scratch: Path, run_id: uuid.UUID) -> Path:
+    if store.local:
+        return Path(store.root) / TABLE / STAGING / run_id.hex
+    return scratch / "stage"
 
 
-def _remove_partition(settings: Settings, day: date) -> None:
-    path = partition_path(settings, day)
+def _stage(rows: pl.DataFrame, folder: Path, day: date, fsync: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{TXN_DATE}={day.isoformat()}.parquet.tmp"
+    rows.rechunk().write_parquet(path, **PARQUET_OPTIONS)  # type: ignore[arg-type]
+    if fsync:
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    return path
+
+
+def _check_and_stage(spill: KeySpill, tx: TransactionsSpec, run_date: date, settings: Settings,
+                     folder: Path, fsync: bool) -> _Staged:
+    """Sort, quality-check and stage each date in turn; ids repeated from an earlier date are duplicates."""
+    staged = _Staged()
+    seen = SeenIds()
+    reason = f"{tx.id} seen earlier in this batch"
+    for day in spill.keys():
+        checked = quality.check_batch(sort_day(spill.take(day), tx), tx, run_date, settings.tz)
+        good, bad = checked.good, checked.bad
+        repeat = seen.contains(good[tx.id])
+        if repeat.any():
+            again = good.filter(repeat).with_columns(pl.lit("duplicate_txn_id").alias("rule"),
+                                                     pl.lit(reason).alias("reason"))
+            bad, good = pl.concat([bad, again]), good.filter(~repeat)
+        seen.add(pl.concat([checked.good[tx.id], checked.bad[tx.id]]))
+        for rule, n in bad.group_by("rule").len().iter_rows():
+            staged.counts[rule] += int(n)
+        if bad.height:
+            staged.bad.append(bad)
+        if good.height:
+            staged.good_rows += good.height
+            latest = good[tx.timestamp].max()
+            staged.watermark = latest if staged.watermark is None else max(staged.watermark, latest)
+            staged.files[day] = _stage(good.drop(TXN_DATE), folder, day, fsync)
+    return staged
+
+
+def _commit(store: LakeStore, day: date, staged: Path) -> None:
+    key = _partition_key(store, day)
+    if store.local:
+        Path(key).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, key)
+        return
+    store.fs.put_file(str(staged), key)
+    staged.unlink()
+
+
+def _remove_partition(store: LakeStore, day: date) -> None:
+    key = _partition_key(store, day)
+    if not store.local:
+        store.fs.rm_file(key)
+        return
+    path = Path(key)
     path.unlink(missing_ok=True)
     if path.parent.is_dir() and not any(path.parent.iterdir()):
         path.parent.rmdir()
 
 
-def _clean_temporaries(settings: Settings) -> None:
-    base = lake_root(settings) / TABLE
+def _clean_staging(store: LakeStore) -> None:
+    if not store.local:
+        return
+    base = Path(store.root) / TABLE
+    shutil.rmtree(base / STAGING, ignore_errors=True)
     if base.is_dir():
         for stale in base.glob(f"{TXN_DATE}=*/.{PART_FILE}.*.tmp"):
             stale.unlink(missing_ok=True)
 
 
+def _store_error(settings: Settings, store: LakeStore, exc: Exception) -> ConfigError:
+    return ConfigError(f"lake {store.url}: writing failed: {type(exc).__name__}: "
+                       f"{redact_lake(settings, str(exc))[:300]}")
+
+
 def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool = False,
             before_rename: BeforeRename | None = None, lock_timeout_s: float = 600.0) -> ExtractReport:
-    """Bring the lake up to local date `run_date`: quality-check, quarantine, rewrite changed days."""
+    """Bring the lake up to local date `run_date`: quality-check, quarantine, rewrite changed days.
+
+    `before_rename(day, staged_file)` runs just before each partition is committed (tests use it
+    to simulate a crash there)."""
     started = clock.perf_counter()
+    store = lake_store(settings)
+    check_store_writable(settings, store)
     tx, tz = spec.transactions, settings.tz
     source = tx.qualified
     run_id = uuid.uuid4()
-    with connect(settings) as conn, advisory_lock(conn, f"extract:{settings.lake}", timeout_s=lock_timeout_s):
-        _clean_temporaries(settings)
+    with (connect(settings) as conn,
+          advisory_lock(conn, f"extract:{settings.lake}", timeout_s=lock_timeout_s),
+          tempfile.TemporaryDirectory(prefix="riskflow-extract-") as scratch_dir):
+        scratch = Path(scratch_dir)
+        _clean_staging(store)
         mark = None if full else _watermark(conn, settings, source)
         backfill = mark is not None and run_date < mark[1]
         if mark is None:
@@ -194,41 +323,48 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
             first_day = min(mark[1] + timedelta(days=1), run_date) - timedelta(days=settings.late_days)
         lo = quality.local_midnight(first_day, tz) if first_day else None
         hi = quality.local_midnight(run_date + timedelta(days=1), tz) if backfill else None
-        frame = read_window(settings, tx, lo, hi)
-        checked = quality.check_batch(frame, tx, run_date, tz)
-        added = quality.quarantine(conn, settings.db_schema, run_id, source, tx, checked.bad, tz)
+        spill = KeySpill(scratch / "spill", TXN_DATE, SPILL_BUDGET_BYTES)
+        for chunk in stream_window(settings, tx, lo, hi):
+            spill.add(chunk)
+        folder = _staging_dir(store, scratch, run_id)
+        staged = _check_and_stage(spill, tx, run_date, settings, folder, fsync=store.local)
+        bad = pl.concat(staged.bad) if staged.bad else pl.DataFrame()
+        added = quality.quarantine(conn, settings.db_schema, run_id, source, tx, bad, tz)
         conn.commit()
-        if checked.bad.height:
+        if bad.height:
             log.warning("extract %s: quarantined %s (%d new rows in the quarantine table)", source,
-                        {k: v for k, v in checked.counts.items() if v}, sum(added.values()))
-        undated_known = checked.counts["null_timestamp"] - added["null_timestamp"]
-        quality.enforce_threshold(checked, settings.max_bad_fraction, source, undated_known)
-        good = checked.good
-        report = ExtractReport(run_id, run_date, source, first_day, frame.height, good.height,
-                               quarantined=checked.counts)
-        del frame, checked
-        bounds = good.select(pl.col(TXN_DATE).rle().struct.unnest())
-        days = bounds["value"].to_list()
+                        {k: v for k, v in staged.counts.items() if v}, sum(added.values()))
+        undated_known = staged.counts["null_timestamp"] - added["null_timestamp"]
+        try:
+            quality.enforce_threshold(quality.QualityResult(pl.DataFrame(), bad, staged.counts, spill.rows),
+                                      settings.max_bad_fraction, source, undated_known)
+        except DataQualityError:
+            _clean_staging(store)
+            raise
+        report = ExtractReport(run_id, run_date, source, first_day, spill.rows, staged.good_rows,
+                               quarantined=staged.counts)
+        days = sorted(staged.files)
         start = first_day if first_day is not None else (days[0] if days else run_date)
-        offset = 0
-        data = good.drop(TXN_DATE)
-        for day, length in zip(days, bounds["len"].to_list(), strict=True):
-            write_partition(settings, day, data.slice(offset, length), run_id, before_rename)
-            report.dates_written.append(day)
-            offset += length
-        present = set(days)
-        for day in lake_dates(settings):
-            if start <= day <= run_date and day not in present:
-                _remove_partition(settings, day)
-                report.dates_removed.append(day)
-        report.dates_written.sort()
-        if good.height:
-            report.watermark = good[tx.timestamp].max()  # type: ignore[assignment]
+        try:
+            for day in days:
+                if before_rename is not None:
+                    before_rename(day, staged.files[day])
+                _commit(store, day, staged.files[day])
+                report.dates_written.append(day)
+            for day in _dates(store):
+                if start <= day <= run_date and day not in staged.files:
+                    _remove_partition(store, day)
+                    report.dates_removed.append(day)
+        except OSError as exc:
+            raise _store_error(settings, store, exc) from None
+        if store.local:
+            shutil.rmtree(folder, ignore_errors=True)
+        report.watermark = staged.watermark
         watermark = report.watermark or (mark[0] if mark else quality.local_midnight(start, tz))
         _set_watermark(conn, settings, source, watermark, run_date)
         conn.commit()
     report.seconds = clock.perf_counter() - started
-    log.info("extract %s -> %s: %d rows read, %d written to %d dates in %.2fs", source, settings.lake,
+    log.info("extract %s -> %s: %d rows read, %d written to %d dates in %.2fs", source, store.url,
              report.rows_read, report.rows_written, len(report.dates_written), report.seconds)
     return report
 
@@ -238,8 +374,13 @@ def reset_lake(settings: Settings) -> None:
 
     Used after the source was replaced wholesale, e.g. a re-seeded demo bank.
     """
+    store = lake_store(settings)
     with connect(settings) as conn, advisory_lock(conn, f"extract:{settings.lake}"):
-        shutil.rmtree(lake_root(settings) / TABLE, ignore_errors=True)
+        base = store.path(TABLE)
+        if store.local:
+            shutil.rmtree(base, ignore_errors=True)
+        elif store.fs.exists(base):
+            store.fs.rm(base, recursive=True)
         conn.execute(sql.SQL("DELETE FROM {} WHERE lake = %s").format(
             sql.Identifier(settings.db_schema, "extract_watermarks")), (settings.lake,))
         conn.commit()

@@ -53,15 +53,19 @@ def adbc_connection(settings: Settings) -> Iterator[adbc.Connection]:
         conn.close()
 
 
+def _set_params(cur: adbc.Cursor, params: Mapping[str, str] | None) -> None:
+    for name, value in (params or {}).items():
+        if not _PARAM_NAME.match(name):
+            raise ValueError(f"bad query parameter name {name!r}")
+        cur.execute("SELECT set_config($1, $2, false)", parameters=(f"riskflow.p_{name}", value))
+        cur.fetchall()
+
+
 def read_arrow(conn: adbc.Connection, query: sql.Composable,
                params: Mapping[str, str] | None = None) -> pa.Table:
     """Run `query` with `params` (text values, read back by `param`) and return an Arrow table."""
     with conn.cursor() as cur:
-        for name, value in (params or {}).items():
-            if not _PARAM_NAME.match(name):
-                raise ValueError(f"bad query parameter name {name!r}")
-            cur.execute("SELECT set_config($1, $2, false)", parameters=(f"riskflow.p_{name}", value))
-            cur.fetchall()
+        _set_params(cur, params)
         try:
             cur.execute(query.as_string(None))
             return cur.fetch_arrow_table()
@@ -74,3 +78,16 @@ def read_frame(settings: Settings, query: sql.Composable,
     """`read_arrow` on a fresh connection, as a Polars DataFrame."""
     with adbc_connection(settings) as conn:
         return pl.from_arrow(read_arrow(conn, query, params))  # type: ignore[return-value]
+
+
+def stream_arrow(conn: adbc.Connection, query: sql.Composable,
+                 params: Mapping[str, str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Like `read_arrow`, but yield record batches (a few MB each) as they arrive, in bounded memory."""
+    with conn.cursor() as cur:
+        _set_params(cur, params)
+        try:
+            cur.execute(query.as_string(None))
+            reader = cur.fetch_record_batch()
+            yield from reader
+        except Exception as exc:
+            raise DatabaseError(f"query failed: {str(exc).strip().splitlines()[0][:300]}") from None
