@@ -10,7 +10,7 @@ advisory lock spans the run.
 
 Streaming, in bounded memory: the source window is read as one COPY BINARY stream (ADBC record
 batches), regrouped by date through a KeySpill (memory up to a budget, Arrow IPC spill files
-beyond it), then each date is sorted, quality-checked (duplicate ids across dates through
+beyond it), then a few dates at a time are sorted, quality-checked (duplicate ids across them through
 SeenIds) and written as a staged Parquet file. Only when the whole batch passed the bad-row
 threshold are the staged partitions committed, so a failed run changes no partition.
 
@@ -62,6 +62,7 @@ STAGING = "_staging"
 PARQUET_OPTIONS: dict[str, object] = {"compression": "zstd", "compression_level": 1, "statistics": True,
                                       "row_group_size": 1 << 20}
 SPILL_BUDGET_BYTES = 256 << 20
+GROUP_ROWS = 500_000
 
 BeforeRename = Callable[[date, Path], None]
 
@@ -193,13 +194,29 @@ def stream_window(settings: Settings, tx: TransactionsSpec, lo: datetime | None,
 
 
 def sort_day(rows: pl.DataFrame, tx: TransactionsSpec) -> pl.DataFrame:
-    """One date's rows in (account, ts, id) order, and by every column where those tie (deterministic)."""
+    """One date's rows in (account, ts, id) order, and by every column where those tie (deterministic).
+
+    Null keys sort last. Sorting date by date is cheaper than one sort of many dates by date first."""
     keys = [tx.account_id, tx.timestamp, tx.id]
     rows = rows.sort(keys, nulls_last=True)
     ties = pl.all_horizontal([pl.col(k).eq_missing(pl.col(k).shift(1)) for k in keys]).fill_null(False)
     if rows.select(ties.any()).item():
         rows = rows.sort(keys + [c for c in rows.columns if c not in keys], nulls_last=True)
     return rows
+
+
+def _date_groups(spill: KeySpill, tx: TransactionsSpec, min_rows: int) -> Iterator[pl.DataFrame]:
+    """Whole dates from the spill, ascending (null date last), each sorted, a few at a time (>= min_rows)."""
+    held: list[pl.DataFrame] = []
+    rows = 0
+    for day in spill.keys():
+        held.append(sort_day(spill.take(day), tx))
+        rows += held[-1].height
+        if rows >= min_rows:
+            yield pl.concat(held)
+            held, rows = [], 0
+    if held:
+        yield pl.concat(held)
 
 
 def _watermark(conn, settings: Settings, source: str) -> tuple[datetime, date] | None:
@@ -237,28 +254,34 @@ def _stage(rows: pl.DataFrame, folder: Path, day: date, fsync: bool) -> Path:
 
 def _check_and_stage(spill: KeySpill, tx: TransactionsSpec, run_date: date, settings: Settings,
                      folder: Path, fsync: bool) -> _Staged:
-    """Sort, quality-check and stage each date in turn; ids repeated from an earlier date are duplicates."""
+    """Sort, quality-check and stage a few dates at a time; ids repeated from earlier dates are duplicates."""
     staged = _Staged()
     seen = SeenIds()
     reason = f"{tx.id} seen earlier in this batch"
-    for day in spill.keys():
-        checked = quality.check_batch(sort_day(spill.take(day), tx), tx, run_date, settings.tz)
+    for group in _date_groups(spill, tx, GROUP_ROWS):
+        checked = quality.check_batch(group, tx, run_date, settings.tz)
         good, bad = checked.good, checked.bad
         repeat = seen.contains(good[tx.id])
         if repeat.any():
             again = good.filter(repeat).with_columns(pl.lit("duplicate_txn_id").alias("rule"),
                                                      pl.lit(reason).alias("reason"))
             bad, good = pl.concat([bad, again]), good.filter(~repeat)
-        seen.add(pl.concat([checked.good[tx.id], checked.bad[tx.id]]))
+        seen.add(group[tx.id])
+        del group, checked
         for rule, n in bad.group_by("rule").len().iter_rows():
             staged.counts[rule] += int(n)
         if bad.height:
             staged.bad.append(bad)
-        if good.height:
-            staged.good_rows += good.height
-            latest = good[tx.timestamp].max()
-            staged.watermark = latest if staged.watermark is None else max(staged.watermark, latest)
-            staged.files[day] = _stage(good.drop(TXN_DATE), folder, day, fsync)
+        if good.is_empty():
+            continue
+        staged.good_rows += good.height
+        latest = good[tx.timestamp].max()
+        staged.watermark = latest if staged.watermark is None else max(staged.watermark, latest)
+        bounds = good.select(pl.col(TXN_DATE).rle().struct.unnest())
+        data, offset = good.drop(TXN_DATE), 0
+        for day, length in zip(bounds["value"].to_list(), bounds["len"].to_list(), strict=True):
+            staged.files[day] = _stage(data.slice(offset, length), folder, day, fsync)
+            offset += length
     return staged
 
 
