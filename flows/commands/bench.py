@@ -44,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(to_json(rows))
         return 0
-    print(table(rows, COLUMNS))
+    print(table(rows, getattr(module, "COLUMNS", COLUMNS)))
     for row in rows:
-        print(f"  {row['stage']}: baseline = {row['baseline']}; limit = {row['limit']}")
+        if row.get("baseline") is not None:
+            print(f"  {row['stage']}: baseline = {row['baseline']}; limit = {row['limit']}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str) + "\n")
     return 0
