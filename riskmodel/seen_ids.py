@@ -10,7 +10,7 @@ import polars as pl
 
 
 class SeenIds:
-    """A growing set of non-null ids of one dtype, with vectorised membership tests."""
+    """A growing set of non-null ids of one dtype, with vectorised membership tests (runs are disjoint)."""
 
     def __init__(self) -> None:
         self._runs: list[pl.Series] = []
@@ -29,6 +29,7 @@ class SeenIds:
     def add(self, ids: pl.Series) -> None:
         """Remember every non-null id in `ids`."""
         run = ids.drop_nulls().unique().sort()
+        run = run.filter(~self.contains(run))
         if run.is_empty():
             return
         while self._runs and len(self._runs[-1]) <= 2 * len(run):

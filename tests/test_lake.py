@@ -11,10 +11,17 @@ from pathlib import Path
 import polars as pl
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from riskmodel.lake import extract, lake_dates, lake_root, partition_path, scan_transactions
+from riskmodel import lake
+from riskmodel.errors import ConfigError
+from riskmodel.lake import check_writable, extract, lake_dates, lake_root, partition_path, scan_transactions
+from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
+from riskmodel.spill import KeySpill
 from tests.datapath_helpers import END, TXN_COLUMNS, insert, seed_tiny_bank
 
 
@@ -161,3 +168,93 @@ def test_two_concurrent_extracts_do_not_interleave(bank: tuple[Settings, list[tu
     assert len(events) == 80
     switches = sum(1 for a, b in zip(events, events[1:], strict=False) if a != b)
     assert switches == 1
+
+
+def test_unwritable_local_lake_fails_before_any_database_write(initialised: Settings,
+                                                               demo_spec: FeatureSpec) -> None:
+    seed_tiny_bank(initialised, accounts=5, days=5)
+    insert(initialised, "transactions", TXN_COLUMNS,
+           [(990001, None, datetime(2026, 6, 29, 12, tzinfo=UTC), 1.0, "5411", "pos", "DE", "m1")])
+    blocker = initialised.home / "a-regular-file"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    values = initialised.model_dump()
+    values["lake_url"] = str(blocker / "lake")
+    unwritable = Settings(**values)
+    with pytest.raises(ConfigError, match=rf"lake {blocker}/lake is not writable"):
+        check_writable(unwritable)
+    with pytest.raises(ConfigError, match="is not writable"):
+        extract(unwritable, demo_spec, END)
+    with psycopg.connect(initialised.database_url.get_secret_value()) as conn:
+        assert conn.execute("SELECT count(*) FROM riskflow.extract_watermarks").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM riskflow.quarantine").fetchone()[0] == 0
+
+
+def test_spilling_and_small_groups_change_no_byte(bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    in_memory = lake_digest(settings)
+    monkeypatch.setattr(lake, "SPILL_BUDGET_BYTES", 1)
+    monkeypatch.setattr(lake, "GROUP_ROWS", 1)
+    spills: list[int] = []
+    real_spill = KeySpill.spill
+
+    def counting(self: KeySpill) -> None:
+        spills.append(len(self._held))
+        real_spill(self)
+
+    monkeypatch.setattr(KeySpill, "spill", counting)
+    extract(settings, demo_spec, END, full=True)
+    assert len(spills) >= 1 and max(spills) >= 2
+    assert lake_digest(settings) == in_memory
+
+
+def test_an_id_repeated_on_a_later_date_is_a_duplicate(bank: tuple[Settings, list[tuple]],
+                                                       demo_spec: FeatureSpec,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = bank
+    first = datetime(2026, 6, 20, 12, tzinfo=UTC)
+    insert(settings, "transactions", TXN_COLUMNS, [
+        (960001, 1, first, 10.0, "5411", "pos", "DE", "m1"),
+        (960001, 2, first + timedelta(days=3), 11.0, "5411", "pos", "DE", "m1"),
+        (960002, 3, first + timedelta(days=1), -1.0, "5411", "pos", "DE", "m1"),
+        (960002, 3, first + timedelta(days=2), 12.0, "5411", "pos", "DE", "m1"),
+    ])
+    monkeypatch.setattr(lake, "GROUP_ROWS", 1)
+    report = extract(settings, demo_spec, END)
+    assert report.quarantined["duplicate_txn_id"] == 2 and report.quarantined["bad_amount"] == 1
+    rows = scan_transactions(settings, END - timedelta(days=39), END).collect()
+    kept = rows.filter(pl.col("txn_id") == 960001)
+    assert kept["ts"].to_list() == [first]
+    assert rows.filter(pl.col("txn_id") == 960002).is_empty()
+
+
+@given(st.lists(st.lists(st.integers(-50, 50) | st.none(), max_size=30), max_size=12))
+@hsettings(max_examples=60, deadline=None)
+def test_seen_ids_is_a_set(chunks: list[list[int | None]]) -> None:
+    seen, model = SeenIds(), set()
+    for chunk in chunks:
+        ids = pl.Series("id", chunk, dtype=pl.Int64)
+        assert seen.contains(ids).to_list() == [v is not None and v in model for v in chunk]
+        seen.add(ids)
+        model |= {v for v in chunk if v is not None}
+    assert len(seen) == len(model)
+
+
+@given(st.lists(st.tuples(st.sampled_from([None, 1, 2, 3]), st.integers(0, 99)), max_size=60),
+       st.integers(1, 300))
+@hsettings(max_examples=40, deadline=None)
+def test_key_spill_gives_back_each_key_in_arrival_order(
+        tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[int | None, int]], budget: int) -> None:
+    frame = pl.DataFrame(rows, schema={"k": pl.Int64, "v": pl.Int64}, orient="row")
+    spill = KeySpill(tmp_path_factory.mktemp("spill"), "k", budget)
+    for start in range(0, frame.height, 7):
+        spill.add(frame.slice(start, 7))
+    keys = spill.keys()
+    assert keys == sorted({k for k, _ in rows if k is not None}) + ([None] if any(k is None for k, _ in rows)
+                                                                     else [])
+    for key in keys:
+        want = [v for k, v in rows if k == key]
+        assert spill.take(key)["v"].to_list() == want
+    assert spill.rows == len(rows)
