@@ -10,14 +10,30 @@ import hashlib
 import json
 import tomllib
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from riskmodel.errors import ConfigError
 
 
 class SpecError(ConfigError):
     """The feature spec file is missing, unreadable or invalid; the message names the field."""
+
+
+MAX_IDENTIFIER_BYTES = 63
+
+
+def _identifier(value: str) -> str:
+    """Postgres names: 1..63 bytes of UTF-8 without NUL (longer names are silently truncated)."""
+    size = len(value.encode())
+    if not value or size > MAX_IDENTIFIER_BYTES or "\x00" in value:
+        raise ValueError(f"{value!r} is not a usable Postgres name: it must be 1..{MAX_IDENTIFIER_BYTES} "
+                         f"bytes of UTF-8 without NUL (got {size} bytes)")
+    return value
+
+
+Ident = Annotated[str, AfterValidator(_identifier)]
 
 
 class _Strict(BaseModel):
@@ -27,8 +43,8 @@ class _Strict(BaseModel):
 class TableRef(_Strict):
     """A source table or view, `schema.table`."""
 
-    db_schema: str = Field("public", alias="schema", min_length=1, max_length=63)
-    table: str = Field(min_length=1, max_length=63)
+    db_schema: Ident = Field("public", alias="schema")
+    table: Ident
 
     @property
     def qualified(self) -> str:
@@ -39,12 +55,12 @@ class TableRef(_Strict):
 class TransactionsSpec(TableRef):
     """The transactions table and the columns riskflow reads from it."""
 
-    id: str = Field("txn_id", min_length=1, max_length=63, description="Unique transaction id")
-    account_id: str = Field("account_id", min_length=1, max_length=63)
-    timestamp: str = Field("ts", min_length=1, max_length=63, description="timestamptz column")
-    amount: str = Field("amount", min_length=1, max_length=63)
-    numeric: list[str] = Field(default_factory=list, description="Extra numeric event columns")
-    categorical: list[str] = Field(default_factory=list, description="Categorical event columns")
+    id: Ident = Field("txn_id", description="Unique transaction id")
+    account_id: Ident = Field("account_id")
+    timestamp: Ident = Field("ts", description="timestamptz column")
+    amount: Ident = Field("amount")
+    numeric: list[Ident] = Field(default_factory=list, description="Extra numeric event columns")
+    categorical: list[Ident] = Field(default_factory=list, description="Categorical event columns")
     merchant: str | None = Field(None, description="Column naming the merchant (aggregates)")
     category: str | None = Field(None, description="Merchant category column (aggregates)")
     country: str | None = Field(None, description="Country column (foreign share, new countries)")
@@ -78,9 +94,9 @@ class TransactionsSpec(TableRef):
 class AccountsSpec(TableRef):
     """Optional static per-account attributes."""
 
-    account_id: str = Field("account_id", min_length=1, max_length=63)
-    numeric: list[str] = Field(default_factory=list)
-    categorical: list[str] = Field(default_factory=list)
+    account_id: Ident = Field("account_id")
+    numeric: list[Ident] = Field(default_factory=list)
+    categorical: list[Ident] = Field(default_factory=list)
     home_country: str | None = Field(None, description="Column compared with txn country")
 
     @model_validator(mode="after")
@@ -101,10 +117,10 @@ class AccountsSpec(TableRef):
 class EventsSpec(TableRef):
     """Risk events (labels); they arrive late, so `reported_at` says when they became known."""
 
-    account_id: str = Field("account_id", min_length=1, max_length=63)
-    timestamp: str = Field("event_ts", min_length=1, max_length=63)
-    reported_at: str | None = Field("reported_at", max_length=63)
-    event_type: str = Field("event_type", min_length=1, max_length=63)
+    account_id: Ident = Field("account_id")
+    timestamp: Ident = Field("event_ts")
+    reported_at: Ident | None = Field("reported_at")
+    event_type: Ident = Field("event_type")
     positive_types: list[str] = Field(min_length=1)
 
     @property
@@ -117,9 +133,9 @@ class EventsSpec(TableRef):
 class GroundTruthSpec(TableRef):
     """Optional table of planted patterns (synthetic data); read by evaluation only, never training."""
 
-    account_id: str = Field("account_id", min_length=1, max_length=63)
-    pattern: str = Field("pattern", min_length=1, max_length=63)
-    is_lookalike: str = Field("is_lookalike", min_length=1, max_length=63)
+    account_id: Ident = Field("account_id")
+    pattern: Ident = Field("pattern")
+    is_lookalike: Ident = Field("is_lookalike")
 
 
 class FeatureSpec(_Strict):
