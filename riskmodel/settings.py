@@ -7,9 +7,10 @@ Environment variables always win over the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -113,6 +114,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
         return (init_settings, env_settings, toml)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
+        """A copy with `update` applied; derived values (`lake`, `models`, `tz`) are recomputed for it,
+        not carried over from this instance's cache (a copied cache kept the old lake after an update)."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name, member in vars(Settings).items():
+            if isinstance(member, cached_property):
+                copy.__dict__.pop(name, None)
+        return copy
 
     @cached_property
     def lake(self) -> str:
