@@ -7,6 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+FIRST_DATE = date(1970, 1, 1)
+LAST_DATE = date(2999, 12, 31)
+MAX_SEED = 2**31 - 1  # LightGBM takes a C int
 
 class RetrainParams(BaseModel):
     """What a retrain uses: the training window, the model's shape, the budget, the promote policy."""
@@ -14,7 +17,8 @@ class RetrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     as_of: date | None = Field(
-        None, description="Labels known up to this date (default: yesterday in the business zone)."
+        None, ge=FIRST_DATE, le=LAST_DATE,
+        description="Labels known up to this date (default: yesterday in the business zone).",
     )
     train_days: int = Field(
         120, ge=14, le=3650, description="Days of history whose cutoffs feed training and evaluation."
@@ -26,7 +30,8 @@ class RetrainParams(BaseModel):
     epochs: int = Field(8, ge=1, le=500, description="Maximum training epochs (early stopping on AP).")
     hidden_size: int = Field(64, ge=4, le=2048, description="LSTM hidden size.")
     max_train_minutes: float = Field(20.0, gt=0, le=24 * 60, description="Time budget for training.")
-    seed: int = Field(0, ge=0, description="Random seed; same data and seed give the same model.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Random seed; same data and seed give the same model.")
     promote_policy: Literal["if_better", "always", "never"] = Field(
         "if_better", description="Promote the challenger if it beats the champion, always, or never."
     )
@@ -45,7 +50,8 @@ class ScoreParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     score_date: date | None = Field(
-        None, description="Business date D to score (uses transactions before D+1; default yesterday)."
+        None, ge=FIRST_DATE, le=LAST_DATE,
+        description="Business date D to score (uses transactions before D+1; default yesterday).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
     shadow: bool = Field(True, description="Also score an unpromoted challenger into risk_scores_shadow.")
@@ -57,8 +63,8 @@ class BackfillParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    start: date = Field(description="First date to score (inclusive).")
-    end: date = Field(description="Last date to score (inclusive).")
+    start: date = Field(ge=FIRST_DATE, le=LAST_DATE, description="First date to score (inclusive).")
+    end: date = Field(ge=FIRST_DATE, le=LAST_DATE, description="Last date to score (inclusive).")
     force: bool = Field(False, description="Rescore dates already scored by the current champion.")
     max_parallel: int = Field(2, ge=1, le=32, description="Dates scored at the same time.")
 
