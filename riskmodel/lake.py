@@ -10,8 +10,10 @@ advisory lock spans the run.
 
 Streaming, in bounded memory: the source window is read as one COPY BINARY stream (ADBC record
 batches), regrouped by date through a KeySpill (memory up to a budget, Arrow IPC spill files
-beyond it), then a few dates at a time are sorted, quality-checked (duplicate ids across them through
-SeenIds) and written as a staged Parquet file. Only when the whole batch passed the bad-row
+beyond it), then a few dates at a time are sorted, quality-checked and written as staged Parquet
+files. Duplicate ids across those groups: the ids met more than once in the stream are found by
+one sort of the id column (the only per-row state kept for the whole window), and only those
+are tracked from group to group (SeenIds). Only when the whole batch passed the bad-row
 threshold are the staged partitions committed, so a failed run changes no partition.
 
 Commit, per partition, never exposing half of one:
@@ -252,21 +254,35 @@ def _stage(rows: pl.DataFrame, folder: Path, day: date, fsync: bool) -> Path:
     return path
 
 
-def _check_and_stage(spill: KeySpill, tx: TransactionsSpec, run_date: date, settings: Settings,
-                     folder: Path, fsync: bool) -> _Staged:
-    """Sort, quality-check and stage a few dates at a time; ids repeated from earlier dates are duplicates."""
+def repeated_ids(ids: list[pl.Series]) -> pl.Series:
+    """The non-null ids occurring more than once across `ids` (by one sort: fast when nearly ordered)."""
+    if not ids:
+        return pl.Series("id", [])
+    every = pl.concat(ids).drop_nulls().sort()
+    return every.filter(every == every.shift(1)).unique()
+
+
+def _check_and_stage(spill: KeySpill, repeated: pl.Series, tx: TransactionsSpec, run_date: date,
+                     settings: Settings, folder: Path, fsync: bool) -> _Staged:
+    """Sort, quality-check and stage a few dates at a time.
+
+    An id of `repeated` met in an earlier group makes a good row a duplicate (check_batch finds
+    repeats inside a group), so the whole batch follows the rule's first-occurrence semantics."""
     staged = _Staged()
-    seen = SeenIds()
+    multi, seen = SeenIds(), SeenIds()
+    multi.update(repeated)
     reason = f"{tx.id} seen earlier in this batch"
     for group in _date_groups(spill, tx, GROUP_ROWS):
         checked = quality.check_batch(group, tx, run_date, settings.tz)
         good, bad = checked.good, checked.bad
-        repeat = seen.contains(good[tx.id])
-        if repeat.any():
-            again = good.filter(repeat).with_columns(pl.lit("duplicate_txn_id").alias("rule"),
-                                                     pl.lit(reason).alias("reason"))
-            bad, good = pl.concat([bad, again]), good.filter(~repeat)
-        seen.add(group[tx.id])
+        if len(multi):
+            ids = group[tx.id].filter(multi.contains(group[tx.id]))
+            earlier = ids.filter(seen.update(ids))
+            repeat = good[tx.id].is_in(earlier.implode()).fill_null(False)
+            if repeat.any():
+                again = good.filter(repeat).with_columns(pl.lit("duplicate_txn_id").alias("rule"),
+                                                         pl.lit(reason).alias("reason"))
+                bad, good = pl.concat([bad, again]), good.filter(~repeat)
         del group, checked
         for rule, n in bad.group_by("rule").len().iter_rows():
             staged.counts[rule] += int(n)
@@ -347,10 +363,14 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         lo = quality.local_midnight(first_day, tz) if first_day else None
         hi = quality.local_midnight(run_date + timedelta(days=1), tz) if backfill else None
         spill = KeySpill(scratch / "spill", TXN_DATE, SPILL_BUDGET_BYTES)
+        ids: list[pl.Series] = []
         for chunk in stream_window(settings, tx, lo, hi):
+            ids.append(chunk[tx.id])
             spill.add(chunk)
+        repeated = repeated_ids(ids)
+        del ids
         folder = _staging_dir(store, scratch, run_id)
-        staged = _check_and_stage(spill, tx, run_date, settings, folder, fsync=store.local)
+        staged = _check_and_stage(spill, repeated, tx, run_date, settings, folder, fsync=store.local)
         bad = pl.concat(staged.bad) if staged.bad else pl.DataFrame()
         added = quality.quarantine(conn, settings.db_schema, run_id, source, tx, bad, tz)
         conn.commit()

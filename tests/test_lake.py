@@ -236,8 +236,9 @@ def test_seen_ids_is_a_set(chunks: list[list[int | None]]) -> None:
     seen, model = SeenIds(), set()
     for chunk in chunks:
         ids = pl.Series("id", chunk, dtype=pl.Int64)
-        assert seen.contains(ids).to_list() == [v is not None and v in model for v in chunk]
-        seen.add(ids)
+        want = [v is not None and v in model for v in chunk]
+        assert seen.contains(ids).to_list() == want
+        assert seen.update(ids).to_list() == want
         model |= {v for v in chunk if v is not None}
     assert len(seen) == len(model)
 
