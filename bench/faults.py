@@ -57,7 +57,10 @@ class Ctx:
     @property
     def reference(self) -> Settings:
         """The same database with a second lake that only undisturbed extracts touch."""
-        return self.settings.model_copy(update={"lake_url": str(self.workdir / "reference-lake")})
+        reference = self.settings.model_copy(update={"lake_url": str(self.workdir / "reference-lake")})
+        if reference.lake == self.settings.lake:
+            raise faults.FaultSetupError(f"reference lake {reference.lake} is the lake under test")
+        return reference
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,8 @@ def corrupt_model(ctx: Ctx, file_name: str) -> dict[str, Any]:
         repeat = written is not None and written.checksum == writeback.scores_checksum(
             ctx.score_date, as_written(before.scores))
     lost = rows_lost(before, after)
-    return _row(ctx, f"model-{file_name.split('.')[0]}-corrupt",
+    part = "weights" if file_name == registry.WEIGHTS else "manifest"
+    return _row(ctx, f"model-{part}-corrupt",
                 survived=refused and same_champion and repeat, lost=lost, rows=before.scores.height,
                 seconds=took[0],
                 detail=f"refused={refused} ({error}); champion kept={same_champion}; rerun same={repeat}")
@@ -318,6 +322,8 @@ def unwritable_lake(ctx: Ctx) -> dict[str, Any]:
     before = snapshot(ctx)
     target = faults.unwritable_lake(ctx.workdir / "unwritable")
     bad = ctx.settings.model_copy(update={"lake_url": str(target)})
+    if bad.lake != str(target):
+        raise faults.FaultSetupError(f"settings copy points at {bad.lake}, not the unwritable {target}")
     writes = _db_writes(ctx)
     with _timed() as took:
         try:

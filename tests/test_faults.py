@@ -99,6 +99,12 @@ def test_killed_child_that_never_reaches_the_point_is_reported(initialised: Sett
                                    tmp_path / "mark")
 
 
+def test_settings_copy_points_at_the_new_lake(ctx: fb.Ctx) -> None:
+    assert ctx.settings.lake.endswith("/lake")
+    assert ctx.reference.lake.endswith("/reference-lake")
+    assert ctx.settings.model_copy(update={"timezone": "Asia/Tokyo"}).tz.key == "Asia/Tokyo"
+
+
 def test_unwritable_lake_is_really_unwritable(tmp_path: Path) -> None:
     target = faults.unwritable_lake(tmp_path)
     with pytest.raises(OSError):
