@@ -330,7 +330,7 @@ def unwritable_lake(ctx: Ctx) -> dict[str, Any]:
             extract(bad, ctx.spec, ctx.score_date)
             outcome, clear = "no error", False
         except RiskflowError as exc:
-            outcome, clear = f"{type(exc).__name__}: {str(exc)[:70]}", bad.lake in str(exc)
+            outcome, clear = f"{type(exc).__name__}: {str(exc)[:140]}", bad.lake in str(exc)
         except OSError as exc:
             outcome, clear = f"unexpected {type(exc).__name__} (not a RiskflowError)", False
         untouched = _db_writes(ctx) == writes
