@@ -1,6 +1,6 @@
 """Benchmark stage `sequences`: scoring shards for every active account at the end date.
 
-Rows are accounts; the builder runs with 16 shards (RISKFLOW_N_SHARDS) to bound memory.
+Rows are accounts; the builder runs with the default `n_shards` (what the nightly flow uses).
 Baseline: pandas `groupby('account_id').apply` building each account's
 padded arrays, on a 10k-account subsample. Limit: one `numpy.copy` of the output arrays.
 """
@@ -20,7 +20,6 @@ from bench.common import END_DATE, bench_row, bench_settings, dir_mb, in_child, 
 from riskmodel.settings import DEMO_SPEC, Settings
 
 SUBSAMPLE_ACCOUNTS = 10_000
-SHARDS = 16
 
 
 def _spec():
@@ -123,7 +122,7 @@ def prepare_lake(settings: Settings, workdir: Path) -> Path:
 def run(scale: str, workdir: Path) -> list[dict[str, Any]]:
     """Seed and extract (once), then time the builder, its baseline and its limit in separate processes."""
     seeded_bank(scale, workdir)
-    settings = bench_settings(scale, workdir, n_shards=SHARDS)
+    settings = bench_settings(scale, workdir)
     state_path = prepare_lake(settings, workdir)
     out_dir = Path(workdir) / f"sequences-{scale}"
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -30,11 +30,14 @@ from riskmodel.spec import FeatureSpec
 log = logging.getLogger("riskflow.sequences")
 
 ACC = "_acc"
-SHARD = "_shard"
 HOUR, DOW = "_hour", "_dow"
 HOME = "_home"
 TIME_SCALE = float(np.log1p(24.0 * 366))
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Time features of local hour 0..23 and ISO weekday 1..7, computed once by Polars (so the float32
+# rounding is Polars'); the prepared frame keeps the small integers and rows look their value up.
+_HOUR_VALUE = (pl.Series(range(24)).cast(pl.Float32) / 23.0).to_numpy()
+_DOW_VALUE = ((pl.Series(range(8)).cast(pl.Float32) - 1.0) / 6.0).to_numpy()
 
 
 def history_days(spec: FeatureSpec) -> int:
@@ -69,49 +72,42 @@ def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
 
 @dataclass
 class Prepared:
-    """Events encoded for one FeatureState (with their shard), plus static features.
+    """Events encoded for one FeatureState, sorted by (shard, account, time), plus static features.
 
-    `shard_rows(k)` sorts one shard at a time, so scoring holds one sorted shard in memory;
-    with `keep_sorted` (many cutoffs over the same events) sorted shards are kept for reuse."""
+    Shard k is rows `bounds[k] .. bounds[k+1]` of `frame`, so `shard_rows(k)` is a zero-copy slice."""
 
     frame: pl.DataFrame
     static: pl.DataFrame
     n_shards: int
     names: dict[str, list[str]]
     roles: dict[str, int]
-    keep_sorted: bool = False
-    _sorted: dict[int, pl.DataFrame] = field(default_factory=dict, repr=False)
-    _order: pl.Series | None = field(default=None, repr=False)
-    _bounds: np.ndarray | None = field(default=None, repr=False)
+    bounds: np.ndarray
 
     def shard_rows(self, k: int) -> pl.DataFrame:
-        """Rows of shard `k` sorted by (account, time, txn id).
-
-        One stable arg-sort by (shard, account) of the time-ordered rows, then one gather per shard."""
-        if k in self._sorted:
-            return self._sorted[k]
-        if self._order is None:
-            self._order = _shard_order(self.frame)
-            shards = self.frame[SHARD].gather(self._order).to_numpy()
-            self._bounds = np.searchsorted(shards, np.arange(self.n_shards + 1), side="left")
-        assert self._bounds is not None
-        lo, hi = int(self._bounds[k]), int(self._bounds[k + 1])
-        rows = self.frame[self._order.slice(lo, hi - lo)]
-        if self.keep_sorted:
-            self._sorted[k] = rows
-        return rows
+        """Rows of shard `k` sorted by (account, time, txn id)."""
+        lo, hi = int(self.bounds[k]), int(self.bounds[k + 1])
+        return self.frame.slice(lo, hi - lo)
 
 
-def _shard_order(frame: pl.DataFrame) -> pl.Series:
-    """Stable arg-sort by (shard, account) through one Int64 key (a multi-key stable sort is far slower)."""
-    acc = frame[ACC]
-    if acc.dtype.is_integer() and len(acc) and int(acc.max()) - int(acc.min()) < 2**40:
-        code = acc.cast(pl.Int64) - int(acc.min())
+def _shard_key(ids: np.ndarray, shard: np.ndarray) -> np.ndarray:
+    """One Int64 sort key per row ordering by (shard, account); a multi-key stable sort is far slower."""
+    if ids.dtype.kind in "iu" and ids.size and int(ids.max()) - int(ids.min()) < 2**40:
+        key = ids.astype(np.int64) - int(ids.min())
     else:
-        code = acc.rank("dense").cast(pl.Int64)
-    span = int(code.max() or 0) + 1
-    key = frame[SHARD].cast(pl.Int64) * span + code
-    return pl.DataFrame({"key": key}).select(pl.arg_sort_by("key", maintain_order=True)).to_series()
+        key = pl.Series(ids).rank("dense").cast(pl.Int64).to_numpy().copy()
+    key += shard.astype(np.int64) * (int(key.max()) + 1 if key.size else 1)
+    return key
+
+
+def _gather_columns(columns: list[pl.Series], order: pl.Series) -> pl.DataFrame:
+    """The columns reordered by `order` as one contiguous frame; consumes `columns`.
+
+    Each source column is dropped from the list (and freed) once its reordered copy exists, so
+    the peak holds one frame plus one column rather than two frames."""
+    out: list[pl.Series] = []
+    while columns:
+        out.append(columns.pop(0).rechunk().gather(order))
+    return pl.DataFrame(out)
 
 
 def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame | None) -> pl.DataFrame:
@@ -129,10 +125,14 @@ def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame
     return accounts.select(exprs)
 
 
+def _id_dtype(vocab: list[str]) -> type[pl.DataType]:
+    """The narrowest unsigned type holding a vocabulary's ids (the prepared frame is the builder's peak)."""
+    return pl.UInt16 if len(vocab) + 2 <= np.iinfo(np.uint16).max else pl.Int32
+
+
 def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: FeatureState, tz: ZoneInfo,
-            n_shards: int, accounts: pl.DataFrame | None = None, *, keep_sorted: bool = False,
-            time_ordered: bool = False) -> Prepared:
-    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags) with their shard.
+            n_shards: int, accounts: pl.DataFrame | None = None, *, time_ordered: bool = False) -> Prepared:
+    """Encode lake rows (categories to ids, numbers normalised, local hour/day, flags), sorted by shard.
 
     `time_ordered` promises every account's rows already come in (ts, txn id) order (lake
     partitions do: read in date order, each sorted by account, ts, id); otherwise rows are sorted."""
@@ -144,30 +144,38 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
     exprs: list[pl.Expr] = [
         pl.col(tx.account_id).alias(ACC),
         pl.col(tx.timestamp).dt.convert_time_zone("UTC").dt.epoch("us").alias(ag.TS),
-        pl.col(tx.id).alias("_id"),
-        (local.dt.hour().cast(pl.Float32) / 23.0).alias(HOUR),
-        ((local.dt.weekday().cast(pl.Float32) - 1.0) / 6.0).alias(DOW),
+        local.dt.hour().cast(pl.UInt8).alias(HOUR),
+        local.dt.weekday().cast(pl.UInt8).alias(DOW),
         amount.alias(ag.AMOUNT),
         (amount <= tx.tiny_amount).alias(ag.TINY),
     ]
     exprs += [normalise(pl.col(c), state.stats[c]).alias(f"_n{i}") for i, c in enumerate(state.event_num)]
-    exprs += [encode(pl.col(c), state.vocab[c], missing=1).alias(f"_c{i}")
+    exprs += [encode(pl.col(c), state.vocab[c], missing=1).cast(_id_dtype(state.vocab[c])).alias(f"_c{i}")
               for i, c in enumerate(state.event_cat)]
+    if not time_ordered:
+        exprs.append(pl.col(tx.id).alias("_id"))
     if tx.channel:
         exprs += [pl.col(tx.channel).is_in(tx.online_values).fill_null(False).alias(ag.ONLINE),
                   pl.col(tx.channel).is_in(tx.atm_values).fill_null(False).alias(ag.ATM)]
     roles = {name: state.event_cat.index(col) for col, name in
              ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)) if col}
     static = _static_table(spec, state, accounts)
-    frame = lazy.select(exprs).collect(engine="streaming").rechunk()
+    frame = lazy.select(exprs).collect(engine="streaming")
     if not time_ordered:
-        frame = frame.sort([ag.TS, "_id"])
-    frame = frame.drop("_id")
+        frame = frame.sort([ag.TS, "_id"]).drop("_id")
     ids = frame[ACC].to_numpy()
-    frame = frame.with_columns(pl.Series(SHARD, shard_of(ids, n_shards)))
+    shard = shard_of(ids, n_shards)
+    bounds = np.r_[0, np.cumsum(np.bincount(shard, minlength=n_shards))]
+    key = _shard_key(ids, shard)
+    del ids, shard
+    order = pl.Series(np.argsort(key, kind="stable").astype(np.uint32 if len(key) < 2**32 else np.int64))
+    del key
+    columns = frame.get_columns()
+    del frame
+    frame = _gather_columns(columns, order)
     names = {"num": list(state.event_num), "cat": list(state.event_cat), "time": list(TIME_FEATURES),
              "static_num": list(state.static_num), "static_cat": list(state.static_cat)}
-    return Prepared(frame, static, n_shards, names, roles, keep_sorted)
+    return Prepared(frame, static, n_shards, names, roles, bounds)
 
 
 def cutoff_bounds(spec: FeatureSpec, cutoff: date, tz: ZoneInfo) -> tuple[int, int, int]:
@@ -193,57 +201,63 @@ def _static_arrays(prep: Prepared,
     return nums.astype(np.float32).reshape(n, n_num), cats.astype(np.int32).reshape(n, n_cat), home
 
 
+def _scatter(target: np.ndarray, dest: np.ndarray, columns: list[np.ndarray]) -> None:
+    """Write per-row columns into a padded (N, L, F) array at flat positions `dest` (account * L + step)."""
+    if columns:
+        target.reshape(-1, target.shape[2])[dest] = np.stack(columns, axis=1)
+
+
 def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: date, active_us: int,
                 end_us: int) -> SequenceBatch:
-    """Padded arrays for one shard's rows of one cutoff window (rows sorted by account, time)."""
-    rows = rows.with_columns(pl.col(ACC).rle_id().cast(pl.Int64).alias(ag.ACC))
-    idx = rows[ag.ACC].to_numpy()
+    """Padded arrays for one shard's rows of one cutoff window (rows sorted by account, time).
+
+    Accounts without an event since `active_us` are left out; the rest keep their last L rows."""
+    idx = rows[ACC].rle_id().cast(pl.Int64).to_numpy()
     ts = rows[ag.TS].to_numpy()
-    n_all = int(idx[-1]) + 1 if idx.size else 0
-    last = np.zeros(n_all, np.int64)
-    if idx.size:
-        ends = np.flatnonzero(np.r_[idx[1:] != idx[:-1], True])
-        last[idx[ends]] = ts[ends]
-    active = last >= active_us
+    firsts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if idx.size else np.zeros(0, np.int64)
+    lasts = np.r_[firsts[1:], idx.size] - 1 if idx.size else firsts
+    active = ts[lasts] >= active_us
+    selected: np.ndarray | None = None
     if not active.all():
-        rows = rows.filter(pl.Series(active[idx]))
-        rows = rows.with_columns(pl.col(ACC).rle_id().cast(pl.Int64).alias(ag.ACC))
-        idx = rows[ag.ACC].to_numpy()
-        ts = rows[ag.TS].to_numpy()
-    n = int(idx[-1]) + 1 if idx.size else 0
-    seq_len = spec.max_seq_len
+        selected = active[idx]
+        idx = (np.cumsum(active) - 1)[idx[selected]]
+        ts = ts[selected]
+        firsts = firsts[active]
+
+    def column(name: str) -> np.ndarray:
+        values = rows[name].to_numpy()
+        return values if selected is None else values[selected]
+
+    n, seq_len = firsts.size, spec.max_seq_len
     counts = np.bincount(idx, minlength=n)
     starts = np.r_[0, np.cumsum(counts)[:-1]]
-    rank = np.arange(idx.size) - starts[idx]
     drop = np.maximum(counts - seq_len, 0)
-    keep = rank >= drop[idx]
-    pos = (rank - drop[idx])[keep]
-    a = idx[keep]
-    first = rank == 0
-    gap_h = np.where(first, 0, ts - np.r_[ts[:1], ts[:-1]]) / 3.6e9
-    age_h = (end_us - ts) / 3.6e9
+    rank = np.arange(idx.size) - starts[idx]
+    kept = np.flatnonzero(rank >= drop[idx])
+    a = idx[kept]
+    dest = a * seq_len + rank[kept] - drop[a]
+    gap_h = np.where(rank[kept] == 0, 0, ts[kept] - ts[np.maximum(kept - 1, 0)]) / 3.6e9
+    age_h = (end_us - ts[kept]) / 3.6e9
     names = prep.names
     batch = SequenceBatch.empty(n, seq_len, len(names["num"]), len(names["cat"]), len(TIME_FEATURES),
                                 len(names["static_num"]), len(names["static_cat"]), 0)
-    for j in range(len(prep.names["num"])):
-        batch.num[a, pos, j] = rows[f"_n{j}"].to_numpy()[keep]
-    for j in range(len(prep.names["cat"])):
-        batch.cat[a, pos, j] = rows[f"_c{j}"].to_numpy()[keep]
-    time_cols = (np.log1p(np.maximum(gap_h, 0.0)) / TIME_SCALE, np.log1p(np.maximum(age_h, 0.0)) / TIME_SCALE,
-                 rows[HOUR].to_numpy(), rows[DOW].to_numpy())
-    for j, values in enumerate(time_cols):
-        batch.time[a, pos, j] = values[keep]
+    cat_cols = [column(f"_c{j}") for j in range(len(names["cat"]))]
+    _scatter(batch.num, dest, [column(f"_n{j}")[kept] for j in range(len(names["num"]))])
+    _scatter(batch.cat, dest, [c[kept] for c in cat_cols])
+    _scatter(batch.time, dest, [np.log1p(np.maximum(gap_h, 0.0)) / TIME_SCALE,
+                                np.log1p(np.maximum(age_h, 0.0)) / TIME_SCALE,
+                                _HOUR_VALUE[column(HOUR)[kept]], _DOW_VALUE[column(DOW)[kept]]])
     batch.lengths[:] = np.minimum(counts, seq_len)
-    account_ids = rows[ACC].gather(starts) if n else rows[ACC].head(0)
+    account_ids = rows[ACC].gather(firsts)
     batch.account_id = account_ids.to_numpy()
     batch.static_num, batch.static_cat, home = _static_arrays(prep, account_ids)
-    cats = {role: rows[f"_c{j}"].to_numpy() for role, j in prep.roles.items()}
-    flags = {f: rows[f].to_numpy() for f in (ag.ONLINE, ag.ATM) if f in rows.columns}
+    cats = {role: cat_cols[j] for role, j in prep.roles.items()}
+    flags = {f: column(f) for f in (ag.ONLINE, ag.ATM) if f in rows.columns}
     if home is not None and ag.COUNTRY in cats:
         home_rows = home[idx]
         flags[ag.FOREIGN] = (home_rows != PAD_ID) & (cats[ag.COUNTRY] != home_rows)
-    batch.agg, agg_names = ag.compute_aggregates(idx, ts, rows[ag.AMOUNT].to_numpy(),
-                                                 rows[ag.TINY].to_numpy(), flags, cats, n, end_us)
+    batch.agg, agg_names = ag.compute_aggregates(idx, ts, column(ag.AMOUNT), column(ag.TINY), flags, cats, n,
+                                                 end_us)
     batch.cutoff = np.full(n, np.datetime64(cutoff, "D"))
     batch.names = {**prep.names, "agg": agg_names}
     return batch
@@ -287,7 +301,7 @@ def load_prepared(settings: Settings, spec: FeatureSpec, state: FeatureState, fi
     start = first + timedelta(days=1 - history_days(spec))
     events = scan_transactions(settings, start, last)
     return prepare(events, spec, state, settings.tz, settings.n_shards, read_accounts(settings, spec),
-                   keep_sorted=first != last, time_ordered=True)
+                   time_ordered=True)
 
 
 def write_shards(batches: Iterable[SequenceBatch], out_dir: Path, prefix: str) -> list[Path]:

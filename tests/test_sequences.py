@@ -205,3 +205,67 @@ def test_scoring_and_snapshot_paths_give_identical_features(lake_bank, tmp_path)
     assert (score.lengths > 0).all() and (score.cat[padding] == 0).all()
     foreign = same.agg[:, same.names["agg"].index("share_foreign_90d")]
     assert 0.05 < foreign.mean() < 0.4
+
+
+DAY_US = 86_400_000_000
+agg_row = st.tuples(st.integers(0, 3), st.integers(1, 200 * 24), st.floats(-50, 500, allow_nan=False),
+                    st.booleans(), st.integers(1, 40))
+
+
+def naive_aggregates(rows: list[tuple[int, int, float, bool, int]], n: int, end: int,
+                     width: int) -> dict[str, np.ndarray]:
+    """The aggregates' definitions, account by account (ts = end - hours; ids scaled into 1..width)."""
+    from riskmodel.aggregates import HISTORY_DAYS, NEW_LOOKBACK_DAYS, WINDOWS
+
+    out: dict[str, np.ndarray] = {}
+    for a in range(n):
+        mine = [(end - h * 3_600_000_000, x, f, 1 + (i * 7919) % width)
+                for acc, h, x, f, i in rows if acc == a]
+        for w in WINDOWS:
+            start = end - w * DAY_US
+            inside = [r for r in mine if r[0] >= start]
+            amounts = np.array([r[1] for r in inside])
+            count = len(inside)
+            mean = amounts.sum() / max(count, 1)
+            var = (amounts ** 2).sum() / max(count, 1) - mean ** 2
+            lookback = {r[3] for r in mine if start - NEW_LOOKBACK_DAYS * DAY_US <= r[0] < start}
+            values = {
+                f"amount_count_{w}d": count, f"amount_sum_{w}d": amounts.sum(), f"amount_mean_{w}d": mean,
+                f"amount_max_{w}d": amounts.max() if count else 0.0,
+                f"amount_std_{w}d": np.sqrt(max(var, 0.0)),
+                f"distinct_categories_{w}d": len({r[3] for r in inside}),
+                f"new_categories_{w}d": len({r[3] for r in inside} - lookback),
+                f"share_online_{w}d": sum(r[2] for r in inside) / max(count, 1),
+                f"tiny_count_{w}d": sum(r[1] <= 2.0 for r in inside),
+            }
+            for name, value in values.items():
+                out.setdefault(name, np.zeros(n))[a] = value
+        s30 = sum(r[1] for r in mine if r[0] >= end - 30 * DAY_US)
+        s90 = sum(r[1] for r in mine if r[0] >= end - 90 * DAY_US)
+        trend = np.log1p(abs(s30)) - np.log1p(abs(s90 - s30) / 2)
+        out.setdefault("amount_trend_30_60", np.zeros(n))[a] = trend
+        last = max((r[0] for r in mine), default=end - HISTORY_DAYS * DAY_US)
+        out.setdefault("days_since_last_event", np.zeros(n))[a] = (end - last) / DAY_US
+    return out
+
+
+@hsettings(max_examples=80, deadline=None)
+@given(rows=st.lists(agg_row, min_size=0, max_size=60), width=st.sampled_from([3, 40, 5000]))
+def test_aggregates_match_their_definitions(rows: list, width: int) -> None:
+    """Band sums and pair bitmasks (table and sort paths) give what the per-account definitions say."""
+    from riskmodel.aggregates import CATEGORY, ONLINE, compute_aggregates
+
+    end = 1_800_000_000_000_000
+    n = 4
+    ordered = sorted(rows, key=lambda r: (r[0], -r[1]))
+    idx = np.array([r[0] for r in ordered], np.int64)
+    ts = end - np.array([r[1] for r in ordered], np.int64) * 3_600_000_000
+    amount = np.array([r[2] for r in ordered], np.float64)
+    ids = np.array([1 + (r[4] * 7919) % width for r in ordered], np.int32)
+    online = {ONLINE: np.array([r[3] for r in ordered])}
+    agg, names = compute_aggregates(idx, ts, amount, amount <= 2.0, online, {CATEGORY: ids}, n, end)
+    want = naive_aggregates(rows, n, end, width)
+    assert sorted(names) == sorted(want)
+    for j, name in enumerate(names):
+        np.testing.assert_allclose(agg[:, j], want[name].astype(np.float32), rtol=1e-5, atol=1e-3,
+                                   err_msg=name)
