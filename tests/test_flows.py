@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
 from prefect.utilities.callables import parameter_schema
-from psycopg import sql
 
 from flows.backfill import backfill
 from flows.nightly_scoring import nightly_scoring
@@ -19,10 +16,8 @@ from flows.retrain import retrain
 from riskmodel import registry
 from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
-from riskmodel.schema import init_database
-from riskmodel.settings import DEMO_SPEC, Settings
-from riskmodel.spec import load_spec
-from riskmodel.synthetic import seed_bank
+from riskmodel.settings import Settings
+from tests.flow_helpers import create_database, flow_env, seeded_bank
 
 END = date(2026, 6, 30)
 METRIC_KEYS = {"roc_auc", "average_precision", "ks", "recall_at_1pct_fpr", "precision_at_top_1pct",
@@ -33,20 +28,11 @@ METRIC_KEYS = {"roc_auc", "average_precision", "ks", "recall_at_1pct_fpr", "prec
 def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
          prefect_harness: None) -> Iterator[Settings]:
     """A seeded bank and a trained champion, shared by this module's tests (env points at it)."""
-    name = f"rf_flows_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
-    home = tmp_path_factory.mktemp("flows-home")
+    url = create_database(pg_server_url, "rf_flows")
+    settings = seeded_bank(url, tmp_path_factory.mktemp("flows-home"), accounts=1500, days=200, seed=3)
     patch = pytest.MonkeyPatch()
-    patch.setenv("RISKFLOW_DATABASE_URL", url)
-    patch.setenv("RISKFLOW_HOME", str(home))
-    patch.setenv("RISKFLOW_N_SHARDS", "2")
-    settings = Settings(database_url=url, home=home, n_shards=2)
-    init_database(settings, load_spec(DEMO_SPEC), demo_source=True)
-    seed_bank(settings, accounts=1500, days=200, end_date=END, seed=3)
+    for key, value in flow_env(settings).items():
+        patch.setenv(key, value)
     yield settings
     patch.undo()
 
