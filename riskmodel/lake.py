@@ -8,13 +8,15 @@ appends new days. Rows are sorted by every column and written with fixed Parquet
 rerun over an unchanged source gives identical bytes. One extract at a time per lake: a Postgres
 advisory lock spans the run.
 
-Streaming, in bounded memory: the source window is read as one COPY BINARY stream (ADBC record
-batches), regrouped by date through a KeySpill (memory up to a budget, Arrow IPC spill files
-beyond it), then a few dates at a time are sorted, quality-checked and written as staged Parquet
-files. Duplicate ids across those groups: the ids met more than once in the stream are found by
-one sort of the id column (the only per-row state kept for the whole window), and only those
-are tracked from group to group (SeenIds). Only when the whole batch passed the bad-row
-threshold are the staged partitions committed, so a failed run changes no partition.
+Streaming, in bounded memory: the window is read as COPY BINARY streams (ADBC record batches),
+one per range of RANGE_DAYS local dates when the source's timestamp is indexed, all in one
+snapshot (riskmodel.source_stream), in a background thread that keeps the COPY flowing. Rows
+are regrouped by date through a KeySpill (memory up to a budget, Arrow IPC spill files beyond
+it); when a range ends its dates are complete, so they are sorted, quality-checked (duplicate
+ids across groups through SeenIds) and written as staged Parquet files while the next range
+streams. Peak memory is about one range plus the prefetched chunks (without a timestamp index:
+the spill budget). Only when the whole batch passed the bad-row threshold are the staged
+partitions committed, so a failed run changes no partition.
 
 Commit, per partition, never exposing half of one:
 - local folder: staged under `transactions/_staging/<run>/` in the lake itself, fsynced, then
@@ -48,9 +50,10 @@ from psycopg import sql
 from riskmodel import quality
 from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DataQualityError
-from riskmodel.pgread import adbc_connection, param, stream_arrow
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
+from riskmodel.source_stream import extract_query as extract_query
+from riskmodel.source_stream import plan_ranges, prefetch, stream_ranges
 from riskmodel.spec import FeatureSpec, TransactionsSpec
 from riskmodel.spill import KeySpill
 from riskmodel.storage import LakeStore, check_store_writable, lake_store, redact_lake
@@ -65,6 +68,8 @@ PARQUET_OPTIONS: dict[str, object] = {"compression": "zstd", "compression_level"
                                       "row_group_size": 1 << 20}
 SPILL_BUDGET_BYTES = 256 << 20
 GROUP_ROWS = 500_000
+RANGE_DAYS = 7
+PREFETCH_CHUNKS = 4
 
 BeforeRename = Callable[[date, Path], None]
 
@@ -168,33 +173,6 @@ def scan_transactions(settings: Settings, start: date, end: date) -> pl.LazyFram
     return pl.scan_pyarrow_dataset(dataset)
 
 
-def extract_query(tx: TransactionsSpec) -> sql.Composed:
-    """SELECT of the spec's columns (NUMERIC as float8, categories as text) from `lo` to `hi`."""
-    ident = sql.Identifier
-    cols = [ident(tx.id), ident(tx.account_id), ident(tx.timestamp),
-            sql.SQL("{}::float8 AS {}").format(ident(tx.amount), ident(tx.amount))]
-    cols += [sql.SQL("{}::float8 AS {}").format(ident(c), ident(c)) for c in tx.numeric]
-    cols += [sql.SQL("{}::text AS {}").format(ident(c), ident(c)) for c in tx.categorical]
-    ts = ident(tx.timestamp)
-    return sql.SQL("SELECT {cols} FROM {table} WHERE {ts} IS NULL OR ({ts} >= {lo} AND {ts} < {hi})").format(
-        cols=sql.SQL(", ").join(cols), table=ident(tx.db_schema, tx.table), ts=ts,
-        lo=param("lo", "timestamptz"), hi=param("hi", "timestamptz"))
-
-
-def stream_window(settings: Settings, tx: TransactionsSpec, lo: datetime | None,
-                  hi: datetime | None) -> Iterator[pl.DataFrame]:
-    """Source rows with `lo <= ts < hi` (None = unbounded) plus null-timestamp rows, in chunks as they arrive.
-
-    Timestamps in UTC; `txn_date` (local date, null for a null timestamp) added; no order."""
-    params = {"lo": lo.isoformat() if lo else "-infinity", "hi": hi.isoformat() if hi else "infinity"}
-    ts = pl.col(tx.timestamp).dt.convert_time_zone("UTC")
-    with adbc_connection(settings) as conn:
-        for batch in stream_arrow(conn, extract_query(tx), params):
-            frame = pl.from_arrow(batch)
-            assert isinstance(frame, pl.DataFrame)
-            yield frame.with_columns(ts, ts.dt.convert_time_zone(settings.tz.key).dt.date().alias(TXN_DATE))
-
-
 def sort_day(rows: pl.DataFrame, tx: TransactionsSpec) -> pl.DataFrame:
     """One date's rows in (account, ts, id) order, and by every column where those tie (deterministic).
 
@@ -207,11 +185,16 @@ def sort_day(rows: pl.DataFrame, tx: TransactionsSpec) -> pl.DataFrame:
     return rows
 
 
-def _date_groups(spill: KeySpill, tx: TransactionsSpec, min_rows: int) -> Iterator[pl.DataFrame]:
-    """Whole dates from the spill, ascending (null date last), each sorted, a few at a time (>= min_rows)."""
+def _date_groups(spill: KeySpill, tx: TransactionsSpec, min_rows: int, *,
+                 final: bool) -> Iterator[pl.DataFrame]:
+    """Dates from the spill, ascending, each sorted, a few at a time (>= min_rows rows).
+
+    The null date (null timestamps) waits for the `final` call, so it always comes last."""
     held: list[pl.DataFrame] = []
     rows = 0
     for day in spill.keys():
+        if day is None and not final:
+            continue
         held.append(sort_day(spill.take(day), tx))
         rows += held[-1].height
         if rows >= min_rows:
@@ -254,51 +237,49 @@ def _stage(rows: pl.DataFrame, folder: Path, day: date, fsync: bool) -> Path:
     return path
 
 
-def repeated_ids(ids: list[pl.Series]) -> pl.Series:
-    """The non-null ids occurring more than once across `ids` (by one sort: fast when nearly ordered)."""
-    if not ids:
-        return pl.Series("id", [])
-    every = pl.concat(ids).drop_nulls().sort()
-    return every.filter(every == every.shift(1)).unique()
+class _Stager:
+    """Sorts, quality-checks and stages dates group by group, remembering ids across groups.
 
+    A good row whose id was met in an earlier group (good or bad) is a duplicate: check_batch
+    finds repeats inside a group, SeenIds across them, so the batch keeps the rule's
+    first-occurrence semantics whatever the grouping."""
 
-def _check_and_stage(spill: KeySpill, repeated: pl.Series, tx: TransactionsSpec, run_date: date,
-                     settings: Settings, folder: Path, fsync: bool) -> _Staged:
-    """Sort, quality-check and stage a few dates at a time.
+    def __init__(self, tx: TransactionsSpec, run_date: date, settings: Settings, folder: Path,
+                 fsync: bool) -> None:
+        self.tx, self.run_date, self.tz, self.folder, self.fsync = tx, run_date, settings.tz, folder, fsync
+        self.staged = _Staged()
+        self.seen = SeenIds()
 
-    An id of `repeated` met in an earlier group makes a good row a duplicate (check_batch finds
-    repeats inside a group), so the whole batch follows the rule's first-occurrence semantics."""
-    staged = _Staged()
-    multi, seen = SeenIds(), SeenIds()
-    multi.update(repeated)
-    reason = f"{tx.id} seen earlier in this batch"
-    for group in _date_groups(spill, tx, GROUP_ROWS):
-        checked = quality.check_batch(group, tx, run_date, settings.tz)
+    def stage(self, groups: Iterator[pl.DataFrame]) -> None:
+        """Check and stage each group of whole dates."""
+        for group in groups:
+            self._stage_group(group)
+
+    def _stage_group(self, group: pl.DataFrame) -> None:
+        tx, staged = self.tx, self.staged
+        checked = quality.check_batch(group, tx, self.run_date, self.tz)
         good, bad = checked.good, checked.bad
-        if len(multi):
-            ids = group[tx.id].filter(multi.contains(group[tx.id]))
-            earlier = ids.filter(seen.update(ids))
+        before = self.seen.update(group[tx.id])
+        if before.any():
+            earlier = group[tx.id].filter(before)
             repeat = good[tx.id].is_in(earlier.implode()).fill_null(False)
-            if repeat.any():
-                again = good.filter(repeat).with_columns(pl.lit("duplicate_txn_id").alias("rule"),
-                                                         pl.lit(reason).alias("reason"))
-                bad, good = pl.concat([bad, again]), good.filter(~repeat)
-        del group, checked
+            reason = pl.lit(f"{tx.id} seen earlier in this batch").alias("reason")
+            again = good.filter(repeat).with_columns(pl.lit("duplicate_txn_id").alias("rule"), reason)
+            bad, good = pl.concat([bad, again]), good.filter(~repeat)
         for rule, n in bad.group_by("rule").len().iter_rows():
             staged.counts[rule] += int(n)
         if bad.height:
             staged.bad.append(bad)
         if good.is_empty():
-            continue
+            return
         staged.good_rows += good.height
         latest = good[tx.timestamp].max()
         staged.watermark = latest if staged.watermark is None else max(staged.watermark, latest)
         bounds = good.select(pl.col(TXN_DATE).rle().struct.unnest())
         data, offset = good.drop(TXN_DATE), 0
         for day, length in zip(bounds["value"].to_list(), bounds["len"].to_list(), strict=True):
-            staged.files[day] = _stage(data.slice(offset, length), folder, day, fsync)
+            staged.files[day] = _stage(data.slice(offset, length), self.folder, day, self.fsync)
             offset += length
-    return staged
 
 
 def _commit(store: LakeStore, day: date, staged: Path) -> None:
@@ -363,14 +344,15 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         lo = quality.local_midnight(first_day, tz) if first_day else None
         hi = quality.local_midnight(run_date + timedelta(days=1), tz) if backfill else None
         spill = KeySpill(scratch / "spill", TXN_DATE, SPILL_BUDGET_BYTES)
-        ids: list[pl.Series] = []
-        for chunk in stream_window(settings, tx, lo, hi):
-            ids.append(chunk[tx.id])
-            spill.add(chunk)
-        repeated = repeated_ids(ids)
-        del ids
-        folder = _staging_dir(store, scratch, run_id)
-        staged = _check_and_stage(spill, repeated, tx, run_date, settings, folder, fsync=store.local)
+        stager = _Stager(tx, run_date, settings, _staging_dir(store, scratch, run_id), fsync=store.local)
+        ranges = plan_ranges(conn, settings, tx, lo, hi, RANGE_DAYS)
+        for chunk in prefetch(stream_ranges(settings, tx, ranges), PREFETCH_CHUNKS):
+            if chunk is None:
+                stager.stage(_date_groups(spill, tx, GROUP_ROWS, final=False))
+            else:
+                spill.add(chunk)
+        stager.stage(_date_groups(spill, tx, GROUP_ROWS, final=True))
+        staged, folder = stager.staged, stager.folder
         bad = pl.concat(staged.bad) if staged.bad else pl.DataFrame()
         added = quality.quarantine(conn, settings.db_schema, run_id, source, tx, bad, tz)
         conn.commit()

@@ -23,16 +23,24 @@ class SeenIds:
         return sum(len(run) for run in self._runs)
 
     def contains(self, ids: pl.Series) -> pl.Series:
-        """Boolean Series: True where the id was added before (null ids are never contained)."""
+        """Boolean Series: True where the id was added before (null ids are never contained).
+
+        The queries are sorted first, so each binary search walks memory in order, and only the
+        queries between a run's first and last id are searched in it (ids that grow with time,
+        the usual case, skip every run)."""
         found = np.zeros(len(ids), dtype=bool)
-        if self._runs and len(ids):
-            order = ids.arg_sort(nulls_last=True)
-            query = ids.gather(order)
-            hit = pl.Series(ids.name, np.zeros(len(ids), dtype=bool))
-            for run in self._runs:
-                at = run.search_sorted(query, side="left").clip(upper_bound=len(run) - 1)
-                hit = hit | (run.gather(at) == query).fill_null(False)
-            found[order.to_numpy()] = hit.to_numpy()
+        if not self._runs or not len(ids):
+            return pl.Series(ids.name, found)
+        order = ids.arg_sort(nulls_last=True)
+        query = ids.gather(order).drop_nulls()
+        hit = np.zeros(len(query), dtype=bool)
+        for run in self._runs:
+            start, stop = query.search_sorted(run[0], side="left"), query.search_sorted(run[-1], side="right")
+            if stop > start:
+                part = query.slice(start, stop - start)
+                at = run.search_sorted(part, side="left").clip(upper_bound=len(run) - 1)
+                hit[start:stop] |= (run.gather(at) == part).to_numpy()
+        found[order.to_numpy()[:len(query)]] = hit
         return pl.Series(ids.name, found)
 
     def update(self, ids: pl.Series) -> pl.Series:
@@ -40,8 +48,11 @@ class SeenIds:
         before = self.contains(ids)
         run = ids.filter(~before).drop_nulls().unique().sort().rename(_ID)
         while self._runs and len(run) and len(self._runs[-1]) <= 2 * len(run):
-            merged = self._runs.pop().to_frame().merge_sorted(run.to_frame(), key=_ID)
-            run = merged.get_column(_ID).set_sorted()
+            last = self._runs.pop()
+            if last[-1] < run[0]:
+                run = pl.concat([last, run], rechunk=True).set_sorted()
+            else:
+                run = last.to_frame().merge_sorted(run.to_frame(), key=_ID).get_column(_ID).set_sorted()
         if len(run):
             self._runs.append(run)
         return before

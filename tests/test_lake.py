@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from riskmodel.errors import ConfigError
 from riskmodel.lake import check_writable, extract, lake_dates, lake_root, partition_path, scan_transactions
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
+from riskmodel.source_stream import prefetch
 from riskmodel.spec import FeatureSpec
 from riskmodel.spill import KeySpill
-from tests.datapath_helpers import END, TXN_COLUMNS, insert, seed_tiny_bank
+from tests.datapath_helpers import END, TXN_COLUMNS, execute, insert, seed_tiny_bank
 
 
 def lake_digest(settings: Settings) -> dict[str, str]:
@@ -259,3 +261,55 @@ def test_key_spill_gives_back_each_key_in_arrival_order(
         want = [v for k, v in rows if k == key]
         assert spill.take(key)["v"].to_list() == want
     assert spill.rows == len(rows)
+
+
+def test_ranges_over_an_indexed_timestamp_give_the_same_lake(bank: tuple[Settings, list[tuple]],
+                                                              demo_spec: FeatureSpec,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, _ = bank
+    first = datetime(2026, 6, 2, 12, tzinfo=UTC)
+    insert(settings, "transactions", TXN_COLUMNS, [
+        (970001, 1, first, 10.0, "5411", "pos", "DE", "m1"),
+        (970001, 2, first + timedelta(days=20), 11.0, "5411", "pos", "DE", "m1"),
+        (970002, 3, None, 12.0, "5411", "pos", "DE", "m1"),
+    ])
+    single = extract(settings, demo_spec, END)
+    whole = lake_digest(settings)
+    execute(settings, "CREATE INDEX transactions_ts_test_idx ON bank.transactions (ts)")
+    monkeypatch.setattr(lake, "RANGE_DAYS", 3)
+    planned: list[int] = []
+    real_plan = lake.plan_ranges
+
+    def plan(*args: object, **kwargs: object) -> list:
+        ranges = real_plan(*args, **kwargs)  # type: ignore[arg-type]
+        planned.append(len(ranges))
+        return ranges
+
+    monkeypatch.setattr(lake, "plan_ranges", plan)
+    ranged = extract(settings, demo_spec, END, full=True)
+    assert planned == [14]
+    assert ranged.quarantined == single.quarantined
+    assert ranged.quarantined["duplicate_txn_id"] == 1 and ranged.quarantined["null_timestamp"] == 1
+    assert (ranged.rows_read, ranged.rows_written) == (single.rows_read, single.rows_written)
+    assert lake_digest(settings) == whole
+
+
+def test_prefetch_hands_over_items_and_errors_and_closes_early() -> None:
+    closed: list[str] = []
+
+    def items(fail: bool) -> Iterator[int]:
+        try:
+            yield from range(5)
+            if fail:
+                raise ValueError("source broke")
+        finally:
+            closed.append("closed")
+
+    with pytest.raises(ValueError, match="source broke"):
+        assert list(prefetch(items(True), 2)) == [0, 1, 2, 3, 4]
+    got = []
+    for item in prefetch(items(False), 1):
+        got.append(item)
+        if item == 1:
+            break
+    assert got == [0, 1] and closed == ["closed", "closed"]
