@@ -40,7 +40,7 @@ def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
          prefect_harness: None) -> Iterator[tuple[Settings, dict]]:
     """A small seeded bank with a champion from the retrain flow; the environment points at it."""
     url = create_database(pg_server_url, "rf_conc")
-    settings = seeded_bank(url, tmp_path_factory.mktemp("conc-home"), accounts=500, days=150, seed=5)
+    settings = seeded_bank(url, tmp_path_factory.mktemp("conc-home"), accounts=400, days=130, seed=9)
     patch = pytest.MonkeyPatch()
     for key, value in flow_env(settings).items():
         patch.setenv(key, value)
