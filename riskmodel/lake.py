@@ -26,7 +26,10 @@ Commit, per partition, never exposing half of one:
   object whole; s3fs uses a single PUT below 2 x its 50 MB block size, multipart above,
   which is equally atomic at completion). Nothing but committed keys is ever written to the store.
 A crash before a partition's commit leaves its old version readable; a staging folder left by a
-crash is removed by the next run. Readers list only `txn_date=*/part-0.parquet`.
+crash is removed by the next run. Readers list only `txn_date=*/part-0.parquet`. On an object
+store they read through a pyarrow dataset over the fsspec filesystem (any fsspec URL works the
+same way); s3fs sends each ranged GET with `If-Match: <ETag>`, so a reader racing a replacement
+fails loudly (and can retry) instead of mixing two versions of a partition.
 """
 
 from __future__ import annotations
