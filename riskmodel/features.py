@@ -123,11 +123,14 @@ def normalise(expr: pl.Expr, stats: NumericStats) -> pl.Expr:
 def encode(expr: pl.Expr, vocab: list[str], *, missing: int) -> pl.Expr:
     """Map text values to ids: vocabulary rank + 2, unseen values to 1, nulls to `missing`.
 
-    A non-strict cast to an Enum of the vocabulary: streams, and needs no per-row hash map."""
+    A non-strict cast to an Enum of the vocabulary: streams, and needs no per-row hash map. When
+    nulls map to the unseen id anyway, one fill covers both (the cast is the per-row cost)."""
     text = expr.cast(pl.String)
     if not vocab:
         return pl.when(text.is_null()).then(pl.lit(missing, pl.Int32)).otherwise(pl.lit(UNSEEN_ID, pl.Int32))
     ranked = text.cast(pl.Enum(vocab), strict=False).to_physical().cast(pl.Int32) + FIRST_ID
+    if missing == UNSEEN_ID:
+        return ranked.fill_null(pl.lit(UNSEEN_ID, pl.Int32))
     return (pl.when(text.is_null()).then(pl.lit(missing, pl.Int32))
             .otherwise(ranked.fill_null(pl.lit(UNSEEN_ID, pl.Int32))))
 

@@ -89,14 +89,17 @@ class Prepared:
         return self.frame.slice(lo, hi - lo)
 
 
-def _shard_key(ids: np.ndarray, shard: np.ndarray) -> np.ndarray:
-    """One Int64 sort key per row ordering by (shard, account); a multi-key stable sort is far slower."""
-    if ids.dtype.kind in "iu" and ids.size and int(ids.max()) - int(ids.min()) < 2**40:
-        key = ids.astype(np.int64) - int(ids.min())
+def _shard_order(ids: np.ndarray, shard: np.ndarray) -> pl.Series:
+    """Stable row order by (shard, account): a stable sort by account (lake partitions arrive as
+    account-sorted runs, which the merge sort exploits), then a stable radix sort by shard."""
+    if ids.dtype.kind in "iuf":
+        by_account = np.argsort(ids, kind="stable")
     else:
-        key = pl.Series(ids).rank("dense").cast(pl.Int64).to_numpy().copy()
-    key += shard.astype(np.int64) * (int(key.max()) + 1 if key.size else 1)
-    return key
+        by_account = np.argsort(pl.Series(ids).rank("dense").to_numpy(), kind="stable")
+    index_type = np.uint32 if ids.size < 2**32 else np.int64
+    by_account = by_account.astype(index_type)
+    by_shard = np.argsort(shard.astype(np.int16)[by_account], kind="stable")
+    return pl.Series(by_account[by_shard])
 
 
 def _gather_columns(columns: list[pl.Series], order: pl.Series) -> pl.DataFrame:
@@ -166,10 +169,8 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
     ids = frame[ACC].to_numpy()
     shard = shard_of(ids, n_shards)
     bounds = np.r_[0, np.cumsum(np.bincount(shard, minlength=n_shards))]
-    key = _shard_key(ids, shard)
+    order = _shard_order(ids, shard)
     del ids, shard
-    order = pl.Series(np.argsort(key, kind="stable").astype(np.uint32 if len(key) < 2**32 else np.int64))
-    del key
     columns = frame.get_columns()
     del frame
     frame = _gather_columns(columns, order)
