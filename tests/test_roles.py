@@ -168,6 +168,7 @@ def ran(logins: Logins) -> Iterator[Ran]:
     for lg in loggers:
         lg.addHandler(collect)
     logging.getLogger("riskflow").setLevel(logging.DEBUG)
+    logging.getLogger("prefect").setLevel(logging.INFO)  # `riskflow` CLI calls in this process lower it
     try:
         trained = train_champion()
         nightly = nightly_scoring(ScoreParams(score_date=END))
