@@ -22,7 +22,7 @@ import polars as pl
 
 from riskmodel import aggregates as ag
 from riskmodel.batch import TIME_FEATURES, SequenceBatch
-from riskmodel.features import PAD_ID, FeatureState, encode, normalise
+from riskmodel.features import FIRST_ID, PAD_ID, FeatureState, encode, normalise
 from riskmodel.quality import local_midnight
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
@@ -128,6 +128,25 @@ def _static_table(spec: FeatureSpec, state: FeatureState, accounts: pl.DataFrame
     return accounts.select(exprs)
 
 
+def _channel_flags(spec: FeatureSpec, state: FeatureState) -> tuple[list[pl.Expr], list[pl.Expr]]:
+    """Online / ATM flag expressions: (on the lake rows, on the encoded rows).
+
+    When the channel vocabulary knows every flag value, the flags come from the encoded channel
+    ids (no second pass over the strings); otherwise from the channel text, as the spec says."""
+    tx = spec.transactions
+    if not tx.channel:
+        return [], []
+    wanted = {ag.ONLINE: tx.online_values, ag.ATM: tx.atm_values}
+    vocab = state.vocab.get(tx.channel, []) if tx.channel in state.event_cat else []
+    if vocab and all(v in vocab for values in wanted.values() for v in values):
+        ids = pl.col(f"_c{state.event_cat.index(tx.channel)}").cast(pl.Int32)
+        known = {name: pl.Series([vocab.index(v) + FIRST_ID for v in values], dtype=pl.Int32)
+                 for name, values in wanted.items()}
+        return [], [ids.is_in(codes.implode()).alias(name) for name, codes in known.items()]
+    text = pl.col(tx.channel)
+    return [text.is_in(values).fill_null(False).alias(name) for name, values in wanted.items()], []
+
+
 def _id_dtype(vocab: list[str]) -> type[pl.DataType]:
     """The narrowest unsigned type holding a vocabulary's ids (the prepared frame is the builder's peak)."""
     return pl.UInt16 if len(vocab) + 2 <= np.iinfo(np.uint16).max else pl.Int32
@@ -157,13 +176,12 @@ def prepare(events: pl.LazyFrame | pl.DataFrame, spec: FeatureSpec, state: Featu
               for i, c in enumerate(state.event_cat)]
     if not time_ordered:
         exprs.append(pl.col(tx.id).alias("_id"))
-    if tx.channel:
-        exprs += [pl.col(tx.channel).is_in(tx.online_values).fill_null(False).alias(ag.ONLINE),
-                  pl.col(tx.channel).is_in(tx.atm_values).fill_null(False).alias(ag.ATM)]
+    text_flags, id_flags = _channel_flags(spec, state)
+    exprs += text_flags
     roles = {name: state.event_cat.index(col) for col, name in
              ((tx.category, ag.CATEGORY), (tx.merchant, ag.MERCHANT), (tx.country, ag.COUNTRY)) if col}
     static = _static_table(spec, state, accounts)
-    frame = lazy.select(exprs).collect(engine="streaming")
+    frame = lazy.select(exprs).with_columns(id_flags).collect(engine="streaming")
     if not time_ordered:
         frame = frame.sort([ag.TS, "_id"]).drop("_id")
     ids = frame[ACC].to_numpy()

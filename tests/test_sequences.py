@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -269,3 +270,19 @@ def test_aggregates_match_their_definitions(rows: list, width: int) -> None:
     for j, name in enumerate(names):
         np.testing.assert_allclose(agg[:, j], want[name].astype(np.float32), rtol=1e-5, atol=1e-3,
                                    err_msg=name)
+
+
+def test_channel_flags_do_not_depend_on_the_channel_vocabulary(demo_spec: FeatureSpec) -> None:
+    """Flags come from encoded ids when the vocabulary knows 'online' and 'atm', else from the text."""
+    spec = small_spec(demo_spec).model_copy(update={"accounts": None})
+    knows = fitted_state(spec)
+    blind = dataclasses.replace(knows, vocab={**knows.vocab, "channel": ["pos"]})
+    frame = events_frame([(1, -60, "a", "atm"), (1, -50, "a", "online"), (1, -40, "a", "pos"),
+                          (1, -30, "a", "atm")])
+    shares = []
+    for state in (knows, blind):
+        batch = SequenceBatch.concat(build_cutoff(prepare(frame, spec, state, ZoneInfo("UTC"), 1), spec, D,
+                                                  ZoneInfo("UTC")))
+        agg = dict(zip(batch.names["agg"], batch.agg[0].tolist(), strict=True))
+        shares.append((agg["share_atm_1d"], agg["share_online_1d"]))
+    assert shares[0] == shares[1] == (pytest.approx(0.5), pytest.approx(0.25))
