@@ -299,7 +299,10 @@ def _drop_quietly(conn: psycopg.Connection, schema: str, stage: str) -> None:
 
 def _build_stage(conn: psycopg.Connection, settings: Settings, df: pl.DataFrame, *, table: str,
                  stage: str, score_date: dt.date, model_version: str, run_id: uuid.UUID) -> dict[str, float]:
-    """Create, fill and index the staging table (committed; nobody reads it yet); seconds per step."""
+    """Create, fill and index the staging table (committed; nobody reads it yet); seconds per step.
+
+    The COPY runs with FREEZE (allowed: the table is created in the same transaction): rows are
+    written frozen and all-visible, so neither the index build nor readers set hint bits later."""
     schema = settings.db_schema
     stage_id = sql.Identifier(schema, stage)
     next_day = score_date + dt.timedelta(days=1)
@@ -312,7 +315,7 @@ def _build_stage(conn: psycopg.Connection, settings: Settings, df: pl.DataFrame,
                              sql.Literal(next_day)))
         scored_at = dt.datetime.now(dt.UTC)
         t0 = time.perf_counter()
-        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             stage_id, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
