@@ -15,20 +15,33 @@ from prefect.events import emit_event
 
 from flows.context import settings_and_spec
 from riskmodel.batch import SequenceBatch
+from riskmodel.input_counts import InputCounts
 from riskmodel.monitor import feature_values, monitor
+from riskmodel.settings import Settings
+from riskmodel.sources import read_accounts
+from riskmodel.spec import FeatureSpec
 from tasks.models import cached_model
 from tasks.reporting import publish_images, publish_table
 
 DRIFT_EVENT = "riskflow.drift.detected"
 
 
-def concat_values(shards: list[str]) -> dict[str, np.ndarray]:
-    """Per-column monitoring values of every shard, concatenated."""
+def shard_values(shards: list[str], counts: InputCounts | None = None) -> dict[str, np.ndarray]:
+    """Per-column monitoring values of every shard, concatenated; folds each shard into `counts`."""
     parts: dict[str, list[np.ndarray]] = {}
     for shard in shards:
-        for key, values in feature_values(SequenceBatch.load(Path(shard))).items():
+        batch = SequenceBatch.load(Path(shard))
+        if counts is not None:
+            counts.add(batch)
+        for key, values in feature_values(batch).items():
             parts.setdefault(key, []).append(values)
     return {key: np.concatenate(v) for key, v in parts.items()}
+
+
+def accounts_table_ids(settings: Settings, spec: FeatureSpec) -> pl.Series | None:
+    """Ids of the spec's accounts table (None without one), to count accounts that were not scored."""
+    accounts = read_accounts(settings, spec)
+    return None if accounts is None else accounts["account_id"]
 
 
 @task(name="monitor", retries=1, retry_delay_seconds=5, timeout_seconds=1800, cache_policy=NO_CACHE)
@@ -39,8 +52,14 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     model = cached_model(version, sha256)
     scores = pl.concat([pl.read_parquet(f, columns=["risk_score", "risk_band"]) for f in score_files])
     reference = model.manifest.get("reference") or {}
+    counts = InputCounts()
+    values = shard_values(shards, counts)
+    counts.count_idle_accounts(accounts_table_ids(settings, spec))
     report = monitor(settings, spec, score_date=score_date, scores=scores["risk_score"].to_numpy(),
-                     values=concat_values(shards), reference=reference)
+                     values=values, reference=reference)
+    publish_table(f"inputs-{score_date}", counts.rows(),
+                  f"Inputs handled, not quarantined (single events, unseen categories, idle accounts), "
+                  f"{score_date}")
     publish_table(f"monitoring-{score_date}", report.rows(),
                   f"Drift (PSI vs training reference), band counts and realised performance, {score_date}")
     publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
@@ -55,4 +74,5 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
                             "alerts": report.alerts, "score_psi": report.score_psi})
     counts = scores.group_by("risk_band").len().sort("risk_band")
     return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
-            "alerts": report.alerts, "score_psi": report.score_psi, "realised": report.realised}
+            "alerts": report.alerts, "score_psi": report.score_psi, "realised": report.realised,
+            "inputs": counts.to_dict()}
