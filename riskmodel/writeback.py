@@ -202,9 +202,22 @@ def _with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], *, what: s
                         f"of lock_timeout_ms={lock_timeout_ms}; nothing was changed, retry later")
 
 
+def _mark_abandoned(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, score_date: dt.date,
+                    table: str) -> None:
+    """Runs of this table and date still 'running' died mid-write (the caller holds their lock): mark them."""
+    conn.execute(
+        sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(), details = details || %s::jsonb"
+                " WHERE status = 'running' AND score_date = %s AND details->>'table' = %s"
+                " AND run_id <> %s").format(sql.Identifier(schema, "pipeline_runs")),
+        (json.dumps({"error": f"abandoned: the process ended mid-write; found by run {run_id}"}),
+         score_date, table, run_id),
+    )
+
+
 def _record_start(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, flow: str,
                   score_date: dt.date, watermark: dt.datetime | None, model_version: str,
                   model_sha256: str, table: str) -> None:
+    _mark_abandoned(conn, schema, run_id, score_date, table)
     conn.execute(
         sql.SQL(
             "INSERT INTO {} (run_id, flow, score_date, status, watermark, model_version, model_sha256,"

@@ -91,6 +91,11 @@ def test_sigkill_inside_the_write_back_keeps_the_night_and_the_next_run_complete
     assert again.rows == 400 and again.replaced_rows == 300
     assert stored_checksum(initialised, END) == again.checksum
     assert _stage_tables(initialised) == []
+    with connect(initialised) as conn:
+        statuses = conn.execute("SELECT status, details->>'error' FROM riskflow.pipeline_runs"
+                                " WHERE run_id <> %s ORDER BY started_at", (again.run_id,)).fetchall()
+    assert [s for s, _ in statuses] == ["succeeded", "failed"], "the next run marks the killed one"
+    assert f"found by run {again.run_id}" in statuses[1][1]
 
 
 def test_killed_child_that_never_reaches_the_point_is_reported(initialised: Settings, tmp_path: Path) -> None:
