@@ -29,7 +29,9 @@ class RetrainParams(BaseModel):
     )
     epochs: int = Field(8, ge=1, le=500, description="Maximum training epochs (early stopping on AP).")
     hidden_size: int = Field(64, ge=4, le=2048, description="LSTM hidden size.")
-    max_train_minutes: float = Field(20.0, gt=0, le=24 * 60, description="Time budget for training.")
+    max_train_minutes: float = Field(
+        20.0, gt=0, le=24 * 60,
+        description="Time budget for LSTM training, shared equally by the challenger and the ablation.")
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Random seed; same data and seed give the same model.")
     promote_policy: Literal["if_better", "always", "never"] = Field(
@@ -39,7 +41,7 @@ class RetrainParams(BaseModel):
         0.0, ge=0.0, le=1.0, description="Average-precision margin a challenger must win by."
     )
     negative_keep: float = Field(
-        0.25, gt=0.0, le=1.0,
+        0.1, gt=0.0, le=1.0,
         description="Share of negative training rows kept (all positives kept; evaluation rows untouched).")
     run_ablation: bool = Field(True, description="Also train the order-shuffled ablation model.")
 
