@@ -6,6 +6,9 @@ import argparse
 from datetime import date
 
 from flows.output import emit, table
+from flows.params import RetrainParams
+
+_RETRAIN = {name: field.default for name, field in RetrainParams.model_fields.items()}
 
 
 def _date(text: str) -> date:
@@ -33,15 +36,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     train = sub.add_parser("train", parents=[common], help="run the retrain flow")
     train.add_argument("--as-of", type=_date, help="labels known up to this date (default yesterday)")
-    train.add_argument("--train-days", type=int, default=120)
-    train.add_argument("--every", type=int, default=7, help="days between training snapshots")
-    train.add_argument("--epochs", type=int, default=8)
-    train.add_argument("--hidden", type=int, default=64)
-    train.add_argument("--max-train-minutes", type=float, default=20.0)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--train-days", type=int, default=_RETRAIN["train_days"])
+    train.add_argument("--every", type=int, default=_RETRAIN["cutoff_every_days"],
+                       help="days between training snapshots")
+    train.add_argument("--epochs", type=int, default=_RETRAIN["epochs"])
+    train.add_argument("--hidden", type=int, default=_RETRAIN["hidden_size"])
+    train.add_argument("--max-train-minutes", type=float, default=_RETRAIN["max_train_minutes"],
+                       help="training budget shared by the challenger and the ablation")
+    train.add_argument("--seed", type=int, default=_RETRAIN["seed"])
     train.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better")
     train.add_argument("--margin", type=float, default=0.0, help="AP margin to beat the champion by")
-    train.add_argument("--negative-keep", type=float, default=0.25,
+    train.add_argument("--negative-keep", type=float, default=_RETRAIN["negative_keep"],
                        help="share of negative training rows kept (positives always kept)")
     train.add_argument("--no-ablation", action="store_true", help="skip the order-shuffled ablation")
     train.set_defaults(func=run_train)
@@ -77,7 +82,6 @@ def run_backfill(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run the retrain flow and print the evaluation table."""
-    from flows.params import RetrainParams
     from flows.retrain import retrain
 
     result = retrain(RetrainParams(
