@@ -103,6 +103,14 @@ def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed
     return written
 
 
+def model_budget_minutes(total_minutes: float, run_ablation: bool) -> float:
+    """Each LSTM's share of the retrain's training budget: the challenger and the order ablation
+    split it equally, so the two trainings together stay within `total_minutes`."""
+    if total_minutes <= 0:
+        raise ConfigError(f"max_train_minutes must be > 0, got {total_minutes}")
+    return total_minutes / (2.0 if run_ablation else 1.0)
+
+
 @dataclass
 class Fitted:
     """A trained, calibrated network with its capacity bands fitted on validation scores."""
@@ -129,7 +137,8 @@ def fit_model(train: Sequence[Path], valid: Sequence[Path], *, features: dict[st
     fitted_bands = (bands or BandPolicy()).fit(calibrator.apply(result.valid_logits))
     summary = {"best_epoch": result.best_epoch, "best_val_ap": result.best_val_ap,
                "stopped": result.stopped, "seconds": round(result.seconds, 2),
-               "sequences_seen": result.sequences_seen,
+               "sequences_seen": result.sequences_seen, "rows_per_epoch": result.rows_per_epoch,
+               "budget_minutes": config.max_train_minutes,
                "sequences_per_s": round(result.sequences_seen / max(result.seconds, 1e-9), 1),
                "history": result.history}
     return Fitted(result.model, calibrator, fitted_bands, result, summary)

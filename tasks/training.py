@@ -7,13 +7,16 @@ Models travel between tasks as artifact folders on disk (path + sha256), probabi
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
@@ -34,6 +37,14 @@ def _save_probs(path: Path, probs: np.ndarray) -> str:
     return str(path)
 
 
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Log how long a retrain stage took (the per-stage timings of a retrain are read from these)."""
+    started = time.monotonic()
+    yield
+    get_run_logger().info("stage %s: %.1f s", name, time.monotonic() - started)
+
+
 def drift_reference(probs: np.ndarray, test: list[str], max_rows: int = 50_000) -> dict[str, Any]:
     """Reference distributions for monitoring from the test window (an even sample of its rows)."""
     batch = SequenceBatch.concat([SequenceBatch.load(Path(p)) for p in test])
@@ -45,93 +56,102 @@ def drift_reference(probs: np.ndarray, test: list[str], max_rows: int = 50_000) 
 def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str], features: dict,
                    params: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """Train, calibrate and band one model; save it as a candidate artifact and its test probabilities."""
-    progress = Progress(f"training-{name}", f"Training {name}: epochs and steps done")
-    bar = tqdm(total=100, desc=f"train {name}", unit="%", file=sys.stderr, leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    with _stage(f"fit-model {name}"):
+        progress = Progress(f"training-{name}", f"Training {name}: epochs and steps done")
+        bar = tqdm(total=100, desc=f"train {name}", unit="%", file=sys.stderr, leave=False,
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
-    def on_progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
-        done = min(1.0, (epoch + step / max(total, 1)) / max(params["epochs"], 1))
-        progress.update(done, f"{name}: epoch {epoch + 1}, step {step}/{total}, {metrics}")
-        bar.n = round(100 * done)
-        bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
+        def on_progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
+            done = min(1.0, (epoch + step / max(total, 1)) / max(params["epochs"], 1))
+            progress.update(done, f"{name}: epoch {epoch + 1}, step {step}/{total}, {metrics}")
+            bar.n = round(100 * done)
+            bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
 
-    config = TrainConfig(epochs=params["epochs"], max_train_minutes=params["max_train_minutes"],
-                         seed=params["seed"], device=params.get("device", "auto"))
-    fitted = retrain.fit_model([Path(p) for p in train], [Path(p) for p in valid], features=features,
-                               hidden=params["hidden_size"], config=config, on_progress=on_progress)
-    progress.update(1.0, f"{name}: done ({fitted.summary['stopped']})")
-    bar.close()
-    probs, labels = retrain.predict_proba(fitted.net, fitted.calibrator, [Path(p) for p in test],
-                                          device=config.device)
-    folder = Path(out_dir) / name
-    features = {**features, "agg_neutral": retrain.aggregate_medians([Path(p) for p in train])}
-    manifest = registry.build_manifest(
-        version=name, net=fitted.net, calibrator=fitted.calibrator, bands=fitted.bands,
-        features=features, spec_hash="candidate", train_start=date.min, train_end=date.min,
-        evaluation={}, training=fitted.summary)
-    sha, _ = registry.save_artifact(folder, fitted.net, manifest)
-    return {"path": str(folder), "sha256": sha, "training": fitted.summary,
-            "test_probs": _save_probs(Path(out_dir) / f"{name}-test.npy", probs),
-            "test_labels": _save_probs(Path(out_dir) / "labels-test.npy", labels)}
+        budget = retrain.model_budget_minutes(params["max_train_minutes"], params.get("run_ablation", False))
+        config = TrainConfig(epochs=params["epochs"], max_train_minutes=budget,
+                             seed=params["seed"], device=params.get("device", "auto"))
+        fitted = retrain.fit_model([Path(p) for p in train], [Path(p) for p in valid], features=features,
+                                   hidden=params["hidden_size"], config=config, on_progress=on_progress)
+        progress.update(1.0, f"{name}: done ({fitted.summary['stopped']})")
+        bar.close()
+        probs, labels = retrain.predict_proba(fitted.net, fitted.calibrator, [Path(p) for p in test],
+                                              device=config.device)
+        folder = Path(out_dir) / name
+        features = {**features, "agg_neutral": retrain.aggregate_medians([Path(p) for p in train])}
+        manifest = registry.build_manifest(
+            version=name, net=fitted.net, calibrator=fitted.calibrator, bands=fitted.bands,
+            features=features, spec_hash="candidate", train_start=date.min, train_end=date.min,
+            evaluation={}, training=fitted.summary)
+        sha, _ = registry.save_artifact(folder, fitted.net, manifest)
+        return {"path": str(folder), "sha256": sha, "training": fitted.summary,
+                "test_probs": _save_probs(Path(out_dir) / f"{name}-test.npy", probs),
+                "test_labels": _save_probs(Path(out_dir) / "labels-test.npy", labels)}
 
 
 @task(name="shuffle-order", timeout_seconds=3600, cache_policy=NO_CACHE)
 def shuffle_task(paths: list[str], out_dir: str, seed: int) -> list[str]:
     """The order ablation's shards: attributes permuted within each account's real events."""
-    return [str(p) for p in shuffle_shards([Path(p) for p in paths], Path(out_dir), seed)]
+    with _stage("shuffle-order"):
+        return [str(p) for p in shuffle_shards([Path(p) for p in paths], Path(out_dir), seed)]
 
 
 @task(name="downsample-negatives", cache_policy=NO_CACHE)
 def downsample_task(paths: list[str], out_dir: str, keep: float, seed: int) -> list[str]:
     """Every positive and a seeded share of negatives of the training shards."""
-    return [str(p) for p in retrain.downsample_negatives([Path(p) for p in paths], Path(out_dir), keep, seed)]
+    with _stage("downsample-negatives"):
+        kept = retrain.downsample_negatives([Path(p) for p in paths], Path(out_dir), keep, seed)
+        return [str(p) for p in kept]
 
 
 @task(name="split-by-account-hash", cache_policy=NO_CACHE)
 def hash_split_task(paths: list[str], out_dir: str) -> dict[str, list[str]]:
     """Single-cutoff fallback: stable train/valid/test split by account hash."""
-    parts = retrain.split_shards_by_hash([Path(p) for p in paths], Path(out_dir))
-    return {k: [str(p) for p in v] for k, v in parts.items()}
+    with _stage("split-by-account-hash"):
+        parts = retrain.split_shards_by_hash([Path(p) for p in paths], Path(out_dir))
+        return {k: [str(p) for p in v] for k, v in parts.items()}
 
 
 @task(name="baseline", timeout_seconds=3 * 3600, cache_policy=NO_CACHE)
 def baseline_task(train: list[str], valid: list[str], test: list[str], seed: int, out_dir: str) -> str:
     """LightGBM on static features and aggregates; its test probabilities."""
-    booster = train_baseline([Path(p) for p in train], [Path(p) for p in valid], seed=seed)
-    return _save_probs(Path(out_dir) / "baseline-test.npy", booster.predict([Path(p) for p in test]))
+    with _stage("baseline"):
+        booster = train_baseline([Path(p) for p in train], [Path(p) for p in valid], seed=seed)
+        return _save_probs(Path(out_dir) / "baseline-test.npy", booster.predict([Path(p) for p in test]))
 
 
 @task(name="champion-on-test", timeout_seconds=3600, cache_policy=NO_CACHE)
 def champion_task(test: list[str], champion_test: list[str], out_dir: str) -> str:
     """The current champion's probabilities on the same test rows (built with its own features)."""
-    settings, _ = settings_and_spec()
-    champion = registry.load_champion(settings)
-    ours, theirs = retrain.row_keys([Path(p) for p in test]), retrain.row_keys(
-        [Path(p) for p in champion_test])
-    if not (np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])):
-        raise registry.RegistryError("champion's test rows do not align with the challenger's")
-    probs, _ = retrain.predict_proba(champion.net, champion.calibrator, [Path(p) for p in champion_test])
-    return _save_probs(Path(out_dir) / "champion-test.npy", probs)
+    with _stage("champion-on-test"):
+        settings, _ = settings_and_spec()
+        champion = registry.load_champion(settings)
+        ours, theirs = retrain.row_keys([Path(p) for p in test]), retrain.row_keys(
+            [Path(p) for p in champion_test])
+        if not (np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])):
+            raise registry.RegistryError("champion's test rows do not align with the challenger's")
+        probs, _ = retrain.predict_proba(champion.net, champion.calibrator, [Path(p) for p in champion_test])
+        return _save_probs(Path(out_dir) / "champion-test.npy", probs)
 
 
 @task(name="evaluate", timeout_seconds=3600, cache_policy=NO_CACHE)
 def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str], split: str,
                   seed: int, out_dir: str) -> dict[str, Any]:
     """Side-by-side metrics with bootstrap intervals, per planted pattern; table and plot artifacts."""
-    settings, spec = settings_and_spec()
-    labels = np.load(labels_path, allow_pickle=False)
-    probs = {name: np.load(path, allow_pickle=False) for name, path in probs_paths.items()}
-    accounts, _ = retrain.row_keys([Path(p) for p in test])
-    groups = retrain.pattern_groups(accounts, read_ground_truth(settings, spec))
-    report = evaluate_models(labels, probs, split=split, groups=groups, seed=seed)
-    publish_table("retrain-evaluation", report.table(),
-                  f"Test window ({split}): {report.rows} rows, {report.positives} positives; "
-                  "value [95% bootstrap interval]")
-    images = {"ROC": roc_png(labels, probs), "Precision-recall": pr_png(labels, probs),
-              "Calibration": calibration_png(labels, probs)}
-    publish_images("retrain-curves", images,
-                   Path(out_dir) / "plots", "ROC, precision-recall and calibration on the test window")
-    return report.to_dict()
+    with _stage("evaluate"):
+        settings, spec = settings_and_spec()
+        labels = np.load(labels_path, allow_pickle=False)
+        probs = {name: np.load(path, allow_pickle=False) for name, path in probs_paths.items()}
+        accounts, _ = retrain.row_keys([Path(p) for p in test])
+        groups = retrain.pattern_groups(accounts, read_ground_truth(settings, spec))
+        report = evaluate_models(labels, probs, split=split, groups=groups, seed=seed)
+        publish_table("retrain-evaluation", report.table(),
+                      f"Test window ({split}): {report.rows} rows, {report.positives} positives; "
+                      "value [95% bootstrap interval]")
+        images = {"ROC": roc_png(labels, probs), "Precision-recall": pr_png(labels, probs),
+                  "Calibration": calibration_png(labels, probs)}
+        publish_images("retrain-curves", images,
+                       Path(out_dir) / "plots", "ROC, precision-recall and calibration on the test window")
+        return report.to_dict()
 
 
 @task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -139,20 +159,21 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
                   train_start: date, train_end: date, policy: str, margin: float,
                   test_probs_path: str, test: list[str]) -> dict[str, Any]:
     """Register the challenger (artifact + sha256) and promote it if the policy says so."""
-    settings, spec = settings_and_spec()
-    model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
-    test_probs = np.load(test_probs_path, allow_pickle=False)
-    registration = registry.register_model(
-        settings, net=model.net, calibrator=model.calibrator, bands=model.bands,
-        features=model.manifest["features"], spec_hash=spec.fingerprint(), train_start=train_start,
-        train_end=train_end, evaluation=evaluation["evaluation"],
-        champion_version=champion if "champion" in evaluation["evaluation"] else None,
-        promote_margin=margin if policy == "if_better" else float("inf"),
-        metrics={k: v for k, v in evaluation.items() if k != "evaluation"},
-        reference=drift_reference(test_probs, test), training=candidate["training"])
-    if policy == "always" and registration.status != "champion":
-        registry.promote(settings, registration.version)
-        registration = registry.Registration(**{**asdict(registration), "status": "champion",
-                                                "reason": "promote_policy=always"})
-    return {"version": registration.version, "sha256": registration.sha256,
-            "status": registration.status, "reason": registration.reason, "path": str(registration.path)}
+    with _stage("register"):
+        settings, spec = settings_and_spec()
+        model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
+        test_probs = np.load(test_probs_path, allow_pickle=False)
+        registration = registry.register_model(
+            settings, net=model.net, calibrator=model.calibrator, bands=model.bands,
+            features=model.manifest["features"], spec_hash=spec.fingerprint(), train_start=train_start,
+            train_end=train_end, evaluation=evaluation["evaluation"],
+            champion_version=champion if "champion" in evaluation["evaluation"] else None,
+            promote_margin=margin if policy == "if_better" else float("inf"),
+            metrics={k: v for k, v in evaluation.items() if k != "evaluation"},
+            reference=drift_reference(test_probs, test), training=candidate["training"])
+        if policy == "always" and registration.status != "champion":
+            registry.promote(settings, registration.version)
+            registration = registry.Registration(**{**asdict(registration), "status": "champion",
+                                                    "reason": "promote_policy=always"})
+        return {"version": registration.version, "sha256": registration.sha256,
+                "status": registration.status, "reason": registration.reason, "path": str(registration.path)}

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flows.cli import build_parser
+from flows.params import RetrainParams
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
-from riskmodel.retrain import downsample_negatives, hash_part, plan_split
+from riskmodel.retrain import downsample_negatives, hash_part, model_budget_minutes, plan_split
 
 
 def test_out_of_time_split_keeps_an_h_day_gap_before_validation() -> None:
@@ -49,3 +51,19 @@ def test_downsampling_keeps_every_positive_and_a_share_of_negatives(tmp_path: Pa
     assert 0.2 < (len(kept) - 100) / 3900 < 0.3
     assert np.array_equal(kept.account_id, SequenceBatch.load(again[0]).account_id)
     assert downsample_negatives([source], tmp_path / "c", keep=1.0, seed=3) == [source]
+
+
+def test_the_training_budget_is_shared_by_the_challenger_and_the_ablation() -> None:
+    assert model_budget_minutes(20.0, run_ablation=True) == 10.0
+    assert model_budget_minutes(20.0, run_ablation=False) == 20.0
+    with pytest.raises(ConfigError, match="max_train_minutes"):
+        model_budget_minutes(0.0, run_ablation=True)
+
+
+def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:
+    args = build_parser().parse_args(["train"])
+    defaults = RetrainParams()
+    assert (args.train_days, args.every, args.epochs, args.hidden) == (
+        defaults.train_days, defaults.cutoff_every_days, defaults.epochs, defaults.hidden_size)
+    assert (args.max_train_minutes, args.negative_keep, args.seed) == (
+        defaults.max_train_minutes, defaults.negative_keep, defaults.seed)

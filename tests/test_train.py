@@ -11,11 +11,18 @@ from model_helpers import order_batch
 
 from riskmodel.ablation import shuffle_order
 from riskmodel.bands import BandPolicy, assign_bands
+from riskmodel.batch import SequenceBatch
 from riskmodel.calibrate import Calibrator, fit_calibrator, sigmoid
 from riskmodel.errors import ConfigError
 from riskmodel.metrics import point_metrics
 from riskmodel.model import ModelConfig
-from riskmodel.train import TrainConfig, TrainResult, train_model
+from riskmodel.train import (
+    TrainConfig,
+    TrainResult,
+    early_stop_sample,
+    train_model,
+    weighted_average_precision,
+)
 
 SIZES = {"hidden": 16, "head_hidden": 16, "dropout": 0.0}
 FAST = TrainConfig(epochs=6, batch_size=64, lr=1e-2, patience=2, device="cpu", seed=3)
@@ -119,3 +126,44 @@ def test_probability_bands_and_bad_policies() -> None:
         assign_bands(np.array([0.1]), BandPolicy(mode="capacity"))
     with pytest.raises(ConfigError, match="medium"):
         BandPolicy(mode="probability", high=0.1, medium=0.5)
+
+
+def test_weighted_average_precision_matches_replicated_rows() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(400) < 0.2).astype(np.float32)
+    s = np.round(rng.random(400) + 0.5 * y, 2)
+    plain = point_metrics(y, s)["average_precision"]
+    assert weighted_average_precision(y, s, np.ones(400)) == pytest.approx(plain)
+    weights = np.where(y > 0, 1.0, 4.0)
+    replicated = np.r_[np.arange(400)[y > 0], np.repeat(np.arange(400)[y == 0], 4)]
+    expected = point_metrics(y[replicated], s[replicated])["average_precision"]
+    assert weighted_average_precision(y, s, weights) == pytest.approx(expected)
+    assert weighted_average_precision(np.zeros(3), np.ones(3), np.ones(3)) == 0.0
+
+
+def test_early_stop_sample_keeps_positives_and_weights_back_the_negatives(tmp_path: Path) -> None:
+    batch = order_batch(4000, seed=21)
+    path = tmp_path / "valid.npz"
+    batch.save(path)
+    parts, weights = early_stop_sample([path], keep=0.25, seed=3)
+    again, _ = early_stop_sample([path], keep=0.25, seed=3)
+    kept = parts[0]
+    assert int(kept.label.sum()) == int(batch.label.sum())
+    negatives = int((batch.label == 0).sum())
+    assert 0.2 < int((kept.label == 0).sum()) / negatives < 0.3
+    assert np.array_equal(weights, np.where(kept.label > 0, 1.0, 4.0))
+    assert np.array_equal(kept.num, again[0].num)
+    with pytest.raises(ConfigError, match="valid_negative_keep"):
+        early_stop_sample([path], keep=0.0, seed=3)
+
+
+def test_sampled_early_stopping_still_returns_the_whole_validation_window(trained) -> None:
+    result, train, valid = trained
+    full = TrainConfig(**{**FAST.__dict__, "valid_negative_keep": 1.0})
+    whole = train_model(train, valid, model_config=result.config, config=full)
+    n_valid = sum(len(SequenceBatch.load(p)) for p in valid)
+    assert FAST.valid_negative_keep < 1.0
+    assert result.valid_logits.shape == whole.valid_logits.shape == (n_valid,)
+    assert result.best_val_ap == pytest.approx(point_metrics(result.valid_labels, result.valid_logits)
+                                               ["average_precision"])
+    assert result.rows_per_epoch == sum(len(SequenceBatch.load(p)) for p in train)
