@@ -62,8 +62,8 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
         def on_progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
-            done = min(1.0, (epoch + step / max(total, 1)) / max(params["epochs"], 1))
-            progress.update(done, f"{name}: epoch {epoch + 1}, step {step}/{total}, {metrics}")
+            done = min(1.0, (epoch - 1 + step / max(total, 1)) / max(params["epochs"], 1))
+            progress.update(done, f"{name}: epoch {epoch}, step {step}/{total}, {metrics}")
             bar.n = round(100 * done)
             bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
 
