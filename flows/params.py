@@ -41,7 +41,7 @@ class RetrainParams(BaseModel):
         0.0, ge=0.0, le=1.0, description="Average-precision margin a challenger must win by."
     )
     negative_keep: float = Field(
-        0.1, gt=0.0, le=1.0,
+        0.25, gt=0.0, le=1.0,
         description="Share of negative training rows kept (all positives kept; evaluation rows untouched).")
     run_ablation: bool = Field(True, description="Also train the order-shuffled ablation model.")
 
