@@ -12,14 +12,14 @@ import uuid
 from datetime import date, datetime
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from flows.context import settings_and_spec
 from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import yesterday
-from riskmodel.settings import load_settings
+from riskmodel.settings import Settings, load_settings
 from tasks.data import extract_task, scoring_shards_task
 from tasks.monitoring import monitor_task
 from tasks.reporting import publish_markdown, publish_table
@@ -31,15 +31,30 @@ def current_run_id() -> str:
     return str(flow_run.get_id() or uuid.uuid4())
 
 
+def build_shards(model: dict[str, str], score_date: date, out_dir: Path, settings: Settings) -> list[dict]:
+    """Sequence shards for `model`, as the runner suits: one task on threads (one read of the lake in
+    this process), one task per shard on Dask (each worker reads only its shard's accounts).
+
+    Returns the tasks' results in shard order: paths, shards and the worker that built them."""
+    if settings.task_runner != "dask":
+        return [scoring_shards_task(model["version"], model["sha256"], score_date, str(out_dir))]
+    futures = scoring_shards_task.map(unmapped(model["version"]), unmapped(model["sha256"]),
+                                      unmapped(score_date), unmapped(str(out_dir)),
+                                      shards=[[k] for k in range(settings.n_shards)],
+                                      n_shards=unmapped(settings.n_shards))
+    return [f.result() for f in futures]
+
+
 def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: str, run_id: str,
                watermark: datetime | None, table: str, timings: dict[str, float]) -> dict:
     """Build shards with the model's frozen features, score them in parallel, and write them back."""
+    settings = load_settings()
     t = time.perf_counter()
-    shards = scoring_shards_task(model["version"], model["sha256"], score_date,
-                                 str(run_dir / model["version"]))
+    built = build_shards(model, score_date, run_dir / model["version"], settings)
+    shards = [path for b in built for path in b["paths"]]
     timings[f"sequences[{table}]"] = time.perf_counter() - t
     t = time.perf_counter()
-    with scoring_placement(load_settings()):
+    with scoring_placement(settings):
         futures = score_shard_task.map(shards, model["version"], model["sha256"], device)
     scored = [f.result() for f in futures]
     timings[f"score[{table}]"] = time.perf_counter() - t
@@ -47,7 +62,8 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
     written = write_scores_task([s["path"] for s in scored], score_date, model["version"],
                                 model["sha256"], run_id, watermark, table)
     timings[f"write[{table}]"] = time.perf_counter() - t
-    return {"shards": scored, "write": written}
+    return {"shards": scored, "write": written,
+            "builds": [{"shards": b["shards"], "worker": b["worker"]} for b in built]}
 
 
 @flow(name="nightly-scoring", log_prints=False, task_runner=SettingsTaskRunner())
@@ -93,6 +109,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
         "extract": extract, "alerts": monitor["alerts"], "timings_s": timings,
+        "sequence_builds": result["builds"],
     }
     publish_table(f"nightly-timings-{score_date}",
                   [{"stage": k, "seconds": round(v, 3)} for k, v in timings.items()],

@@ -10,8 +10,9 @@ Output is sharded by a stable hash of the account id.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ import polars as pl
 
 from riskmodel import aggregates as ag
 from riskmodel.batch import TIME_FEATURES, SequenceBatch
+from riskmodel.errors import ConfigError
 from riskmodel.features import FIRST_ID, PAD_ID, FeatureState, encode, normalise
 from riskmodel.quality import local_midnight
 from riskmodel.settings import Settings
@@ -68,6 +70,29 @@ def stable_hash(ids: np.ndarray) -> np.ndarray:
 def shard_of(ids: np.ndarray, n_shards: int) -> np.ndarray:
     """Shard number (int32) of each account id."""
     return (stable_hash(ids) % np.uint64(n_shards)).astype(np.int32)
+
+
+def shard_subset(shards: Iterable[int], n_shards: int) -> list[int]:
+    """The shard numbers `shards`, sorted without repeats; a number outside 0..n_shards-1 is refused."""
+    wanted = sorted({int(k) for k in shards})
+    bad = [k for k in wanted if not 0 <= k < n_shards]
+    if bad:
+        raise ConfigError(f"shards: {bad} outside 0..{n_shards - 1} (RISKFLOW_N_SHARDS={n_shards})")
+    return wanted
+
+
+def in_shards(ids: pl.Expr, n_shards: int, shards: Collection[int]) -> pl.Expr:
+    """True where the account id in `ids` hashes to one of `shards` (same hash as `shard_of`).
+
+    Elementwise, so a streaming scan filtered by it drops other shards' rows batch by batch, before
+    they are collected: a task that builds 1/n of the shards holds about 1/n of the rows."""
+    wanted = np.zeros(n_shards, bool)
+    wanted[list(shards)] = True
+
+    def member(batch: pl.Series) -> pl.Series:
+        return pl.Series(wanted[shard_of(batch.to_numpy(), n_shards)], dtype=pl.Boolean)
+
+    return ids.map_batches(member, return_dtype=pl.Boolean, is_elementwise=True)
 
 
 @dataclass
@@ -283,10 +308,12 @@ def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: d
 
 
 def iter_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
-                exclude: pl.Series | None = None) -> Iterator[SequenceBatch]:
-    """SequenceBatches of cutoff D, shard 0, 1, ... in turn, leaving out `exclude` accounts."""
+                exclude: pl.Series | None = None,
+                shards: Iterable[int] | None = None) -> Iterator[SequenceBatch]:
+    """SequenceBatches of cutoff D, shard 0, 1, ... in turn (or the numbers in `shards`), leaving out
+    `exclude` accounts."""
     start_us, active_us, end_us = cutoff_bounds(spec, cutoff, tz)
-    for k in range(prep.n_shards):
+    for k in range(prep.n_shards) if shards is None else shards:
         rows = prep.shard_rows(k)
         ts = rows[ag.TS]
         if len(rows) and (ts.min() < start_us or ts.max() >= end_us):
@@ -312,30 +339,51 @@ def write_batch(batch: SequenceBatch, path: Path) -> Path:
 
 
 def load_prepared(settings: Settings, spec: FeatureSpec, state: FeatureState, first: date,
-                  last: date) -> Prepared:
-    """Prepare lake events for cutoffs from `first` to `last` (reads their whole history window)."""
+                  last: date, shards: Collection[int] | None = None) -> Prepared:
+    """Prepare lake events for cutoffs from `first` to `last` (reads their whole history window).
+
+    With `shards`, only those shards' accounts are kept, filtered as the lake is read; the other
+    shards are then empty."""
     from riskmodel.lake import scan_transactions
-    from riskmodel.sources import read_accounts
+    from riskmodel.sources import ACCOUNT, read_accounts
 
     start = first + timedelta(days=1 - history_days(spec))
     events = scan_transactions(settings, start, last)
-    return prepare(events, spec, state, settings.tz, settings.n_shards, read_accounts(settings, spec),
-                   time_ordered=True)
+    accounts = read_accounts(settings, spec)
+    if shards is not None:
+        events = events.filter(in_shards(pl.col(spec.transactions.account_id), settings.n_shards, shards))
+        if accounts is not None:
+            accounts = accounts.filter(in_shards(pl.col(ACCOUNT), settings.n_shards, shards))
+    return prepare(events, spec, state, settings.tz, settings.n_shards, accounts, time_ordered=True)
 
 
-def write_shards(batches: Iterable[SequenceBatch], out_dir: Path, prefix: str) -> list[Path]:
-    """Write non-empty shard batches as `{prefix}-shard-NNNN.npz` as they come; removes stale ones."""
-    paths = [write_batch(b, out_dir / f"{prefix}-shard-{k:04d}.npz") for k, b in enumerate(batches) if len(b)]
-    for stale in set(out_dir.glob(f"{prefix}-shard-*.npz")) - set(paths):
+def write_shards(batches: Iterable[SequenceBatch], out_dir: Path, prefix: str,
+                 shards: Sequence[int] | None = None) -> list[Path]:
+    """Write non-empty shard batches as `{prefix}-shard-NNNN.npz` as they come; removes stale ones.
+
+    `shards` numbers the batches (default 0, 1, ...) and limits the stale files removed to those
+    shards', so builds of disjoint shards can share `out_dir`."""
+    numbers: Iterable[int] = itertools.count() if shards is None else shards
+    paths = [write_batch(b, out_dir / f"{prefix}-shard-{k:04d}.npz")
+             for b, k in zip(batches, numbers, strict=False) if len(b)]
+    if shards is None:
+        candidates = set(out_dir.glob(f"{prefix}-shard-*.npz"))
+    else:
+        candidates = {p for k in shards if (p := out_dir / f"{prefix}-shard-{k:04d}.npz").exists()}
+    for stale in candidates - set(paths):
         stale.unlink()
     return paths
 
 
 def build_scoring_shards(settings: Settings, spec: FeatureSpec, state: FeatureState, score_date: date,
-                         out_dir: Path) -> list[Path]:
-    """Shards of every account active at `score_date`, ready for the model (`label` is None)."""
-    prep = load_prepared(settings, spec, state, score_date, score_date)
-    paths = write_shards(iter_cutoff(prep, spec, score_date, settings.tz), Path(out_dir),
-                         f"score-{score_date.isoformat()}")
+                         out_dir: Path, shards: Iterable[int] | None = None) -> list[Path]:
+    """Shards of every account active at `score_date`, ready for the model (`label` is None).
+
+    `shards` builds only those shard numbers (reading only their accounts' rows), so disjoint
+    subsets can be built by separate processes into one `out_dir`; the files equal a full build's."""
+    subset = None if shards is None else shard_subset(shards, settings.n_shards)
+    prep = load_prepared(settings, spec, state, score_date, score_date, subset)
+    paths = write_shards(iter_cutoff(prep, spec, score_date, settings.tz, shards=subset), Path(out_dir),
+                         f"score-{score_date.isoformat()}", subset)
     log.info("sequences %s: %d shards written to %s", score_date, len(paths), out_dir)
     return paths

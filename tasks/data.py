@@ -5,17 +5,19 @@ Tasks pass dates, paths and small dicts only; frames and arrays stay on disk.
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import date
 from pathlib import Path
 
 import psycopg
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.context import settings_and_spec
 from riskmodel import lake, sequences, snapshots
-from riskmodel.errors import DatabaseError
+from riskmodel.errors import ConfigError, DatabaseError
 from riskmodel.features import FeatureState, fit_feature_state
 from tasks.models import cached_model
 
@@ -42,13 +44,24 @@ def extract_task(run_date: date) -> dict[str, object]:
 
 
 @task(name="build-scoring-shards", timeout_seconds=3600, cache_policy=NO_CACHE)
-def scoring_shards_task(version: str, sha256: str, score_date: date, out_dir: str) -> list[str]:
+def scoring_shards_task(version: str, sha256: str, score_date: date, out_dir: str,
+                        shards: list[int] | None = None, n_shards: int | None = None) -> dict[str, object]:
     """Padded sequences of every account active at `score_date`, one .npz per account-hash shard,
-    encoded with the vocabularies and statistics frozen in model `version`."""
+    encoded with the vocabularies and statistics frozen in model `version`.
+
+    `shards` limits the build to those shard numbers (None = all), so one task per shard group can
+    run on each Dask worker; `n_shards` is the flow's shard count, which the worker must share (else
+    shard k would name other accounts). Returns the paths, the shards, and the worker (host:pid)."""
     settings, spec = settings_and_spec()
+    if n_shards is not None and n_shards != settings.n_shards:
+        raise ConfigError(f"n_shards: the flow splits accounts into {n_shards} shards but this worker's "
+                          f"RISKFLOW_N_SHARDS is {settings.n_shards}; give workers the flow's settings")
     state = FeatureState.from_dict(cached_model(version, sha256).manifest["features"])
-    paths = sequences.build_scoring_shards(settings, spec, state, score_date, Path(out_dir))
-    return [str(p) for p in paths]
+    paths = sequences.build_scoring_shards(settings, spec, state, score_date, Path(out_dir), shards)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    get_run_logger().info("shards %s for %s: %d files built on %s", "all" if shards is None else shards,
+                          score_date, len(paths), worker)
+    return {"paths": [str(p) for p in paths], "shards": shards, "worker": worker}
 
 
 @task(name="fit-features", timeout_seconds=3600, cache_policy=NO_CACHE)
