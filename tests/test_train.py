@@ -16,6 +16,7 @@ from riskmodel.calibrate import Calibrator, fit_calibrator, sigmoid
 from riskmodel.errors import ConfigError
 from riskmodel.metrics import point_metrics
 from riskmodel.model import ModelConfig
+from riskmodel.retrain import predict_proba
 from riskmodel.train import (
     TrainConfig,
     TrainResult,
@@ -167,3 +168,17 @@ def test_sampled_early_stopping_still_returns_the_whole_validation_window(traine
     assert result.best_val_ap == pytest.approx(point_metrics(result.valid_labels, result.valid_logits)
                                                ["average_precision"])
     assert result.rows_per_epoch == sum(len(SequenceBatch.load(p)) for p in train)
+
+
+def test_predict_proba_runs_on_one_thread_and_restores_the_count(trained) -> None:
+    result, _, valid = trained
+    calibrator = fit_calibrator(result.valid_logits, result.valid_labels)
+    before = torch.get_num_threads()
+    one, labels = predict_proba(result.model, calibrator, valid, device="cpu")
+    default, _ = predict_proba(result.model, calibrator, valid, device="cpu", threads=0)
+    assert torch.get_num_threads() == before
+    assert np.allclose(one, default, atol=1e-6)
+    assert np.array_equal(one, calibrator.apply(result.valid_logits))
+    assert np.array_equal(labels, result.valid_labels)
+    with pytest.raises(ConfigError, match="threads"):
+        predict_proba(result.model, calibrator, valid, threads=-1)
