@@ -66,6 +66,15 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
             "builds": [{"shards": b["shards"], "worker": b["worker"]} for b in built]}
 
 
+def input_line(inputs: dict) -> str:
+    """One readable line of the inputs the night handled rather than quarantined."""
+    idle = inputs["accounts_without_events"]
+    unseen = {k: v for k, v in inputs["unseen_event_categories"].items() if v}
+    return (f"{inputs['one_event']} single-event accounts, {inputs['at_max_length']} at length L, "
+            f"{'no accounts table' if idle is None else f'{idle} accounts without events in the window'}, "
+            f"unseen or null categories {unseen or 'none'}")
+
+
 @flow(name="nightly-scoring", log_prints=False, task_runner=SettingsTaskRunner())
 def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     """Score every active account for `params.score_date` with the champion (and shadow challenger)."""
@@ -109,7 +118,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
         "extract": extract, "alerts": monitor["alerts"], "timings_s": timings,
-        "sequence_builds": result["builds"],
+        "sequence_builds": result["builds"], "inputs": monitor["inputs"],
     }
     publish_table(f"nightly-timings-{score_date}",
                   [{"stage": k, "seconds": round(v, 3)} for k, v in timings.items()],
@@ -120,6 +129,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- model: `{champion['version']}`",
                    f"- accounts scored: {summary['accounts_scored']}",
                    f"- bands: {summary['bands']}",
+                   f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"]),
         f"Summary of the nightly run for {score_date}")

@@ -52,12 +52,12 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     model = cached_model(version, sha256)
     scores = pl.concat([pl.read_parquet(f, columns=["risk_score", "risk_band"]) for f in score_files])
     reference = model.manifest.get("reference") or {}
-    counts = InputCounts()
-    values = shard_values(shards, counts)
-    counts.count_idle_accounts(accounts_table_ids(settings, spec))
+    inputs = InputCounts()
+    values = shard_values(shards, inputs)
+    inputs.count_idle_accounts(accounts_table_ids(settings, spec))
     report = monitor(settings, spec, score_date=score_date, scores=scores["risk_score"].to_numpy(),
                      values=values, reference=reference)
-    publish_table(f"inputs-{score_date}", counts.rows(),
+    publish_table(f"inputs-{score_date}", inputs.rows(),
                   f"Inputs handled, not quarantined (single events, unseen categories, idle accounts), "
                   f"{score_date}")
     publish_table(f"monitoring-{score_date}", report.rows(),
@@ -75,4 +75,4 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     counts = scores.group_by("risk_band").len().sort("risk_band")
     return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
             "alerts": report.alerts, "score_psi": report.score_psi, "realised": report.realised,
-            "inputs": counts.to_dict()}
+            "inputs": inputs.to_dict()}

@@ -71,8 +71,11 @@ def test_nightly_scores_every_active_account_once_and_rerun_is_identical(bank: S
         active = conn.execute(
             "SELECT count(DISTINCT account_id) FROM bank.transactions WHERE ts < %s AND ts >= %s",
             (day + timedelta(days=1), day + timedelta(days=1) - timedelta(days=90))).fetchone()[0]
+        known = conn.execute("SELECT count(*) FROM bank.accounts").fetchone()[0]
     rows = _scores(bank, day)
     assert first["accounts_scored"] == len(rows) == active
+    assert first["inputs"]["accounts_scored"] == active
+    assert first["inputs"]["accounts_without_events"] == known - active
     assert len({r[0] for r in rows}) == len(rows)
     assert all(r[4] == trained["version"] for r in rows)
     flagged = [r for r in rows if r[2] in ("medium", "high")]

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run_score(args: argparse.Namespace) -> int:
     """Run `nightly_scoring` once and print its summary."""
-    from flows.nightly_scoring import nightly_scoring
+    from flows.nightly_scoring import input_line, nightly_scoring
     from flows.params import ScoreParams
 
     summary = nightly_scoring(ScoreParams(score_date=args.date, device=args.device,
@@ -62,7 +62,7 @@ def run_score(args: argparse.Namespace) -> int:
     rows = [{"stage": k, "seconds": round(v, 2)} for k, v in summary["timings_s"].items()]
     text = (f"scored {summary['accounts_scored']} accounts for {summary['score_date']} with "
             f"{summary['model_version']}; bands {summary['bands']}; alerts: "
-            f"{summary['alerts'] or 'none'}\n{table(rows)}")
+            f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n{table(rows)}")
     emit(args.json, summary, text)
     return 0
 
