@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
-import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 from prefect import task
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
-from psycopg import sql
 
 from flows.runners import SettingsTaskRunner, scoring_placement, task_runner_for
 from riskmodel import registry
@@ -26,11 +23,10 @@ from riskmodel.batch import SequenceBatch
 from riskmodel.db import connect
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState
-from riskmodel.schema import init_database
 from riskmodel.sequences import build_scoring_shards, load_prepared
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import load_spec
-from riskmodel.synthetic import seed_bank
+from tests.flow_helpers import create_database, drop_database, seeded_bank
 
 END = date(2026, 6, 30)
 
@@ -84,20 +80,12 @@ def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A small seeded bank with an (untrained) champion, in its own database."""
     from bench.nightly import ensure_champion
 
-    name = f"rf_dask_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
+    url = create_database(pg_server_url, "rf_dask")
     home = tmp_path_factory.mktemp("dask-home")
-    settings = Settings(database_url=url, home=home, n_shards=4)
-    init_database(settings, load_spec(DEMO_SPEC), demo_source=True)
-    seed_bank(settings, accounts=400, days=60, end_date=END, seed=5)
+    settings = seeded_bank(url, home, accounts=400, days=60, seed=5, n_shards=4)
     ensure_champion(settings, Path(home) / "prep")
     yield settings
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(pg_server_url, url)
 
 
 ARRAYS = ("account_id", "num", "cat", "time", "lengths", "static_num", "static_cat", "agg", "cutoff")

@@ -16,21 +16,16 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from riskmodel.db import connect
-from riskmodel.schema import init_database
-from riskmodel.settings import DEMO_SPEC, Settings
-from riskmodel.spec import load_spec
-from riskmodel.synthetic import seed_bank
+from riskmodel.settings import Settings
+from tests.flow_helpers import create_database, drop_database, seeded_bank
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "riskflow-process"
@@ -120,20 +115,12 @@ def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A small seeded bank with an (untrained) champion in its own database, lake extracted."""
     from bench.nightly import ensure_champion
 
-    name = f"rf_deploy_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
-    info["dbname"] = name
-    url = psycopg.conninfo.make_conninfo(**info)
+    url = create_database(pg_server_url, "rf_deploy")
     home = tmp_path_factory.mktemp("deploy-home")
-    settings = Settings(database_url=url, home=home, n_shards=2)
-    init_database(settings, load_spec(DEMO_SPEC), demo_source=True)
-    seed_bank(settings, accounts=300, days=60, end_date=END, seed=11)
-    ensure_champion(settings, home / "prep")
+    settings = seeded_bank(url, home, accounts=300, days=60, seed=11, n_shards=2)
+    ensure_champion(settings, Path(home) / "prep")
     yield settings
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(pg_server_url, url)
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> str:
