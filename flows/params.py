@@ -30,7 +30,7 @@ class RetrainParams(BaseModel):
     epochs: int = Field(8, ge=1, le=500, description="Maximum training epochs (early stopping on AP).")
     hidden_size: int = Field(64, ge=4, le=2048, description="LSTM hidden size.")
     max_train_minutes: float = Field(
-        20.0, gt=0, le=24 * 60,
+        16.0, gt=0, le=24 * 60,
         description="Time budget for LSTM training, shared equally by the challenger and the ablation.")
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Random seed; same data and seed give the same model.")
