@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def seeded_bank(url: str, home: Path, *, accounts: int, days: int, seed: int, n_
     init_database(settings, load_spec(DEMO_SPEC), demo_source=True)
     seed_bank(settings, accounts=accounts, days=days, end_date=END, seed=seed)
     return settings
+
+
+def champion_bank(pg_server_url: str, home: Path, prefix: str, *, accounts: int, seed: int,
+                  n_shards: int) -> Iterator[Settings]:
+    """A module fixture's body: a 60-day seeded bank with an untrained champion, dropped afterwards."""
+    from bench.nightly import ensure_champion
+
+    url = create_database(pg_server_url, prefix)
+    settings = seeded_bank(url, home, accounts=accounts, days=60, seed=seed, n_shards=n_shards)
+    ensure_champion(settings, home / "prep")
+    yield settings
+    drop_database(pg_server_url, url)
 
 
 def flow_env(settings: Settings, url: str | None = None) -> dict[str, str]:

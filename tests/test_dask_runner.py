@@ -26,7 +26,7 @@ from riskmodel.features import FeatureState
 from riskmodel.sequences import build_scoring_shards, load_prepared
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import load_spec
-from tests.flow_helpers import create_database, drop_database, seeded_bank
+from tests.flow_helpers import champion_bank
 
 END = date(2026, 6, 30)
 
@@ -78,14 +78,8 @@ def test_dask_setting_runs_tasks_in_two_worker_processes(monkeypatch: pytest.Mon
 @pytest.fixture(scope="module")
 def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A small seeded bank with an (untrained) champion, in its own database."""
-    from bench.nightly import ensure_champion
-
-    url = create_database(pg_server_url, "rf_dask")
-    home = tmp_path_factory.mktemp("dask-home")
-    settings = seeded_bank(url, home, accounts=400, days=60, seed=5, n_shards=4)
-    ensure_champion(settings, Path(home) / "prep")
-    yield settings
-    drop_database(pg_server_url, url)
+    yield from champion_bank(pg_server_url, tmp_path_factory.mktemp("dask-home"), "rf_dask", accounts=400,
+                             seed=5, n_shards=4)
 
 
 ARRAYS = ("account_id", "num", "cat", "time", "lengths", "static_num", "static_cat", "agg", "cutoff")

@@ -25,7 +25,7 @@ import pytest
 
 from riskmodel.db import connect
 from riskmodel.settings import Settings
-from tests.flow_helpers import create_database, drop_database, seeded_bank
+from tests.flow_helpers import champion_bank
 
 REPO = Path(__file__).resolve().parent.parent
 POOL = "riskflow-process"
@@ -113,14 +113,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 @pytest.fixture(scope="module")
 def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A small seeded bank with an (untrained) champion in its own database, lake extracted."""
-    from bench.nightly import ensure_champion
-
-    url = create_database(pg_server_url, "rf_deploy")
-    home = tmp_path_factory.mktemp("deploy-home")
-    settings = seeded_bank(url, home, accounts=300, days=60, seed=11, n_shards=2)
-    ensure_champion(settings, Path(home) / "prep")
-    yield settings
-    drop_database(pg_server_url, url)
+    yield from champion_bank(pg_server_url, tmp_path_factory.mktemp("deploy-home"), "rf_deploy", accounts=300,
+                             seed=11, n_shards=2)
 
 
 def _run_cli(args: list[str], env: dict[str, str]) -> str:
