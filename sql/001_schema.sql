@@ -2,22 +2,26 @@
 -- inside schema {schema}. Placeholders in braces are filled with quoted identifiers
 -- (psycopg.sql), never pasted text. Every statement is idempotent.
 
+-- One index per day partition: the primary key leads with account_id, so it serves one account's
+-- history across partitions (one probe each) and a night's rows (partition pruning) alike.
+-- account_id compares bytes (COLLATE "C"): index builds and joins skip the locale's strcoll, and
+-- write_scores sends rows presorted in that order.
 CREATE TABLE IF NOT EXISTS {schema}.risk_scores (
     score_date    date             NOT NULL,
-    account_id    text             NOT NULL,
+    account_id    text COLLATE "C" NOT NULL,
     risk_score    double precision NOT NULL CHECK (risk_score >= 0 AND risk_score <= 1),
     risk_band     text             NOT NULL,
     model_version text             NOT NULL,
     reason_codes  text[]           NOT NULL,
     scored_at     timestamptz      NOT NULL,
     run_id        uuid             NOT NULL,
-    PRIMARY KEY (score_date, account_id)
+    PRIMARY KEY (account_id, score_date)
 ) PARTITION BY RANGE (score_date);
 
 -- A challenger's nightly scores, same shape, so promotion can be judged on live traffic.
 CREATE TABLE IF NOT EXISTS {schema}.risk_scores_shadow (
     LIKE {schema}.risk_scores INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
-    PRIMARY KEY (score_date, account_id, model_version)
+    PRIMARY KEY (account_id, score_date, model_version)
 ) PARTITION BY RANGE (score_date);
 
 -- Scores that a rerun replaced: what was served on any date stays answerable.

@@ -2,10 +2,10 @@
 -- nightly partitions. Applied by `riskflow db init` after 001_schema.sql, as the writer role.
 -- Placeholders in braces are quoted identifiers; literal braces are doubled. Idempotent.
 
--- One account's history across every partition: one index probe per partition. write_scores
--- pre-builds this index on each new day partition, so ATTACH only links it.
-CREATE INDEX IF NOT EXISTS risk_scores_account_idx
-    ON {schema}.risk_scores (account_id, score_date);
+-- One account's history across every partition is one probe per partition of the primary key
+-- (account_id, score_date) in 001_schema.sql; write_scores pre-builds it on each new day
+-- partition, so ATTACH only links it. Databases created before that key keep their
+-- risk_scores_account_idx, and write_scores pre-builds it too.
 
 -- Every account's most recent score (accounts that stopped transacting keep their last one).
 CREATE OR REPLACE VIEW {schema}.latest_scores AS

@@ -54,7 +54,7 @@ def test_risk_scores_is_range_partitioned_with_designed_key(initialised: Setting
         owner = conn.execute("SELECT relowner::regrole::text FROM pg_class "
                              "WHERE oid = 'riskflow.risk_scores'::regclass").fetchone()[0]
     assert strategy == "r" and key == "RANGE (score_date)"
-    assert pk == "PRIMARY KEY (score_date, account_id)"
+    assert pk == "PRIMARY KEY (account_id, score_date)"
     assert owner == "riskflow_writer"
 
 
