@@ -132,14 +132,18 @@ class EvaluationReport:
 
 
 def evaluate_models(labels: np.ndarray, probs: Mapping[str, np.ndarray], *, split: str = "out_of_time",
-                    groups: np.ndarray | None = None, n_boot: int = 200, seed: int = 0) -> EvaluationReport:
-    """Side-by-side metrics of calibrated probabilities on the same rows; "model" is the reference entry."""
+                    groups: np.ndarray | None = None, n_boot: int = 200, seed: int = 0,
+                    clusters: np.ndarray | None = None) -> EvaluationReport:
+    """Side-by-side metrics of calibrated probabilities on the same rows; "model" is the reference entry.
+
+    Intervals resample whole `clusters` (the test rows' account ids) when given: an account scored at
+    several test cutoffs counts once per draw, not as independent rows."""
     y = np.asarray(labels, dtype=np.float64)
     for name, p in probs.items():
         if np.asarray(p).shape != y.shape:
             raise ConfigError(f"evaluate_models: {name!r} has {np.asarray(p).size} scores "
                               f"for {y.size} labels")
-    draws = bootstrap_draws(y, probs, n_boot=n_boot, seed=seed)
+    draws = bootstrap_draws(y, probs, n_boot=n_boot, seed=seed, clusters=clusters)
     intervals = intervals_from_draws(y, probs, draws)
     evaluation = {name: {k: v["value"] for k, v in m.items()} for name, m in intervals.items()}
     diffs = {}

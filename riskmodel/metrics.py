@@ -83,17 +83,40 @@ def interval(values: np.ndarray, point: float, alpha: float = 0.05) -> dict[str,
     return {"value": point, "lo": float(lo), "hi": float(hi)}
 
 
+def cluster_codes(clusters: np.ndarray | None, n_rows: int) -> np.ndarray | None:
+    """Dense integer codes 0..k-1 of per-row cluster ids (None stays None); the count must match."""
+    if clusters is None:
+        return None
+    ids = np.asarray(clusters).ravel()
+    if ids.size != n_rows:
+        raise ValueError(f"bootstrap: {ids.size} cluster ids for {n_rows} rows")
+    return np.unique(ids, return_inverse=True)[1].ravel()
+
+
+def resample_rows(rng: np.random.Generator, n_rows: int, codes: np.ndarray | None) -> np.ndarray:
+    """Row indices of one bootstrap resample: rows drawn with replacement, or, with cluster `codes`
+    (see `cluster_codes`; e.g. the account), whole clusters drawn with replacement and all their rows
+    taken, so rows of one account seen at several cutoffs are not counted as independent evidence."""
+    if codes is None:
+        return rng.integers(0, n_rows, n_rows)
+    n_clusters = int(codes.max(initial=-1)) + 1
+    times = np.bincount(rng.integers(0, n_clusters, n_clusters), minlength=n_clusters)
+    return np.repeat(np.arange(n_rows), times[codes])
+
+
 def bootstrap_draws(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n_boot: int = 200,
-                    seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Every metric of every model on `n_boot` resamples; models share the resamples (paired).
+                    seed: int = 0, clusters: np.ndarray | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Every metric of every model on `n_boot` resamples (by `clusters` when given, see
+    `resample_rows`); models share the resamples (paired).
 
     Returns {model: {metric: array of n_boot values}}.
     """
     y = np.asarray(labels, dtype=np.float64).ravel()
+    codes = cluster_codes(clusters, y.size)
     rng = np.random.default_rng(seed)
     draws = {name: {k: np.empty(n_boot) for k in METRIC_KEYS} for name in scores}
     for b in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
+        idx = resample_rows(rng, y.size, codes)
         for name, s in scores.items():
             m = point_metrics(y[idx], np.asarray(s)[idx])
             for k in METRIC_KEYS:
@@ -124,14 +147,15 @@ def bootstrap_metrics(labels: np.ndarray, scores: Mapping[str, np.ndarray], *, n
 
 def bootstrap_difference(labels: np.ndarray, a: np.ndarray, b: np.ndarray, *,
                          metric: str = "average_precision", n_boot: int = 200, seed: int = 0,
-                         alpha: float = 0.05) -> dict[str, float]:
+                         alpha: float = 0.05, clusters: np.ndarray | None = None) -> dict[str, float]:
     """metric(a) - metric(b) on the same rows, with a paired bootstrap interval (does it exclude 0?)."""
     y = np.asarray(labels, dtype=np.float64).ravel()
     a, b = np.asarray(a), np.asarray(b)
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot)
+    codes = cluster_codes(clusters, y.size)
     for i in range(n_boot):
-        idx = rng.integers(0, y.size, y.size)
+        idx = resample_rows(rng, y.size, codes)
         diffs[i] = point_metrics(y[idx], a[idx])[metric] - point_metrics(y[idx], b[idx])[metric]
     point = point_metrics(y, a)[metric] - point_metrics(y, b)[metric]
     return interval(diffs, float(point), alpha)

@@ -143,7 +143,7 @@ def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str]
         probs = {name: np.load(path, allow_pickle=False) for name, path in probs_paths.items()}
         accounts, _ = retrain.row_keys([Path(p) for p in test])
         groups = retrain.pattern_groups(accounts, read_ground_truth(settings, spec))
-        report = evaluate_models(labels, probs, split=split, groups=groups, seed=seed)
+        report = evaluate_models(labels, probs, split=split, groups=groups, seed=seed, clusters=accounts)
         publish_table("retrain-evaluation", report.table(),
                       f"Test window ({split}): {report.rows} rows, {report.positives} positives; "
                       "value [95% bootstrap interval]")

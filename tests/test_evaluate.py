@@ -86,3 +86,28 @@ def test_paired_difference_matches_the_standalone_bootstrap() -> None:
     report = evaluate_models(y, {"model": a, "baseline": b}, n_boot=40, seed=5)
     assert report.ap_difference["model_minus_baseline"] == pytest.approx(
         bootstrap_difference(y, a, b, n_boot=40, seed=5))
+
+
+def test_cluster_bootstrap_counts_an_account_once_however_often_it_repeats() -> None:
+    """Four identical copies of every account's row: resampling by account gives exactly the draws of
+    the single copies, while resampling rows pretends the copies are evidence and narrows the interval."""
+    from riskmodel.metrics import bootstrap_draws, interval
+
+    rng = np.random.default_rng(11)
+    y = (rng.random(400) < 0.15).astype(float)
+    s = y * 0.5 + rng.random(400)
+    ids = np.arange(400)
+    y4, s4, ids4 = np.tile(y, 4), np.tile(s, 4), np.tile(ids, 4)
+    single = bootstrap_draws(y, {"m": s}, n_boot=60, seed=3)["m"]
+    by_account = bootstrap_draws(y4, {"m": s4}, n_boot=60, seed=3, clusters=ids4)["m"]
+    by_row = bootstrap_draws(y4, {"m": s4}, n_boot=60, seed=3)["m"]
+    for key in ("roc_auc", "average_precision"):
+        np.testing.assert_allclose(by_account[key], single[key])
+
+    def width(draws: np.ndarray) -> float:
+        iv = interval(draws, 0.0)
+        return iv["hi"] - iv["lo"]
+
+    assert width(by_row["average_precision"]) < 0.75 * width(by_account["average_precision"])
+    with pytest.raises(ValueError, match="cluster ids"):
+        bootstrap_draws(y, {"m": s}, n_boot=2, clusters=ids[:10])
