@@ -48,14 +48,16 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     features = fit_features_task(start, max(split.train))
     try:
         if split.kind == "out_of_time":
-            parts = {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of)
+            parts = {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of,
+                                                params.negative_keep if name == "train" else 1.0,
+                                                params.seed)
                      for name, cutoffs_ in (("train", split.train), ("valid", split.valid),
                                             ("test", split.test))}
         else:
             everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of)
             parts = hash_split_task(everything, str(run_dir / "split"))
-        parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"),
-                                         params.negative_keep, params.seed)
+            parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"),
+                                             params.negative_keep, params.seed)
         fit_params = params.model_dump(mode="json")
         fit_params["device"] = settings.device
         model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,

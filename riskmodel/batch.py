@@ -104,3 +104,17 @@ class SequenceBatch:
             kw["names"] = json.loads(str(data["names_json"]))
         kw.setdefault("label", None)
         return cls(**kw)  # type: ignore[arg-type]
+
+
+def sample_negatives(batch: SequenceBatch, keep: float, key: list[int]) -> SequenceBatch:
+    """Every positive row and a share `keep` of the negatives, drawn by a generator seeded with `key`
+    (the same key keeps the same rows). Only training rows are sampled: validation, test and
+    calibration keep the real base rate."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"negative keep rate must be in (0, 1], got {keep}")
+    if batch.label is None:
+        raise ValueError("sample_negatives: batch has no labels")
+    if keep == 1.0:
+        return batch
+    draw = np.random.default_rng(key).random(len(batch))
+    return batch.subset((batch.label > 0) | (draw < keep))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from riskmodel.bands import BandPolicy
-from riskmodel.batch import SequenceBatch
+from riskmodel.batch import SequenceBatch, sample_negatives
 from riskmodel.calibrate import Calibrator, fit_calibrator
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState
@@ -97,9 +97,8 @@ def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed
         batch = SequenceBatch.load(Path(path))
         if batch.label is None:
             raise ConfigError(f"{path}: training shard without labels")
-        draw = np.random.default_rng([seed, i]).random(len(batch))
         target = out_dir / Path(path).name
-        batch.subset((batch.label > 0) | (draw < keep)).save(target)
+        sample_negatives(batch, keep, [seed, i]).save(target)
         written.append(target)
     return written
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
+from riskmodel.batch import sample_negatives
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState, fit_feature_state
 from riskmodel.quality import local_midnight
@@ -57,10 +58,16 @@ def label_frame(events: pl.DataFrame, spec: FeatureSpec, cutoff: date, as_of: da
 
 
 def build_training_shards(settings: Settings, spec: FeatureSpec, state: FeatureState, cutoffs: list[date],
-                          out_dir: Path, as_of: date) -> list[Path]:
-    """Labelled shards `train-{t}-shard-NNNN.npz` for each cutoff (all with closed label windows)."""
+                          out_dir: Path, as_of: date, *, negative_keep: float = 1.0,
+                          seed: int = 0) -> list[Path]:
+    """Labelled shards `train-{t}-shard-NNNN.npz` for each cutoff (all with closed label windows).
+
+    With `negative_keep` < 1 only that share of negatives is written (see `sample_negatives`), so
+    dense training cutoffs never put their full, mostly negative snapshots on disk."""
     from riskmodel.sources import read_events
 
+    if not 0.0 < negative_keep <= 1.0:
+        raise ConfigError(f"negative keep rate must be in (0, 1], got {negative_keep}")
     if not cutoffs:
         raise ConfigError("build_training_shards: no cutoffs given")
     open_ = [t for t in cutoffs if not cutoff_is_closed(spec, t, as_of)]
@@ -75,6 +82,8 @@ def build_training_shards(settings: Settings, spec: FeatureSpec, state: FeatureS
         batches = build_cutoff(prep, spec, cutoff, settings.tz, exclude=known_bad)
         for batch in batches:
             batch.label = np.isin(batch.account_id, positive.to_numpy()).astype(np.float32)
+        batches = [sample_negatives(batch, negative_keep, [seed, cutoff.toordinal(), k])
+                   for k, batch in enumerate(batches)]
         paths += write_shards(batches, Path(out_dir), f"train-{cutoff.isoformat()}")
         log.info("snapshot %s: %d accounts, %d positive", cutoff, sum(len(b) for b in batches),
                  int(sum(float(b.label.sum()) for b in batches if b.label is not None)))

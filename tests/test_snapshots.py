@@ -63,6 +63,19 @@ def test_labels_respect_reporting_lag_and_known_bad(initialised: Settings, demo_
     with pytest.raises(ConfigError, match="label window not closed"):
         build_training_shards(initialised, spec, state, [as_of - timedelta(days=3)], tmp_path, as_of=as_of)
 
+    def sampled(name: str, seed: int) -> SequenceBatch:
+        out = build_training_shards(initialised, spec, state, [T], tmp_path / name, as_of=as_of,
+                                    negative_keep=0.3, seed=seed)
+        return SequenceBatch.concat([SequenceBatch.load(p) for p in out])
+
+    first, again, other = sampled("a", 5), sampled("b", 5), sampled("c", 6)
+    assert first.label.sum() == 2
+    assert set(first.account_id.tolist()) < set(labels)
+    assert first.account_id.tolist() == again.account_id.tolist()
+    assert {1, 7} <= set(other.account_id.tolist()) and len(first) < len(batch)
+    with pytest.raises(ConfigError, match="negative keep rate"):
+        build_training_shards(initialised, spec, state, [T], tmp_path / "d", as_of=as_of, negative_keep=0.0)
+
 
 def test_feature_state_round_trips_and_ranks_by_frequency(initialised: Settings,
                                                           demo_spec: FeatureSpec) -> None:
