@@ -101,12 +101,22 @@ def text_array_field(lists: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(_be_int32(total), head, body, _SEP)
 
 
-def encode_rows(fields: list[pa.Array]) -> pa.Buffer:
-    """The rows formed by `fields` (one array per column, equal lengths) as one COPY data block."""
+def encode_row_array(fields: list[pa.Array]) -> pa.Array:
+    """The rows formed by `fields` (one array per column, equal lengths), one binary value per row.
+
+    Reorder or slice it with `pyarrow.compute.take` before `rows_block`, e.g. to send rows sorted."""
     n = len(fields[0])
     count = constant_field(struct.pack(">h", len(fields)), n)
     rows = pc.binary_join_element_wise(count, *fields, _SEP)
-    if isinstance(rows, pa.ChunkedArray):
-        rows = rows.combine_chunks()
-    offsets = np.frombuffer(rows.buffers()[1], np.int64)[rows.offset:rows.offset + n + 1]
+    return rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
+
+
+def rows_block(rows: pa.Array) -> pa.Buffer:
+    """The encoded rows of a large_binary array (from `encode_row_array`) as one COPY data block."""
+    offsets = np.frombuffer(rows.buffers()[1], np.int64)[rows.offset:rows.offset + len(rows) + 1]
     return rows.buffers()[2][int(offsets[0]):int(offsets[-1])]
+
+
+def encode_rows(fields: list[pa.Array]) -> pa.Buffer:
+    """The rows formed by `fields` (one array per column, equal lengths) as one COPY data block."""
+    return rows_block(encode_row_array(fields))

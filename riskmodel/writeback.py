@@ -1,7 +1,15 @@
 """Atomic write-back of one night's scores: binary COPY into a staging table, then a partition swap.
 
 The staging table is built as the day's future partition (same columns and indexes, plus a
-CHECK constraint matching the partition bound so ATTACH skips its validation scan). One short
+CHECK constraint matching the partition bound so ATTACH skips its validation scan). Only the
+columns that vary per account travel in the COPY; the night's constants (date, model version,
+scoring time, run id) are the staging table's column defaults while it is filled. The rows are
+validated first; a worker thread finds their account order while this thread connects and
+creates the staging table, then checks for repeated accounts and computes the checksum while
+the server copies and indexes. The rows are sent in account byte order (the primary key's
+COLLATE "C" order), so the index build sorts presorted input. The run record and the staging
+table commit asynchronously: the swap's synchronous commit flushes them with itself, and a crash
+before it loses nothing that was served. One short
 transaction then copies the rows being replaced into the audit table, detaches and drops the
 old partition and attaches the new one, and records the run in pipeline_runs. Lock waits in
 that transaction are bounded by `lock_timeout` and retried a bounded number of times, so
@@ -18,6 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -40,8 +49,10 @@ ScoreTable = Literal["risk_scores", "risk_scores_shadow"]
 SCORE_TABLES: tuple[str, ...] = ("risk_scores", "risk_scores_shadow")
 COLUMNS = ("score_date", "account_id", "risk_score", "risk_band", "model_version", "reason_codes",
            "scored_at", "run_id")
+VARYING_COLUMNS = ("account_id", "risk_score", "risk_band", "reason_codes")
 LOCK_ATTEMPTS = 8
 BLOCK_ROWS = 16_384
+PARALLEL_INDEX_ROWS = 1_000_000
 T = TypeVar("T")
 
 
@@ -74,8 +85,10 @@ def _check_table(table: str) -> None:
         raise ConfigError(f"table must be one of {SCORE_TABLES}, got {table!r}")
 
 
-def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
-    """Validate and normalise the scores frame (types, nulls, ranges, duplicates), sorted by account."""
+def validate_scores(scores: pl.DataFrame) -> pl.DataFrame:
+    """Validate and normalise the scores frame (columns, types, nulls, ranges), in its own row order.
+
+    Duplicate accounts are found by `prepare_scores` (and by the partition's primary key)."""
     need = ("account_id", "risk_score", "risk_band", "reason_codes")
     missing = [c for c in need if c not in scores.columns]
     if missing:
@@ -100,7 +113,12 @@ def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
                           f"(account {bad['account_id'][0]!r}) has {bad['risk_score'][0]}")
     if df.height == 0:
         raise ConfigError("scores: no rows; refusing to replace a night's scores with nothing")
-    df = df.sort("account_id", multithreaded=False)
+    return df
+
+
+def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
+    """Validate and normalise the scores frame (types, nulls, ranges, duplicates), sorted by account."""
+    df = validate_scores(scores).sort("account_id", multithreaded=False)
     repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
     if repeated.height:
         raise ConfigError(f"scores: account_id {repeated['account_id'][0]!r} appears more than once")
@@ -133,6 +151,44 @@ def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
     digest.update(pc.list_value_length(reasons).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
     _hash_strings(digest, reasons.flatten())
     return digest.hexdigest()
+
+
+def account_order(rows: pa.Table) -> pa.Array:
+    """Row positions of `rows` in account_id byte order (the order of the primary key's COLLATE "C").
+
+    Arrow in and out: Arrow data is immutable, so a worker thread may sort while the caller encodes
+    (a Polars frame used by two threads at once can deadlock)."""
+    return pc.sort_indices(rows.column("account_id"))
+
+
+def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
+                    order: pa.Array | None = None) -> str:
+    """`scores_checksum` of validated rows (as Arrow) of one model version; raises on a repeated account_id.
+
+    `order` is `account_order(rows)` when the caller has it already."""
+    df = pl.DataFrame(rows.take(account_order(rows) if order is None else order))
+    repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
+    if repeated.height:
+        raise ConfigError(f"scores: account_id {repeated['account_id'][0]!r} appears more than once")
+    return scores_checksum(score_date, df.with_columns(pl.lit(model_version).alias("model_version")))
+
+
+def encode_varying_block(rows: pa.Table) -> pa.Buffer:
+    """Validated rows (as Arrow) as one binary COPY data block of `VARYING_COLUMNS` only.
+
+    No header or trailer: the caller may send several blocks in one COPY."""
+    return pgcopy.rows_block(encode_varying_rows(rows))
+
+
+def encode_varying_rows(rows: pa.Table) -> pa.Array:
+    """Validated rows' `VARYING_COLUMNS` as binary COPY records, one array value per row (see
+    `pgcopy.encode_row_array`); Arrow in and out, so a worker thread may encode."""
+    return pgcopy.encode_row_array([
+        pgcopy.text_field(rows.column("account_id").combine_chunks()),
+        pgcopy.float8_field(rows.column("risk_score").to_numpy()),
+        pgcopy.text_field(rows.column("risk_band").combine_chunks()),
+        pgcopy.text_array_field(rows.column("reason_codes").combine_chunks()),
+    ])
 
 
 def encode_copy_block(df: pl.DataFrame, score_date: dt.date, model_version: str,
@@ -217,6 +273,7 @@ def _mark_abandoned(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, sc
 def _record_start(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, flow: str,
                   score_date: dt.date, watermark: dt.datetime | None, model_version: str,
                   model_sha256: str, table: str) -> None:
+    conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
     _mark_abandoned(conn, schema, run_id, score_date, table)
     conn.execute(
         sql.SQL(
@@ -262,23 +319,34 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     if not model_version:
         raise ConfigError("model_version must be a non-empty string")
     t0 = time.perf_counter()
-    df = prepare_scores(scores)
-    checksum = scores_checksum(score_date, df.with_columns(pl.lit(model_version).alias("model_version")))
+    df = validate_scores(scores)
     schema = settings.db_schema
     part = partition_name(table, score_date)
     stage = f"{part}_stage"
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
-    with connect(settings) as conn, advisory_lock(conn, f"score:{table}:{score_date.isoformat()}"):
+    with (ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskflow-write") as pool,
+          connect(settings) as conn, advisory_lock(conn, f"score:{table}:{score_date.isoformat()}")):
+        rows = df.to_arrow()
+        order = pool.submit(account_order, rows)
+        encoded = pool.submit(encode_varying_rows, rows)
+        digest = pool.submit(lambda: sorted_checksum(score_date, rows, model_version, order.result()))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
                       model_sha256, table)
         try:
             t1 = time.perf_counter()
-            seconds |= _build_stage(conn, settings, df, table=table, stage=stage, score_date=score_date,
-                         model_version=model_version, run_id=run_id)
+            try:
+                seconds |= _build_stage(conn, settings, df.height, order, encoded, table=table, stage=stage,
+                                        score_date=score_date, model_version=model_version, run_id=run_id)
+            except psycopg.errors.UniqueViolation:
+                digest.result()
+                raise
             seconds["stage"] = time.perf_counter() - t1
             faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
                 raise InjectedFailure(f"injected failure after staging {stage}")
+            t2 = time.perf_counter()
+            checksum = digest.result()
+            seconds["checksum_wait"] = time.perf_counter() - t2
             t2 = time.perf_counter()
             replaced, attempts = _with_lock_retry(
                 conn,
@@ -310,33 +378,51 @@ def _drop_quietly(conn: psycopg.Connection, schema: str, stage: str) -> None:
         log.warning("could not drop staging table %s.%s: %s", schema, stage, exc)
 
 
-def _build_stage(conn: psycopg.Connection, settings: Settings, df: pl.DataFrame, *, table: str,
-                 stage: str, score_date: dt.date, model_version: str, run_id: uuid.UUID) -> dict[str, float]:
+def _build_stage(conn: psycopg.Connection, settings: Settings, n: int, order: Future[pa.Array],
+                 encoded: Future[pa.Array], *, table: str, stage: str, score_date: dt.date,
+                 model_version: str, run_id: uuid.UUID) -> dict[str, float]:
     """Create, fill and index the staging table (committed; nobody reads it yet); seconds per step.
 
-    The COPY runs with FREEZE (allowed: the table is created in the same transaction): rows are
-    written frozen and all-visible, so neither the index build nor readers set hint bits later."""
+    The `n` `encoded` rows (`VARYING_COLUMNS` only) are sent in `order`, both made on worker threads
+    while the table is created, in blocks of `BLOCK_ROWS`; the night's constants are column
+    defaults while the COPY runs, dropped again before the commit. The COPY runs with FREEZE
+    (allowed: the table is created in the same transaction): rows are written frozen and
+    all-visible, so neither the index build nor readers set hint bits later. Below
+    `PARALLEL_INDEX_ROWS` the index builds without parallel workers, whose start costs more than
+    they save on a small heap."""
     schema = settings.db_schema
     stage_id = sql.Identifier(schema, stage)
     next_day = score_date + dt.timedelta(days=1)
+    constants = {"score_date": score_date, "model_version": model_version,
+                 "scored_at": dt.datetime.now(dt.UTC), "run_id": run_id}
     with conn.transaction():
+        t_create = time.perf_counter()
+        conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        if n < PARALLEL_INDEX_ROWS:
+            conn.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage_id))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
                      .format(stage_id, sql.Identifier(schema, table)))
-        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK (score_date >= {} AND score_date < {})")
+        set_defaults = sql.SQL(", ").join(
+            sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(c), sql.Literal(v))
+            for c, v in constants.items())
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {}"
+                             " CHECK (score_date >= {} AND score_date < {}), {}")
                      .format(stage_id, sql.Identifier(f"{stage}_bound"), sql.Literal(score_date),
-                             sql.Literal(next_day)))
-        scored_at = dt.datetime.now(dt.UTC)
+                             sql.Literal(next_day), set_defaults))
+        t_wait = time.perf_counter()
+        positions, records = order.result(), encoded.result()
         t0 = time.perf_counter()
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
-            stage_id, sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+            stage_id, sql.SQL(", ").join(map(sql.Identifier, VARYING_COLUMNS)))
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
-            for start in range(0, df.height, BLOCK_ROWS):
-                block = encode_copy_block(df.slice(start, BLOCK_ROWS), score_date, model_version,
-                                      scored_at, run_id)
-                copy.write(memoryview(block))
+            for start in range(0, n, BLOCK_ROWS):
+                block = pc.take(records, positions.slice(start, BLOCK_ROWS))
+                copy.write(memoryview(pgcopy.rows_block(block)))
             copy.write(pgcopy.TRAILER)
+        conn.execute(sql.SQL("ALTER TABLE {} {}").format(stage_id, sql.SQL(", ").join(
+            sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(c)) for c in constants)))
         t1 = time.perf_counter()
         for primary, columns in _parent_indexes(conn, schema, table):
             cols = sql.SQL(", ").join(map(sql.Identifier, columns))
@@ -345,7 +431,8 @@ def _build_stage(conn: psycopg.Connection, settings: Settings, df: pl.DataFrame,
             else:
                 conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage_id, cols))
         t2 = time.perf_counter()
-    return {"copy": t1 - t0, "index": t2 - t1, "commit": time.perf_counter() - t2}
+    return {"create": t_wait - t_create, "order_wait": t0 - t_wait, "copy": t1 - t0, "index": t2 - t1,
+            "commit": time.perf_counter() - t2}
 
 
 def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage: str,
