@@ -237,3 +237,40 @@ def test_different_dates_write_in_parallel(initialised: Settings) -> None:
         assert scores_for_date(initialised, day).select(CONTENT[:3]).equals(
             score_frame(1500, seed=21 + k).sort("account_id").select(CONTENT[:3]))
     assert [r[1] for r in _runs(initialised)] == ["succeeded"] * 4
+
+
+def test_day_partition_is_one_presorted_primary_key_without_staging_defaults(initialised: Settings) -> None:
+    frame = score_frame(300, seed=30).with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("Zed")).otherwise(pl.col("account_id"))
+        .alias("account_id"))
+    report = _write(initialised, frame, version="v9")
+    part = sql.Identifier("riskflow", report.partition)
+    with connect(initialised) as conn:
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'riskflow'"
+                               " AND tablename = %s", (report.partition,)).fetchall()
+        defaults = conn.execute("SELECT count(*) FROM pg_attrdef WHERE adrelid = %s::regclass",
+                                (f"riskflow.{report.partition}",)).fetchone()[0]
+        collation = conn.execute(
+            "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
+            " WHERE a.attrelid = %s::regclass AND a.attname = 'account_id'",
+            (f"riskflow.{report.partition}",)).fetchone()[0]
+        physical = [r[0] for r in conn.execute(
+            sql.SQL("SELECT account_id FROM {} ORDER BY ctid").format(part)).fetchall()]
+        constants = conn.execute(sql.SQL(
+            "SELECT DISTINCT score_date, model_version, run_id, scored_at IS NOT NULL FROM {}").format(
+            part)).fetchall()
+    assert len(indexes) == 1 and "UNIQUE INDEX" in indexes[0][0], indexes
+    assert indexes[0][0].endswith("(account_id, score_date)")
+    assert defaults == 0 and collation == "C"
+    assert physical == sorted(frame["account_id"].to_list(), key=str.encode)
+    assert physical[0] == "Zed"
+    assert constants == [(DAY, "v9", report.run_id, True)]
+
+
+def test_duplicate_account_fails_the_run_and_leaves_no_stage(initialised: Settings) -> None:
+    frame = score_frame(40, seed=31)
+    failing = uuid.uuid4()
+    with pytest.raises(ConfigError, match=r"account_id 'acct000\d\d' appears more than once"):
+        _write(initialised, pl.concat([frame, frame.slice(5, 1)]), run_id=failing)
+    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+    assert [(r[0], r[1]) for r in _runs(initialised)] == [(failing, "failed")]
