@@ -3,9 +3,12 @@
 -- Placeholders in braces are quoted identifiers; literal braces are doubled. Idempotent.
 
 -- One account's history across every partition is one probe per partition of the primary key
--- (account_id, score_date) in 001_schema.sql; write_scores pre-builds it on each new day
--- partition, so ATTACH only links it. Databases created before that key keep their
--- risk_scores_account_idx, and write_scores pre-builds it too.
+-- (account_id, score_date) in 001_schema.sql. The latest scored night (max(score_date), in
+-- latest_night, latest_movers and score_movers) is one backward probe per partition of this
+-- small index (one key value per day partition). write_scores pre-builds every index of
+-- risk_scores on each new day partition, so ATTACH only links them. Databases created before
+-- that key keep their risk_scores_account_idx, and write_scores pre-builds it too.
+CREATE INDEX IF NOT EXISTS risk_scores_date_idx ON {schema}.risk_scores (score_date);
 
 -- Every account's most recent score (accounts that stopped transacting keep their last one).
 CREATE OR REPLACE VIEW {schema}.latest_scores AS

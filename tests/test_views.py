@@ -106,3 +106,15 @@ def test_history_and_latest_night_use_indexes_and_pruning(scored: Settings) -> N
     assert indexed == (3,)
     assert history.count("Index Cond: (account_id = 'a1'::text)") == 3, history
     assert night.count("(never executed)") >= 2, night
+
+
+def test_latest_night_finds_its_date_by_index_probes(scored: Settings) -> None:
+    with connect(scored) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN (COSTS OFF) SELECT max(score_date) FROM riskflow.risk_scores").fetchall())
+        indexes = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'riskflow' AND tablename = %s",
+            ("risk_scores_p20260630",)).fetchone()[0]
+    assert plan.count("Index Only Scan Backward") == 3, plan
+    assert indexes == 2
