@@ -142,11 +142,23 @@ def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
     ids = df["account_id"]
     if not ids.is_sorted() or (ids == ids.shift(1)).any():
         df = df.sort("account_id", "model_version", multithreaded=False)
-    digest = hashlib.sha256(f"riskflow-scores-v1|{score_date.isoformat()}|{df.height}|".encode())
     table = df.to_arrow()
-    for name in ("account_id", "risk_band", "model_version"):
+    return _digest(score_date, table, table.column("model_version").combine_chunks())
+
+
+def _digest(score_date: dt.date, table: pa.Table, model_version: pa.Array | str) -> str:
+    """The checksum of rows already in account order; `model_version` is a column or one for all rows."""
+    n = table.num_rows
+    digest = hashlib.sha256(f"riskflow-scores-v1|{score_date.isoformat()}|{n}|".encode())
+    for name in ("account_id", "risk_band"):
         _hash_strings(digest, table.column(name).combine_chunks())
-    digest.update(df["risk_score"].to_numpy().astype("<f8").tobytes())
+    if isinstance(model_version, str):
+        raw = model_version.encode()
+        digest.update(np.full(n, len(raw), "<i8").tobytes())
+        digest.update(raw * n)
+    else:
+        _hash_strings(digest, model_version)
+    digest.update(table.column("risk_score").to_numpy().astype("<f8").tobytes())
     reasons = table.column("reason_codes").combine_chunks().cast(pa.large_list(pa.large_binary()))
     digest.update(pc.list_value_length(reasons).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
     _hash_strings(digest, reasons.flatten())
@@ -166,11 +178,13 @@ def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
     """`scores_checksum` of validated rows (as Arrow) of one model version; raises on a repeated account_id.
 
     `order` is `account_order(rows)` when the caller has it already."""
-    df = pl.DataFrame(rows.take(account_order(rows) if order is None else order))
-    repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
-    if repeated.height:
-        raise ConfigError(f"scores: account_id {repeated['account_id'][0]!r} appears more than once")
-    return scores_checksum(score_date, df.with_columns(pl.lit(model_version).alias("model_version")))
+    table = rows.take(account_order(rows) if order is None else order)
+    ids = table.column("account_id").combine_chunks()
+    repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    if pc.any(repeated).as_py():
+        first = pc.index(repeated, True).as_py()
+        raise ConfigError(f"scores: account_id {ids[first].as_py()!r} appears more than once")
+    return _digest(score_date, table, model_version)
 
 
 def encode_varying_block(rows: pa.Table) -> pa.Buffer:
