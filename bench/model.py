@@ -1,0 +1,210 @@
+"""Bench stage "model": the LSTM against LightGBM and its own order ablation, out of time, over 3 seeds.
+
+For the synthetic bank and the control bank (same size, no order-dependent patterns) of the scale,
+the retrain's own steps build the snapshots once with the `RetrainParams` defaults (split, cutoffs,
+negative sampling). Then, for each seed, the challenger, the order-shuffled ablation (each with a
+retrain's per-model training budget) and the LightGBM baseline are trained and scored on the test
+window. The rows also carry a blend (the LSTM's and LightGBM's validation-standardised log-odds,
+averaged) against LightGBM alone and against the same blend built on the ablation: does the
+sequence model add to the GBDT, and does the order of events? One row per bank and seed, and one
+"all seeds" row per bank whose AP is the mean over seeds.
+Intervals resample whole accounts, and every model and seed shares the resamples (paired), so the
+"all seeds" margin's interval covers seed-to-seed and test-sample variation together.
+The two banks run in parallel child processes, one torch thread each.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import resource
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import END_DATE, SEED, bench_row, dir_mb, scale_of
+
+log = logging.getLogger("riskflow.bench")
+
+SEEDS = (1, 2, 3)
+BANKS = {"synthetic": True, "control": False}
+MODELS = ("model", "shuffled_order", "baseline", "blend", "blend_shuffled")
+COLUMNS = ["stage", "scale", "bank", "seeds", "rows", "positives", "lstm_ap", "baseline_ap", "ablation_ap",
+           "lstm_minus_baseline", "lstm_minus_ablation", "blend_ap", "blend_minus_baseline",
+           "blend_minus_blend_shuffled", "seconds"]
+
+
+def _bank(scale: str, workdir: Path, ordered: bool) -> tuple[Any, Any]:
+    """Settings of the bank (seeded once under `workdir/model-<scale>-<bank>`), lake extracted."""
+    from bench.common import bench_settings
+    from riskmodel.lake import extract
+    from riskmodel.schema import init_database
+    from riskmodel.settings import DEMO_SPEC
+    from riskmodel.spec import load_spec
+    from riskmodel.synthetic import seed_bank
+
+    size = scale_of(scale)
+    name = f"model-{scale}-{'synthetic' if ordered else 'control'}"
+    settings = bench_settings(name, workdir)
+    spec = load_spec(DEMO_SPEC)
+    marker = settings.home / "seeded.json"
+    want = {"accounts": size.accounts, "days": size.days, "end_date": END_DATE.isoformat(), "seed": SEED,
+            "ordered": ordered}
+    if not (marker.exists() and json.loads(marker.read_text()).get("bank") == want):
+        init_database(settings, spec, demo_source=True)
+        seed_bank(settings, accounts=size.accounts, days=size.days, end_date=END_DATE, seed=SEED,
+                  order_patterns=ordered)
+        extract(settings, spec, END_DATE)
+        marker.write_text(json.dumps({"bank": want}))
+    return settings, spec
+
+
+def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path]], dict, str]:
+    """train/valid/test shards exactly as a retrain with default parameters builds them."""
+    from flows.params import RetrainParams
+    from riskmodel import retrain as steps
+    from riskmodel.snapshots import build_training_shards, fit_feature_state, training_cutoffs
+
+    params = RetrainParams()
+    start = END_DATE - timedelta(days=params.train_days)
+    cutoffs = training_cutoffs(spec, start, END_DATE, params.cutoff_every_days, END_DATE)
+    split = steps.plan_split(cutoffs, spec.horizon_days)
+    state = fit_feature_state(settings, spec, start, max(split.train))
+    parts = {name: build_training_shards(settings, spec, state, days, out / name, END_DATE,
+                                         negative_keep=params.negative_keep if name == "train" else 1.0,
+                                         seed=params.seed)
+             for name, days in (("train", split.train), ("valid", split.valid), ("test", split.test))}
+    return parts, state.to_dict(), split.describe()
+
+
+def _fit_and_score(parts: dict[str, list[Path]], features: dict,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train one LSTM as the retrain does (budget, calibration); its test and validation probabilities."""
+    from flows.params import RetrainParams
+    from riskmodel import retrain as steps
+    from riskmodel.train import TrainConfig
+
+    params = RetrainParams()
+    budget = steps.model_budget_minutes(params.max_train_minutes, params.run_ablation)
+    config = TrainConfig(epochs=params.epochs, max_train_minutes=budget, seed=seed, device="cpu")
+    fitted = steps.fit_model(parts["train"], parts["valid"], features=features, hidden=params.hidden_size,
+                             config=config)
+    probs, _ = steps.predict_proba(fitted.net, fitted.calibrator, parts["test"], device="cpu")
+    valid = fitted.calibrator.apply(fitted.result.valid_logits)
+    return probs, valid, {k: v for k, v in fitted.summary.items() if k != "history"}
+
+
+def blend(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Mean of two models' log-odds, each standardised by its validation-window mean and spread: the
+    LSTM stacked with LightGBM, weights fixed at one half (nothing is fitted on the test window)."""
+    def z(p: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        lo = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
+        r = np.log(np.clip(ref, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(ref, 1e-12, 1 - 1e-12))
+        return (lo - r.mean()) / max(float(r.std()), 1e-12)
+
+    return 0.5 * (z(test[0], valid[0]) + z(test[1], valid[1]))
+
+
+def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
+    """Everything for one bank, in a child process: snapshots once, then every seed's three models."""
+    import torch
+
+    from riskmodel.ablation import shuffle_shards
+    from riskmodel.evaluate import train_baseline
+    from riskmodel.groundtruth import read_ground_truth
+    from riskmodel.retrain import pattern_groups, row_keys
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    settings, spec = _bank(scale, Path(workdir), BANKS[bank])
+    run = Path(workdir) / f"model-{scale}-{bank}-run"
+    shutil.rmtree(run, ignore_errors=True)
+    parts, features, split = _snapshots(settings, spec, run)
+    accounts, _ = row_keys(parts["test"])
+    groups = pattern_groups(accounts, read_ground_truth(settings, spec))
+    probs: dict[str, np.ndarray] = {}
+    training: dict[str, dict] = {}
+    output_mb = 0.0
+    labels = np.concatenate([np.load(p, allow_pickle=False)["label"] for p in parts["test"]])
+    for seed in SEEDS:
+        probs[f"model-{seed}"], lstm_valid, training[f"model-{seed}"] = _fit_and_score(parts, features, seed)
+        shuffled = {k: shuffle_shards(v, run / f"shuffled-{seed}" / k, seed) for k, v in parts.items()}
+        probs[f"shuffled_order-{seed}"], shuffled_valid, training[f"shuffled_order-{seed}"] = _fit_and_score(
+            shuffled, features, seed)
+        output_mb = max(output_mb, dir_mb(run))
+        shutil.rmtree(run / f"shuffled-{seed}")
+        baseline = train_baseline(parts["train"], parts["valid"], seed=seed, threads=1)
+        probs[f"baseline-{seed}"] = baseline.predict(parts["test"])
+        baseline_valid = baseline.predict(parts["valid"])
+        probs[f"blend-{seed}"] = blend((probs[f"model-{seed}"], probs[f"baseline-{seed}"]),
+                                       (lstm_valid, baseline_valid))
+        probs[f"blend_shuffled-{seed}"] = blend((probs[f"shuffled_order-{seed}"], probs[f"baseline-{seed}"]),
+                                                (shuffled_valid, baseline_valid))
+        log.info("bench model %s: seed %d done after %.0f s", bank, seed, time.perf_counter() - started)
+    shutil.rmtree(run, ignore_errors=True)
+    return {"bank": bank, "split": split, "labels": labels, "accounts": accounts, "groups": groups,
+            "probs": probs, "training": training, "seconds": time.perf_counter() - started,
+            "output_mb": output_mb,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+
+
+def _rows(scale: str, result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Bench rows of one bank: per seed, then the seed mean, with paired account-bootstrap intervals."""
+    from riskmodel.metrics import bootstrap_draws, group_metrics, interval, point_metrics
+
+    y, probs = result["labels"], result["probs"]
+    draws = bootstrap_draws(y, probs, n_boot=200, seed=0, clusters=result["accounts"])
+    ap = {name: point_metrics(y, p)["average_precision"] for name, p in probs.items()}
+    ap_draws = {name: d["average_precision"] for name, d in draws.items()}
+
+    def row(label: str, names: dict[str, list[str]], details: dict[str, Any]) -> dict[str, Any]:
+        value = {m: float(np.mean([ap[n] for n in names[m]])) for m in MODELS}
+        drawn = {m: np.mean([ap_draws[n] for n in names[m]], axis=0) for m in MODELS}
+        pairs = {"model_minus_baseline": ("model", "baseline"),
+                 "model_minus_shuffled_order": ("model", "shuffled_order"),
+                 "blend_minus_baseline": ("blend", "baseline"),
+                 "blend_minus_blend_shuffled": ("blend", "blend_shuffled")}
+        margins = {key: interval(drawn[a] - drawn[b], value[a] - value[b]) for key, (a, b) in pairs.items()}
+        out = bench_row("model", scale, rows=int(y.size), seconds=result["seconds"],
+                        peak_rss_mb=result["peak_rss_mb"], output_mb=result["output_mb"],
+                        baseline="LightGBM AP", baseline_rate=0.0, limit="order-ablation AP", limit_rate=0.0)
+        out["baseline_ratio"] = round(value["model"] / max(value["baseline"], 1e-12), 3)
+        out["limit_ratio"] = round(value["model"] / max(value["shuffled_order"], 1e-12), 3)
+        def margin(key: str) -> str:
+            m = margins[key]
+            return f"{m['value']:+.4f} [{m['lo']:+.4f}, {m['hi']:+.4f}]"
+
+        out.update(bank=result["bank"], seeds=label, positives=int(y.sum()), lstm_ap=round(value["model"], 4),
+                   baseline_ap=round(value["baseline"], 4), ablation_ap=round(value["shuffled_order"], 4),
+                   lstm_minus_baseline=margin("model_minus_baseline"),
+                   lstm_minus_ablation=margin("model_minus_shuffled_order"),
+                   blend_ap=round(value["blend"], 4), blend_minus_baseline=margin("blend_minus_baseline"),
+                   blend_minus_blend_shuffled=margin("blend_minus_blend_shuffled"))
+        out["details"] = {"bank": result["bank"], "seeds": label, "split": result["split"],
+                          "positives": int(y.sum()), "average_precision": value, "ap_margin": margins,
+                          **details}
+        return out
+
+    rows = []
+    for seed in SEEDS:
+        names = {m: [f"{m}-{seed}"] for m in MODELS}
+        per_pattern = {m: group_metrics(y, probs[f"{m}-{seed}"], result["groups"]) for m in MODELS[:3]}
+        rows.append(row(str(seed), names, {"per_pattern": per_pattern, "training": {
+            m: result["training"].get(f"{m}-{seed}") for m in ("model", "shuffled_order")}}))
+    rows.append(row("mean of " + ",".join(map(str, SEEDS)),
+                    {m: [f"{m}-{s}" for s in SEEDS] for m in MODELS}, {}))
+    return rows
+
+
+def run(scale: str, workdir: Path) -> list[dict[str, Any]]:
+    """Both banks in parallel child processes; rows per bank and seed plus each bank's seed mean."""
+    with ProcessPoolExecutor(max_workers=len(BANKS), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_bank_run, scale, str(workdir), bank) for bank in BANKS]
+        results = [f.result() for f in futures]
+    return [row for result in results for row in _rows(scale, result)]
