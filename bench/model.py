@@ -22,7 +22,6 @@ import resource
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +68,10 @@ def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path
     """train/valid/test shards exactly as a retrain with default parameters builds them."""
     from flows.params import RetrainParams
     from riskmodel import retrain as steps
-    from riskmodel.snapshots import build_training_shards, fit_feature_state, training_cutoffs
+    from riskmodel.snapshots import build_training_shards, fit_feature_state
 
     params = RetrainParams()
-    start = END_DATE - timedelta(days=params.train_days)
-    cutoffs = training_cutoffs(spec, start, END_DATE, params.cutoff_every_days, END_DATE)
-    split = steps.plan_split(cutoffs, spec.horizon_days)
+    start, split = steps.plan_retrain(spec, END_DATE, params.train_days, params.cutoff_every_days)
     state = fit_feature_state(settings, spec, start, max(split.train))
     parts = {name: build_training_shards(settings, spec, state, days, out / name, END_DATE,
                                          negative_keep=params.negative_keep if name == "train" else 1.0,
@@ -103,10 +100,13 @@ def _fit_and_score(parts: dict[str, list[Path]], features: dict,
 def blend(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """Mean of two models' log-odds, each standardised by its validation-window mean and spread: the
     LSTM stacked with LightGBM, weights fixed at one half (nothing is fitted on the test window)."""
+    def log_odds(p: np.ndarray) -> np.ndarray:
+        q = np.clip(p, 1e-12, 1 - 1e-12)
+        return np.log(q) - np.log1p(-q)
+
     def z(p: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        lo = np.log(np.clip(p, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(p, 1e-12, 1 - 1e-12))
-        r = np.log(np.clip(ref, 1e-12, 1 - 1e-12)) - np.log1p(-np.clip(ref, 1e-12, 1 - 1e-12))
-        return (lo - r.mean()) / max(float(r.std()), 1e-12)
+        r = log_odds(ref)
+        return (log_odds(p) - r.mean()) / max(float(r.std()), 1e-12)
 
     return 0.5 * (z(test[0], valid[0]) + z(test[1], valid[1]))
 

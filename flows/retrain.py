@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -16,7 +16,6 @@ from riskmodel import registry
 from riskmodel import retrain as steps
 from riskmodel.clock import yesterday
 from riskmodel.settings import Settings
-from riskmodel.snapshots import training_cutoffs
 from tasks.data import extract_task, fit_features_task, training_shards_task
 from tasks.training import (
     baseline_task,
@@ -41,9 +40,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     run_dir = settings.home / "runs" / f"retrain-{uuid.uuid4()}"
     extract_task(as_of)
 
-    start = as_of - timedelta(days=params.train_days)
-    cutoffs = training_cutoffs(spec, start, as_of, params.cutoff_every_days, as_of)
-    split = steps.plan_split(cutoffs, spec.horizon_days)
+    start, split = steps.plan_retrain(spec, as_of, params.train_days, params.cutoff_every_days)
     logger.info("retrain as of %s: %s", as_of, split.describe())
     features = fit_features_task(start, max(split.train))
     try:

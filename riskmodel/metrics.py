@@ -17,14 +17,18 @@ METRIC_KEYS = ("roc_auc", "average_precision", "ks", "recall_at_1pct_fpr",
                "precision_at_top_1pct", "brier")
 
 
-def _curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cumulative true and false positives at each distinct threshold (descending), and sorted labels."""
+def _curve(labels: np.ndarray, scores: np.ndarray,
+           weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cumulative (weighted) true and false positives at each distinct threshold (descending), and
+    sorted labels."""
     order = np.argsort(-scores, kind="stable")
     s, y = scores[order], labels[order]
     last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tp = np.cumsum(y)[last]
-    fp = (last + 1) - tp
-    return tp, fp, y
+    if weights is None:
+        tp = np.cumsum(y)[last]
+        return tp, (last + 1) - tp, y
+    w = weights[order]
+    return np.cumsum(w * y)[last], np.cumsum(w * (1.0 - y))[last], y
 
 
 def point_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -56,6 +60,19 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
     """Average precision (area under the step precision-recall curve); 0 when there is no positive."""
     value = point_metrics(labels, scores)["average_precision"]
     return 0.0 if math.isnan(value) else value
+
+
+def weighted_average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """Average precision with row weights (ties as one threshold); 0 without a weighted positive."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    if y.size == 0:
+        return 0.0
+    tp, fp, _ = _curve(y, np.asarray(scores, dtype=np.float64).ravel(),
+                       np.asarray(weights, dtype=np.float64).ravel())
+    if tp[-1] <= 0:
+        return 0.0
+    recall = np.r_[0.0, tp / tp[-1]]
+    return float(np.sum(np.diff(recall) * tp / (tp + fp)))
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:

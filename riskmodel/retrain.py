@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from riskmodel.bands import BandPolicy
 from riskmodel.batch import SequenceBatch, sample_negatives
@@ -25,7 +24,17 @@ from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState
 from riskmodel.model import ModelConfig, RiskLSTM
 from riskmodel.sequences import stable_hash
-from riskmodel.train import ProgressFn, TrainConfig, TrainResult, predict_logits, resolve_device, train_model
+from riskmodel.snapshots import training_cutoffs
+from riskmodel.spec import FeatureSpec
+from riskmodel.train import (
+    ProgressFn,
+    TrainConfig,
+    TrainResult,
+    predict_logits,
+    resolve_device,
+    torch_threads,
+    train_model,
+)
 
 SplitKind = Literal["out_of_time", "account_hash"]
 
@@ -62,6 +71,13 @@ def plan_split(cutoffs: Sequence[date], horizon_days: int) -> Split:
     if not valid or not train:
         return Split("account_hash", ordered, ordered, ordered)
     return Split("out_of_time", train, valid, test)
+
+
+def plan_retrain(spec: FeatureSpec, as_of: date, train_days: int, every_days: int) -> tuple[date, Split]:
+    """The retrain's first day (`train_days` before `as_of`) and the split of its closed cutoffs,
+    taken every `every_days` days from there."""
+    start = as_of - timedelta(days=train_days)
+    return start, plan_split(training_cutoffs(spec, start, as_of, every_days, as_of), spec.horizon_days)
 
 
 def hash_part(account_id: np.ndarray) -> np.ndarray:
@@ -150,15 +166,8 @@ def predict_proba(net: RiskLSTM, calibrator: Calibrator, paths: Sequence[Path], 
 
     Runs on `threads` CPU threads (0 = torch default), like training: on the shared 2-core box one
     thread scored the M test window ~4x faster than two (`riskflow bench --stage score`)."""
-    if threads < 0:
-        raise ConfigError(f"threads={threads} must be >= 0 (0 = torch default)")
-    was_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         logits, labels = predict_logits(net, list(paths), resolve_device(device))
-    finally:
-        torch.set_num_threads(was_threads)
     return calibrator.apply(logits), labels
 
 

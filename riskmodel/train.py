@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from riskmodel.batch import SequenceBatch
+from riskmodel.batch import SequenceBatch, sample_negatives
 from riskmodel.errors import ConfigError
-from riskmodel.metrics import average_precision
+from riskmodel.metrics import average_precision, weighted_average_precision
 from riskmodel.model import ModelConfig, RiskLSTM, trimmed_tensors
 
 log = logging.getLogger("riskflow.train")
@@ -76,6 +77,20 @@ class TrainResult:
     seconds: float = 0.0
     sequences_seen: int = 0
     rows_per_epoch: int = 0
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on `threads` CPU threads (0 keeps torch's default) and restore the count after."""
+    if threads < 0:
+        raise ConfigError(f"threads={threads} must be >= 0 (0 = torch default)")
+    was = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(was)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -130,22 +145,6 @@ def predict_logits(model: RiskLSTM, sources: Sequence[Source], device: torch.dev
     return flat, (np.concatenate(labels) if has_labels and labels else None)
 
 
-def weighted_average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
-    """Average precision with row weights (ties as one threshold); 0 without a weighted positive."""
-    y = np.asarray(labels, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    s = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-s, kind="stable")
-    s, y, w = s[order], y[order], w[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, np.int64)
-    tp = np.cumsum(w * y)[last]
-    fp = np.cumsum(w * (1.0 - y))[last]
-    if tp.size == 0 or tp[-1] <= 0:
-        return 0.0
-    recall = np.r_[0.0, tp / tp[-1]]
-    return float(np.sum(np.diff(recall) * tp / (tp + fp)))
-
-
 def early_stop_sample(valid: Sequence[Source], keep: float,
                       seed: int) -> tuple[list[SequenceBatch], np.ndarray]:
     """Validation rows early stopping reads: every positive and a seeded `keep` share of negatives, with
@@ -157,9 +156,7 @@ def early_stop_sample(valid: Sequence[Source], keep: float,
         batch = load_source(source)
         if batch.label is None:
             raise ConfigError(f"validation shard {source}: has no label array")
-        positive = batch.label > 0
-        chosen = positive | (np.random.default_rng([seed, k]).random(len(batch)) < keep)
-        part = batch if chosen.all() else batch.subset(chosen)
+        part = sample_negatives(batch, keep, [seed, k])
         batches.append(part)
         weights.append(np.where(part.label > 0, 1.0, 1.0 / keep))
     return batches, (np.concatenate(weights) if weights else np.zeros(0))
@@ -223,11 +220,8 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
     if cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_threads = torch.get_num_threads()
-    if cfg.threads < 0:
-        raise ConfigError(f"threads={cfg.threads} must be >= 0 (0 = torch default)")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    restore = ExitStack()
+    restore.enter_context(torch_threads(cfg.threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -241,9 +235,9 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sample, sample_weight = (list(valid), None) if cfg.valid_negative_keep >= 1.0 else \
             early_stop_sample(valid, cfg.valid_negative_keep, cfg.seed)
-        n_rows = sum(int(_read_arrays(s, ("lengths",))["lengths"].shape[0]) for s in train)
-        steps_per_epoch = sum(-(-int(_read_arrays(s, ("lengths",))["lengths"].shape[0])
-                                // cfg.batch_size) for s in train)
+        sizes = [int(_read_arrays(s, ("lengths",))["lengths"].shape[0]) for s in train]
+        n_rows = sum(sizes)
+        steps_per_epoch = sum(-(-n // cfg.batch_size) for n in sizes)
         best_state: dict[str, torch.Tensor] | None = None
         best_ap, best_epoch, bad_epochs = -1.0, 0, 0
         best_logits, labels = np.zeros(0), np.zeros(0)
@@ -313,4 +307,4 @@ def train_model(train: Sequence[Source], valid: Sequence[Source], *,
                            sequences_seen=seen, rows_per_epoch=n_rows)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        torch.set_num_threads(was_threads)
+        restore.close()

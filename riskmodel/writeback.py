@@ -88,7 +88,7 @@ def _check_table(table: str) -> None:
 def validate_scores(scores: pl.DataFrame) -> pl.DataFrame:
     """Validate and normalise the scores frame (columns, types, nulls, ranges), in its own row order.
 
-    Duplicate accounts are found by `prepare_scores` (and by the partition's primary key)."""
+    Repeated accounts are found by `sorted_checksum` (and by the partition's primary key)."""
     need = ("account_id", "risk_score", "risk_band", "reason_codes")
     missing = [c for c in need if c not in scores.columns]
     if missing:
@@ -113,15 +113,6 @@ def validate_scores(scores: pl.DataFrame) -> pl.DataFrame:
                           f"(account {bad['account_id'][0]!r}) has {bad['risk_score'][0]}")
     if df.height == 0:
         raise ConfigError("scores: no rows; refusing to replace a night's scores with nothing")
-    return df
-
-
-def prepare_scores(scores: pl.DataFrame) -> pl.DataFrame:
-    """Validate and normalise the scores frame (types, nulls, ranges, duplicates), sorted by account."""
-    df = validate_scores(scores).sort("account_id", multithreaded=False)
-    repeated = df.filter(pl.col("account_id") == pl.col("account_id").shift(1))
-    if repeated.height:
-        raise ConfigError(f"scores: account_id {repeated['account_id'][0]!r} appears more than once")
     return df
 
 
@@ -187,13 +178,6 @@ def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
     return _digest(score_date, table, model_version)
 
 
-def encode_varying_block(rows: pa.Table) -> pa.Buffer:
-    """Validated rows (as Arrow) as one binary COPY data block of `VARYING_COLUMNS` only.
-
-    No header or trailer: the caller may send several blocks in one COPY."""
-    return pgcopy.rows_block(encode_varying_rows(rows))
-
-
 def encode_varying_rows(rows: pa.Table) -> pa.Array:
     """Validated rows' `VARYING_COLUMNS` as binary COPY records, one array value per row (see
     `pgcopy.encode_row_array`); Arrow in and out, so a worker thread may encode."""
@@ -202,23 +186,6 @@ def encode_varying_rows(rows: pa.Table) -> pa.Array:
         pgcopy.float8_field(rows.column("risk_score").to_numpy()),
         pgcopy.text_field(rows.column("risk_band").combine_chunks()),
         pgcopy.text_array_field(rows.column("reason_codes").combine_chunks()),
-    ])
-
-
-def encode_copy_block(df: pl.DataFrame, score_date: dt.date, model_version: str,
-                  scored_at: dt.datetime, run_id: uuid.UUID) -> pa.Buffer:
-    """Prepared rows as one binary COPY data block in `COLUMNS` order (no header or trailer)."""
-    n = df.height
-    table = df.to_arrow()
-    return pgcopy.encode_rows([
-        pgcopy.constant_field(pgcopy.date_value(score_date), n),
-        pgcopy.text_field(table.column("account_id").combine_chunks()),
-        pgcopy.float8_field(df["risk_score"].to_numpy()),
-        pgcopy.text_field(table.column("risk_band").combine_chunks()),
-        pgcopy.constant_field(pgcopy.text_value(model_version), n),
-        pgcopy.text_array_field(table.column("reason_codes").combine_chunks()),
-        pgcopy.constant_field(pgcopy.timestamptz_value(scored_at), n),
-        pgcopy.constant_field(pgcopy.uuid_value(run_id), n),
     ])
 
 

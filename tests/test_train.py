@@ -14,7 +14,7 @@ from riskmodel.bands import BandPolicy, assign_bands
 from riskmodel.batch import SequenceBatch
 from riskmodel.calibrate import Calibrator, fit_calibrator, sigmoid
 from riskmodel.errors import ConfigError
-from riskmodel.metrics import point_metrics
+from riskmodel.metrics import point_metrics, weighted_average_precision
 from riskmodel.model import ModelConfig
 from riskmodel.retrain import predict_proba
 from riskmodel.train import (
@@ -22,7 +22,6 @@ from riskmodel.train import (
     TrainResult,
     early_stop_sample,
     train_model,
-    weighted_average_precision,
 )
 
 SIZES = {"hidden": 16, "head_hidden": 16, "dropout": 0.0}
