@@ -39,7 +39,7 @@ from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import FeatureSpec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ["fault", "survived", "rows_lost", "rows", "seconds", "detail"]
+TABLE_COLUMNS = ["fault", "survived", "rows_lost", "rows", "seconds", "detail"]
 OOM_ABOVE = 96
 SCORE_KEYS = ["account_id", "risk_score", "risk_band", "model_version", "reasons"]
 

@@ -28,15 +28,16 @@ from typing import Any
 import numpy as np
 
 from bench.common import END_DATE, SEED, bench_row, dir_mb, scale_of
+from riskmodel.blend import blend_probs
 
 log = logging.getLogger("riskflow.bench")
 
 SEEDS = (1, 2, 3)
 BANKS = {"synthetic": True, "control": False}
 MODELS = ("model", "shuffled_order", "baseline", "blend", "blend_shuffled")
-COLUMNS = ["stage", "scale", "bank", "seeds", "rows", "positives", "lstm_ap", "baseline_ap", "ablation_ap",
-           "lstm_minus_baseline", "lstm_minus_ablation", "blend_ap", "blend_minus_baseline",
-           "blend_minus_blend_shuffled", "seconds"]
+TABLE_COLUMNS = ["stage", "scale", "bank", "seeds", "rows", "positives", "lstm_ap", "baseline_ap",
+                 "ablation_ap", "lstm_minus_baseline", "lstm_minus_ablation", "blend_ap",
+                 "blend_minus_baseline", "blend_minus_blend_shuffled", "seconds"]
 
 
 def _bank(scale: str, workdir: Path, ordered: bool) -> tuple[Any, Any]:
@@ -97,20 +98,6 @@ def _fit_and_score(parts: dict[str, list[Path]], features: dict,
     return probs, valid, {k: v for k, v in fitted.summary.items() if k != "history"}
 
 
-def blend(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Mean of two models' log-odds, each standardised by its validation-window mean and spread: the
-    LSTM stacked with LightGBM, weights fixed at one half (nothing is fitted on the test window)."""
-    def log_odds(p: np.ndarray) -> np.ndarray:
-        q = np.clip(p, 1e-12, 1 - 1e-12)
-        return np.log(q) - np.log1p(-q)
-
-    def z(p: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        r = log_odds(ref)
-        return (log_odds(p) - r.mean()) / max(float(r.std()), 1e-12)
-
-    return 0.5 * (z(test[0], valid[0]) + z(test[1], valid[1]))
-
-
 def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
     """Everything for one bank, in a child process: snapshots once, then every seed's three models."""
     import torch
@@ -142,10 +129,10 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
         baseline = train_baseline(parts["train"], parts["valid"], seed=seed, threads=1)
         probs[f"baseline-{seed}"] = baseline.predict(parts["test"])
         baseline_valid = baseline.predict(parts["valid"])
-        probs[f"blend-{seed}"] = blend((probs[f"model-{seed}"], probs[f"baseline-{seed}"]),
-                                       (lstm_valid, baseline_valid))
-        probs[f"blend_shuffled-{seed}"] = blend((probs[f"shuffled_order-{seed}"], probs[f"baseline-{seed}"]),
-                                                (shuffled_valid, baseline_valid))
+        probs[f"blend-{seed}"] = blend_probs((probs[f"model-{seed}"], probs[f"baseline-{seed}"]),
+                                             (lstm_valid, baseline_valid))
+        probs[f"blend_shuffled-{seed}"] = blend_probs(
+            (probs[f"shuffled_order-{seed}"], probs[f"baseline-{seed}"]), (shuffled_valid, baseline_valid))
         log.info("bench model %s: seed %d done after %.0f s", bank, seed, time.perf_counter() - started)
     shutil.rmtree(run, ignore_errors=True)
     return {"bank": bank, "split": split, "labels": labels, "accounts": accounts, "groups": groups,

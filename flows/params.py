@@ -44,6 +44,9 @@ class RetrainParams(BaseModel):
         0.25, gt=0.0, le=1.0,
         description="Share of negative training rows kept (all positives kept; evaluation rows untouched).")
     run_ablation: bool = Field(True, description="Also train the order-shuffled ablation model.")
+    blend_baseline: bool = Field(
+        True, description="Serve the LSTM blended with the LightGBM baseline (validation-standardised "
+                          "log-odds, half each); off serves the LSTM alone.")
 
 
 class ScoreParams(BaseModel):

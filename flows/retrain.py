@@ -1,5 +1,6 @@
-"""Retrain: snapshots -> challenger, LightGBM baseline, order ablation -> out-of-time evaluation
-against the champion -> register -> promote only if it wins. Orchestration only."""
+"""Retrain: snapshots -> challenger LSTM, LightGBM baseline, their blend (the served model), order
+ablation -> out-of-time evaluation against the champion -> register -> promote only if it wins.
+Orchestration only."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from riskmodel.settings import Settings
 from tasks.data import extract_task, fit_features_task, training_shards_task
 from tasks.training import (
     baseline_task,
+    blend_task,
     champion_task,
     downsample_task,
     evaluate_task,
@@ -59,23 +61,30 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
         fit_params["device"] = settings.device
         model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,
                                fit_params, str(run_dir / "models"))
-        probs = {"model": model["test_probs"]}
-        probs["baseline"] = baseline_task(parts["train"], parts["valid"], parts["test"], params.seed,
-                                          str(run_dir / "probs"))
+        baseline = baseline_task(parts["train"], parts["valid"], parts["test"], params.seed,
+                                 str(run_dir / "probs"))
+        served = _served(model, baseline, "challenger", params.blend_baseline, run_dir)
+        probs = {"model": served["test_probs"], "baseline": baseline["test_probs"]}
         if params.run_ablation:
             shuffled = {name: shuffle_task(paths, str(run_dir / "shuffled" / name), params.seed)
                         for name, paths in parts.items()}
             ablation = fit_model_task("shuffled_order", shuffled["train"], shuffled["valid"],
                                       shuffled["test"], features, fit_params, str(run_dir / "models"))
-            probs["shuffled_order"] = ablation["test_probs"]
+            probs["shuffled_order"] = _served(ablation, baseline, "shuffled_order", params.blend_baseline,
+                                              run_dir)["test_probs"]
+            if params.blend_baseline:
+                probs["lstm_shuffled_order"] = ablation["test_probs"]
+        if params.blend_baseline:
+            probs["lstm"] = model["test_probs"]
         champion = registry.champion_version(settings)
         if champion is not None:
             probs["champion"] = champion_task(parts["test"], _champion_test(
                 settings, champion, split, run_dir, as_of), str(run_dir / "probs"))
         evaluation = evaluate_task(parts["test"], model["test_labels"], probs, split.kind, params.seed,
                                    str(run_dir))
-        registered = register_task(model, evaluation, champion, start, max(split.test), params.promote_policy,
-                                   params.min_ap_margin, model["test_probs"], parts["test"])
+        registered = register_task(served, evaluation, champion, start, max(split.test),
+                                   params.promote_policy, params.min_ap_margin, served["test_probs"],
+                                   parts["test"])
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}
@@ -84,6 +93,11 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     return {**registered, "split": split.describe(), "evaluation": evaluation["evaluation"],
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
             "evaluation_rows": rows, "training": model["training"] | {"history": None}}
+
+
+def _served(lstm: dict, baseline: dict, name: str, blend: bool, run_dir: Path) -> dict:
+    """What would be served: the LSTM blended with the LightGBM baseline, or the LSTM alone."""
+    return blend_task(name, lstm, baseline, str(run_dir / "models")) if blend else lstm
 
 
 def _champion_test(settings: Settings, champion: str, split: steps.Split, run_dir: Path,

@@ -30,6 +30,7 @@ from riskmodel.metrics import (
 )
 
 TABULAR_KEYS = ("static_num", "static_cat", "agg", "label")
+BASELINE_ROUNDS = 400
 
 
 def tabular_features(static_num: np.ndarray, static_cat: np.ndarray,
@@ -78,8 +79,17 @@ class Baseline:
         return np.asarray(self.booster.predict(x, num_iteration=self.best_iteration), dtype=np.float64)
 
 
+def baseline_params(*, seed: int = 0, threads: int = 0, learning_rate: float = 0.05,
+                    num_leaves: int = 31) -> dict[str, Any]:
+    """LightGBM parameters of the baseline (binary objective, early stopping on average precision)."""
+    return {"objective": "binary", "learning_rate": learning_rate, "num_leaves": num_leaves,
+            "min_data_in_leaf": 20, "feature_fraction": 0.9, "bagging_fraction": 0.9,
+            "bagging_freq": 1, "metric": "average_precision", "seed": seed, "deterministic": True,
+            "num_threads": threads, "verbose": -1}
+
+
 def train_baseline(train: Sequence[Path | SequenceBatch], valid: Sequence[Path | SequenceBatch], *,
-                   seed: int = 0, rounds: int = 400, early_stopping: int = 30, threads: int = 0,
+                   seed: int = 0, rounds: int = BASELINE_ROUNDS, early_stopping: int = 30, threads: int = 0,
                    learning_rate: float = 0.05, num_leaves: int = 31) -> Baseline:
     """Fit the LightGBM baseline (early stopping on the validation window's average precision)."""
     import lightgbm as lgb
@@ -88,10 +98,7 @@ def train_baseline(train: Sequence[Path | SequenceBatch], valid: Sequence[Path |
     x_valid, y_valid, _ = read_tabular(valid)
     if y_train is None or y_valid is None:
         raise ConfigError("train_baseline: training and validation shards must carry labels")
-    params = {"objective": "binary", "learning_rate": learning_rate, "num_leaves": num_leaves,
-              "min_data_in_leaf": 20, "feature_fraction": 0.9, "bagging_fraction": 0.9,
-              "bagging_freq": 1, "metric": "average_precision", "seed": seed, "deterministic": True,
-              "num_threads": threads, "verbose": -1}
+    params = baseline_params(seed=seed, threads=threads, learning_rate=learning_rate, num_leaves=num_leaves)
     dtrain = lgb.Dataset(x_train, y_train, categorical_feature=categorical or "auto", free_raw_data=True)
     dvalid = lgb.Dataset(x_valid, y_valid, reference=dtrain, categorical_feature=categorical or "auto")
     booster = lgb.train(params, dtrain, num_boost_round=rounds, valid_sets=[dvalid],

@@ -2,8 +2,10 @@
 
 An artifact is `model.safetensors` (weights and buffers) plus `manifest.json` (model config,
 the caller's FeatureState dict under "features", calibration, bands, training window,
-metrics with the "evaluation" table, reference distributions for drift, library versions).
-Its sha256 (over both files, see `artifact_sha256`) is recorded at registration; every load
+metrics with the "evaluation" table, reference distributions for drift, library versions),
+plus `baseline.txt` (LightGBM's text format) when the served model is a blend (manifest "blend",
+see `riskmodel.blend`). Its sha256 (over all its files, see `artifact_sha256`) is recorded at
+registration; every load
 re-hashes the bytes it actually deserialises and refuses a mismatch. No pickle anywhere.
 
 Promotion rule: the first model becomes champion; a later one only when its average precision
@@ -15,6 +17,7 @@ touch `model_versions`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +35,7 @@ from safetensors.torch import save as save_safetensors
 
 from riskmodel.bands import BandPolicy, assign_bands
 from riskmodel.batch import SequenceBatch
+from riskmodel.blend import BOOSTER_FILE, Blend
 from riskmodel.calibrate import Calibrator
 from riskmodel.errors import ModelIntegrityError, RiskflowError
 from riskmodel.model import ModelConfig, RiskLSTM
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 ARTIFACT_FILES = (MANIFEST, WEIGHTS)
+OPTIONAL_FILES = (BOOSTER_FILE,)
 FORMAT_VERSION = 1
 
 
@@ -62,12 +67,18 @@ class LoadedModel:
     calibrator: Calibrator
     bands: BandPolicy
     path: Path | None = None
+    blend: Blend | None = None
+
+    def served_logits(self, lstm_logits: np.ndarray, batch: SequenceBatch) -> np.ndarray:
+        """What the calibrator maps to probabilities: the blend of the LSTM's logits with LightGBM
+        when the model has one, else the LSTM's logits."""
+        return lstm_logits if self.blend is None else self.blend.logits(lstm_logits, batch)
 
     def predict_logits(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
-        """Raw logits for every account of `batch`."""
+        """Uncalibrated scores (`served_logits`) for every account of `batch`."""
         from riskmodel.score import score_logits
 
-        return score_logits(self.net, batch, device=device)
+        return self.served_logits(score_logits(self.net, batch, device=device), batch)
 
     def predict_proba(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
         """Calibrated probabilities (float64) for every account of `batch`."""
@@ -96,10 +107,15 @@ def new_version() -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that produced an artifact (for the manifest)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import safetensors
 
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "safetensors": safetensors.__version__}
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "safetensors": safetensors.__version__}
+    with contextlib.suppress(PackageNotFoundError):
+        versions["lightgbm"] = version("lightgbm")
+    return versions
 
 
 def _digest(data: bytes) -> str:
@@ -107,19 +123,24 @@ def _digest(data: bytes) -> str:
 
 
 def combined_sha256(file_hashes: dict[str, str]) -> str:
-    """The artifact hash: sha256 over "name:sha256" lines of its files, in a fixed order."""
-    text = "".join(f"{name}:{file_hashes[name]}\n" for name in ARTIFACT_FILES)
+    """The artifact hash: sha256 over "name:sha256" lines of its files, in a fixed order (the optional
+    files only when present, so artifacts without them keep their hash)."""
+    names = ARTIFACT_FILES + tuple(n for n in OPTIONAL_FILES if n in file_hashes)
+    text = "".join(f"{name}:{file_hashes[name]}\n" for name in names)
     return _digest(text.encode())
 
 
 def artifact_sha256(folder: Path) -> tuple[str, dict[str, str]]:
     """(artifact hash, per-file hashes) of an artifact folder as it is on disk now."""
-    files = {name: _digest((Path(folder) / name).read_bytes()) for name in ARTIFACT_FILES}
+    names = ARTIFACT_FILES + tuple(n for n in OPTIONAL_FILES if (Path(folder) / n).exists())
+    files = {name: _digest((Path(folder) / name).read_bytes()) for name in names}
     return combined_sha256(files), files
 
 
-def save_artifact(folder: Path, net: RiskLSTM, manifest: dict[str, Any]) -> tuple[str, dict[str, str]]:
-    """Write weights and manifest into a new folder atomically (temp folder + rename); return its hashes."""
+def save_artifact(folder: Path, net: RiskLSTM, manifest: dict[str, Any],
+                  blend: Blend | None = None) -> tuple[str, dict[str, str]]:
+    """Write weights, manifest (and a blend's booster) into a new folder atomically (temp folder +
+    rename); return its hashes."""
     folder = Path(folder)
     if folder.exists():
         raise RegistryError(f"artifact folder {folder} already exists; versions are immutable")
@@ -129,6 +150,8 @@ def save_artifact(folder: Path, net: RiskLSTM, manifest: dict[str, Any]) -> tupl
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     (tmp / WEIGHTS).write_bytes(save_safetensors(state, metadata={"format": str(FORMAT_VERSION)}))
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    if blend is not None:
+        (tmp / BOOSTER_FILE).write_text(blend.booster_text)
     tmp.rename(folder)
     return artifact_sha256(folder)
 
@@ -141,7 +164,10 @@ def load_artifact(path: Path, expected_sha256: str | None = None,
     """
     path = Path(path)
     blobs: dict[str, bytes] = {}
-    for name in ARTIFACT_FILES:
+    names = list(ARTIFACT_FILES)
+    if (path / BOOSTER_FILE).exists() or BOOSTER_FILE in (expected_files or {}):
+        names.append(BOOSTER_FILE)
+    for name in names:
         try:
             blobs[name] = (path / name).read_bytes()
         except OSError as exc:
@@ -154,7 +180,7 @@ def load_artifact(path: Path, expected_sha256: str | None = None,
                                       f"but {expected} was registered; refusing to load it")
     actual = combined_sha256(hashes)
     if expected_sha256 is not None and actual != expected_sha256:
-        raise ModelIntegrityError(f"model artifact {path} ({', '.join(ARTIFACT_FILES)}) has sha256 "
+        raise ModelIntegrityError(f"model artifact {path} ({', '.join(names)}) has sha256 "
                                   f"{actual} but {expected_sha256} was registered; refusing to load it")
     try:
         manifest = json.loads(blobs[MANIFEST])
@@ -162,11 +188,17 @@ def load_artifact(path: Path, expected_sha256: str | None = None,
         net.load_state_dict(load_safetensors(blobs[WEIGHTS]), strict=True)
         calibrator = Calibrator.from_dict(manifest["calibration"])
         bands = BandPolicy.from_dict(manifest["bands"])
+        blend = None
+        if "blend" in manifest:
+            if BOOSTER_FILE not in blobs:
+                raise KeyError(f"the manifest names a blend but {BOOSTER_FILE} is missing")
+            blend = Blend.from_dict(manifest["blend"], blobs[BOOSTER_FILE].decode())
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelIntegrityError(f"model artifact {path} is malformed: {exc}") from None
     net.eval()
     return LoadedModel(version=version or manifest.get("version", path.name), sha256=actual,
-                       manifest=manifest, net=net, calibrator=calibrator, bands=bands, path=path)
+                       manifest=manifest, net=net, calibrator=calibrator, bands=bands, path=path,
+                       blend=blend)
 
 
 def score_reference(probs: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
@@ -182,7 +214,7 @@ def build_manifest(*, version: str, net: RiskLSTM, calibrator: Calibrator, bands
                    features: dict[str, Any], spec_hash: str, train_start: date, train_end: date,
                    evaluation: dict[str, dict[str, float]], metrics: dict[str, Any] | None = None,
                    reference: dict[str, Any] | None = None,
-                   training: dict[str, Any] | None = None) -> dict[str, Any]:
+                   training: dict[str, Any] | None = None, blend: Blend | None = None) -> dict[str, Any]:
     """The manifest.json content; `evaluation` maps model|champion|baseline|shuffled_order to metrics."""
     return {
         "format": FORMAT_VERSION,
@@ -199,6 +231,7 @@ def build_manifest(*, version: str, net: RiskLSTM, calibrator: Calibrator, bands
         "metrics": {**(metrics or {}), "evaluation": evaluation},
         "reference": reference or {},
         "libraries": library_versions(),
+        **({"blend": blend.to_dict()} if blend is not None else {}),
     }
 
 
@@ -253,7 +286,7 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
                    evaluation: dict[str, dict[str, float]], champion_version: str | None = None,
                    promote_margin: float = 0.0, metrics: dict[str, Any] | None = None,
                    reference: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
-                   version: str | None = None) -> Registration:
+                   version: str | None = None, blend: Blend | None = None) -> Registration:
     """Write the artifact, record it in `model_versions`, and promote it if the rule says so.
 
     `champion_version` names the champion whose metrics are in `evaluation["champion"]`.
@@ -268,8 +301,8 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
     manifest = build_manifest(version=version, net=net, calibrator=calibrator, bands=bands,
                               features=features, spec_hash=spec_hash, train_start=train_start,
                               train_end=train_end, evaluation=evaluation, metrics=metrics,
-                              reference=reference, training=training)
-    sha, files = save_artifact(folder, net, manifest)
+                              reference=reference, training=training, blend=blend)
+    sha, files = save_artifact(folder, net, manifest, blend)
     row_metrics = {**manifest["metrics"], "files": files}
     try:
         with connect(settings) as conn:

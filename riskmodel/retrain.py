@@ -13,12 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from riskmodel.bands import BandPolicy
 from riskmodel.batch import SequenceBatch, sample_negatives
+from riskmodel.blend import Blend, fit_blend
 from riskmodel.calibrate import Calibrator, fit_calibrator
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState
@@ -35,6 +36,9 @@ from riskmodel.train import (
     torch_threads,
     train_model,
 )
+
+if TYPE_CHECKING:
+    from riskmodel.registry import LoadedModel
 
 SplitKind = Literal["out_of_time", "account_hash"]
 
@@ -166,9 +170,34 @@ def predict_proba(net: RiskLSTM, calibrator: Calibrator, paths: Sequence[Path], 
 
     Runs on `threads` CPU threads (0 = torch default), like training: on the shared 2-core box one
     thread scored the M test window ~4x faster than two (`riskflow bench --stage score`)."""
-    with torch_threads(threads):
-        logits, labels = predict_logits(net, list(paths), resolve_device(device))
+    logits, labels = lstm_logits(net, paths, device, threads)
     return calibrator.apply(logits), labels
+
+
+def lstm_logits(net: RiskLSTM, paths: Sequence[Path], device: str = "auto",
+                threads: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw logits and labels of the network for every row of `paths`, in order (see `predict_proba`)."""
+    with torch_threads(threads):
+        return predict_logits(net, list(paths), resolve_device(device))
+
+
+def model_proba(model: LoadedModel, paths: Sequence[Path], device: str = "auto",
+                threads: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """`predict_proba` of a registered model, blended with its LightGBM part when it has one."""
+    logits, labels = lstm_logits(model.net, paths, device, threads)
+    if model.blend is not None:
+        logits = model.blend.combine(logits, model.blend.gbdt_probs(list(paths)))
+    return model.calibrator.apply(logits), labels
+
+
+def fit_served_blend(lstm_valid_logits: np.ndarray, valid_labels: np.ndarray, gbdt_valid_probs: np.ndarray,
+                     booster_text: str, best_iteration: int,
+                     bands: BandPolicy) -> tuple[Blend, Calibrator, BandPolicy]:
+    """The LSTM blended with LightGBM: standardised, calibrated and banded on the validation window."""
+    blend = fit_blend(lstm_valid_logits, gbdt_valid_probs, booster_text, best_iteration)
+    values = blend.combine(lstm_valid_logits, gbdt_valid_probs)
+    calibrator = fit_calibrator(values, valid_labels)
+    return blend, calibrator, bands.fit(calibrator.apply(values))
 
 
 def row_keys(paths: Sequence[Path]) -> tuple[np.ndarray, np.ndarray]:

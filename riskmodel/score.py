@@ -122,7 +122,8 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
 def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto",
                 batch_size: int = 4096, oom_hook: OomHook | None = None, threads: int = 0,
                 report: ScoreReport | None = None) -> np.ndarray:
-    """Calibrated probabilities (float64) of a registered model for every account in `batch`."""
+    """Calibrated probabilities (float64) of a registered model (blended with LightGBM when it is a
+    blend) for every account in `batch`."""
     logits = score_logits(model.net, batch, device=device, batch_size=batch_size, oom_hook=oom_hook,
                           threads=threads, report=report)
-    return model.calibrator.apply(logits)
+    return model.calibrator.apply(model.served_logits(logits, batch))

@@ -74,8 +74,8 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
                                    hidden=params["hidden_size"], config=config, on_progress=on_progress)
         progress.update(1.0, f"{name}: done ({fitted.summary['stopped']})")
         bar.close()
-        probs, labels = retrain.predict_proba(fitted.net, fitted.calibrator, [Path(p) for p in test],
-                                              device=config.device)
+        logits, labels = retrain.lstm_logits(fitted.net, [Path(p) for p in test], device=config.device)
+        probs = fitted.calibrator.apply(logits)
         folder = Path(out_dir) / name
         features = {**features, "agg_neutral": retrain.aggregate_medians([Path(p) for p in train])}
         manifest = registry.build_manifest(
@@ -83,9 +83,33 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
             features=features, spec_hash="candidate", train_start=date.min, train_end=date.min,
             evaluation={}, training=fitted.summary)
         sha, _ = registry.save_artifact(folder, fitted.net, manifest)
+        out = Path(out_dir)
         return {"path": str(folder), "sha256": sha, "training": fitted.summary,
-                "test_probs": _save_probs(Path(out_dir) / f"{name}-test.npy", probs),
-                "test_labels": _save_probs(Path(out_dir) / "labels-test.npy", labels)}
+                "test_probs": _save_probs(out / f"{name}-test.npy", probs),
+                "test_labels": _save_probs(out / "labels-test.npy", labels),
+                "test_logits": _save_probs(out / f"{name}-test-logits.npy", logits),
+                "valid_logits": _save_probs(out / f"{name}-valid-logits.npy", fitted.result.valid_logits),
+                "valid_labels": _save_probs(out / f"{name}-valid-labels.npy", fitted.result.valid_labels)}
+
+
+@task(name="blend", timeout_seconds=3600, cache_policy=NO_CACHE)
+def blend_task(name: str, lstm: dict[str, Any], baseline: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """The served model: a fitted LSTM (`fit_model_task`'s result) blended with the LightGBM baseline
+    (`baseline_task`'s), calibrated and banded on validation; saved as a candidate like the LSTM."""
+    with _stage(f"blend {name}"):
+        model = registry.load_artifact(Path(lstm["path"]), lstm["sha256"])
+        blend, calibrator, bands = retrain.fit_served_blend(
+            np.load(lstm["valid_logits"]), np.load(lstm["valid_labels"]), np.load(baseline["valid_probs"]),
+            Path(baseline["booster"]).read_text(), baseline["best_iteration"], model.bands)
+        probs = calibrator.apply(blend.combine(np.load(lstm["test_logits"]), np.load(baseline["test_probs"])))
+        folder = Path(out_dir) / f"{name}-blend"
+        manifest = registry.build_manifest(
+            version=name, net=model.net, calibrator=calibrator, bands=bands,
+            features=model.manifest["features"], spec_hash="candidate", train_start=date.min,
+            train_end=date.min, evaluation={}, training=lstm["training"], blend=blend)
+        sha, _ = registry.save_artifact(folder, model.net, manifest, blend)
+        return {**lstm, "path": str(folder), "sha256": sha,
+                "test_probs": _save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs)}
 
 
 @task(name="shuffle-order", timeout_seconds=3600, cache_policy=NO_CACHE)
@@ -112,11 +136,18 @@ def hash_split_task(paths: list[str], out_dir: str) -> dict[str, list[str]]:
 
 
 @task(name="baseline", timeout_seconds=3 * 3600, cache_policy=NO_CACHE)
-def baseline_task(train: list[str], valid: list[str], test: list[str], seed: int, out_dir: str) -> str:
-    """LightGBM on static features and aggregates; its test probabilities."""
+def baseline_task(train: list[str], valid: list[str], test: list[str], seed: int,
+                  out_dir: str) -> dict[str, Any]:
+    """LightGBM on static features and aggregates: its booster (text), validation and test probabilities."""
     with _stage("baseline"):
-        booster = train_baseline([Path(p) for p in train], [Path(p) for p in valid], seed=seed)
-        return _save_probs(Path(out_dir) / "baseline-test.npy", booster.predict([Path(p) for p in test]))
+        fitted = train_baseline([Path(p) for p in train], [Path(p) for p in valid], seed=seed)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fitted.booster.save_model(str(out / "baseline.txt"), num_iteration=fitted.best_iteration)
+        valid_probs, test_probs = (fitted.predict([Path(p) for p in paths]) for paths in (valid, test))
+        return {"booster": str(out / "baseline.txt"), "best_iteration": fitted.best_iteration,
+                "valid_probs": _save_probs(out / "baseline-valid.npy", valid_probs),
+                "test_probs": _save_probs(out / "baseline-test.npy", test_probs)}
 
 
 @task(name="champion-on-test", timeout_seconds=3600, cache_policy=NO_CACHE)
@@ -129,7 +160,7 @@ def champion_task(test: list[str], champion_test: list[str], out_dir: str) -> st
             [Path(p) for p in champion_test])
         if not (np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])):
             raise registry.RegistryError("champion's test rows do not align with the challenger's")
-        probs, _ = retrain.predict_proba(champion.net, champion.calibrator, [Path(p) for p in champion_test])
+        probs, _ = retrain.model_proba(champion, [Path(p) for p in champion_test])
         return _save_probs(Path(out_dir) / "champion-test.npy", probs)
 
 
@@ -168,7 +199,7 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             features=model.manifest["features"], spec_hash=spec.fingerprint(), train_start=train_start,
             train_end=train_end, evaluation=evaluation["evaluation"],
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
-            promote_margin=margin if policy == "if_better" else float("inf"),
+            promote_margin=margin if policy == "if_better" else float("inf"), blend=model.blend,
             metrics={k: v for k, v in evaluation.items() if k != "evaluation"},
             reference=drift_reference(test_probs, test), training=candidate["training"])
         if policy == "always" and registration.status != "champion":

@@ -10,7 +10,7 @@ import pytest
 
 from bench.common import ROW_KEYS, bench_row, in_child, scale_of
 from flows.cli import main
-from flows.commands.bench import stages
+from flows.commands.bench import COLUMNS, stages, table_columns
 from riskmodel.errors import ConfigError
 from riskmodel.settings import Settings
 from tests.datapath_helpers import seed_tiny_bank
@@ -55,3 +55,13 @@ def test_extract_command_prints_json(initialised: Settings, monkeypatch: pytest.
     assert payload["rows_written"] == len(rows) and payload["dates_written"] == 6
     lake = tmp_path / "cli-home" / "lake" / "transactions"
     assert (lake / "txn_date=2026-06-30" / "part-0.parquet").exists()
+
+
+def test_each_bench_stage_prints_columns_its_rows_have() -> None:
+    import importlib
+
+    for stage in stages():
+        module = importlib.import_module(f"bench.{stage}")
+        if not hasattr(module, "TABLE_COLUMNS"):
+            assert table_columns(module) == COLUMNS and set(COLUMNS) <= set(ROW_KEYS), stage
+    assert "limit_ratio" in table_columns(importlib.import_module("bench.write"))

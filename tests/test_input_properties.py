@@ -248,6 +248,7 @@ RETRAIN_INVALID: dict[str, st.SearchStrategy[Any]] = {
     "min_ap_margin": _floats_outside(0.0, 1.0),
     "negative_keep": _floats_outside(0.0, 1.0, open_low=True),
     "run_ablation": st.lists(st.booleans(), min_size=1, max_size=2),
+    "blend_baseline": st.one_of(st.integers(min_value=2), st.text(alphabet="xyz", min_size=2, max_size=5)),
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 from pathlib import Path
+from types import ModuleType
 
 from flows.output import table, to_json
 from riskmodel.errors import ConfigError
@@ -19,6 +20,11 @@ COLUMNS = ["stage", "scale", "rows", "seconds", "rows_per_s", "peak_rss_mb", "ou
 def stages() -> list[str]:
     """Stage names: the modules in bench/ other than the shared ones."""
     return sorted(p.stem for p in BENCH_DIR.glob("*.py") if p.stem not in NOT_STAGES)
+
+
+def table_columns(module: ModuleType) -> list[str]:
+    """The columns a stage's table prints: its `TABLE_COLUMNS` if it defines them, else the row's."""
+    return list(getattr(module, "TABLE_COLUMNS", COLUMNS))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(to_json(rows))
         return 0
-    print(table(rows, getattr(module, "COLUMNS", COLUMNS)))
+    print(table(rows, table_columns(module)))
     for row in rows:
         if row.get("baseline") is not None:
             print(f"  {row['stage']}: baseline = {row['baseline']}; limit = {row['limit']}")

@@ -59,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
                  f"{args.days} days to {end}; lake reset for a full extract")
     trained = retrain(RetrainParams(as_of=end, train_days=min(150, args.days - 60), epochs=args.epochs,
                                     max_train_minutes=args.max_train_minutes, seed=args.seed))
-    ap = trained["evaluation"]["model"]["average_precision"]
+    aps = {k: f"{v['average_precision']:.3f}" for k, v in trained["evaluation"].items()}
     steps.append(f"train: model {trained['version']} is {trained['status']} ({trained['reason']}); "
-                 f"test AP {ap:.3f} (baseline {trained['evaluation']['baseline']['average_precision']:.3f})")
+                 f"test AP {aps['model']} (LSTM alone {aps.get('lstm', aps['model'])}, "
+                 f"LightGBM alone {aps['baseline']})")
     scored = nightly_scoring(ScoreParams(score_date=end))
     steps.append(f"score: {scored['accounts_scored']} accounts for {end}, bands {scored['bands']}")
     top = top_accounts(settings, end, 10)

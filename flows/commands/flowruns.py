@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     train.add_argument("--negative-keep", type=float, default=_RETRAIN["negative_keep"],
                        help="share of negative training rows kept (positives always kept)")
     train.add_argument("--no-ablation", action="store_true", help="skip the order-shuffled ablation")
+    train.add_argument("--no-blend", action="store_true",
+                       help="serve the LSTM alone instead of its blend with the LightGBM baseline")
     train.set_defaults(func=run_train)
 
 
@@ -89,7 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, hidden_size=args.hidden, max_train_minutes=args.max_train_minutes,
         seed=args.seed, promote_policy=args.promote, min_ap_margin=args.margin,
         negative_keep=args.negative_keep,
-        run_ablation=not args.no_ablation))
+        run_ablation=not args.no_ablation, blend_baseline=not args.no_blend))
     text = (f"model {result['version']} registered as {result['status']} ({result['reason']})\n"
             f"split: {result['split']}\n{table(result['evaluation_rows'])}")
     emit(args.json, result, text)
