@@ -53,8 +53,11 @@ class Blend:
     def booster(self) -> Any:
         """The LightGBM booster, parsed from its text on first use."""
         if self._booster is None:
-            import lightgbm as lgb
-
+            try:
+                import lightgbm as lgb
+            except ImportError:
+                raise ConfigError("this model blends the LSTM with LightGBM, which is not installed here: "
+                                  "`pip install lightgbm` to score it") from None
             self._booster = lgb.Booster(model_str=self.booster_text)
         return self._booster
 

@@ -84,3 +84,12 @@ def test_an_unblended_artifact_has_no_booster(tmp_path: Path) -> None:
     (tmp_path / "x" / BOOSTER_FILE).write_text("tree\n")
     with pytest.raises(ModelIntegrityError, match="was registered"):
         load_artifact(tmp_path / "x", sha, files)
+
+
+def test_scoring_a_blend_without_lightgbm_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    blend = fit_blend(np.zeros(3) + [0, 1, 2], np.array([0.1, 0.2, 0.3]), "tree\n", 1)
+    monkeypatch.setitem(sys.modules, "lightgbm", None)
+    with pytest.raises(ConfigError, match="pip install lightgbm"):
+        blend.gbdt_probs([order_batch(4, seq_len=8)])
