@@ -54,9 +54,9 @@ def ensure_champion(settings: Settings, workdir: Path) -> str:
     net = RiskLSTM(ModelConfig.for_batch(sample, cat_cardinalities=state.cat_cardinalities,
                                          static_cat_cardinalities=state.static_cat_cardinalities))
     net.set_agg_stats(sample.agg)
-    blend = _blend_part(sample, score_logits(net, sample))
+    blend, values = _blend_part(sample, score_logits(net, sample))
     calibrator = Calibrator()
-    bands = BandPolicy().fit(calibrator.apply(blend.logits(score_logits(net, sample), sample)))
+    bands = BandPolicy().fit(calibrator.apply(values))
     features = {**state.to_dict(), "agg_neutral": np.median(sample.agg, axis=0).astype(float).tolist()}
     registration = registry.register_model(
         settings, net=net, calibrator=calibrator, bands=bands, features=features,
@@ -68,9 +68,10 @@ def ensure_champion(settings: Settings, workdir: Path) -> str:
     return registration.version
 
 
-def _blend_part(sample: Any, lstm_logits: Any) -> Any:
+def _blend_part(sample: Any, lstm_logits: Any) -> tuple[Any, Any]:
     """A LightGBM model of the baseline's parameters and `BASELINE_ROUNDS` trees on `sample`'s tabular
-    features (random labels), blended half and half with the LSTM's logits."""
+    features (random labels), blended half and half with the LSTM's logits; and the sample's blended
+    values."""
     import lightgbm as lgb
     import numpy as np
 
@@ -81,7 +82,9 @@ def _blend_part(sample: Any, lstm_logits: Any) -> Any:
     labels = np.random.default_rng(0).random(len(x)) < 0.05
     booster = lgb.train(baseline_params(threads=1), lgb.Dataset(x, labels, categorical_feature=categorical),
                         num_boost_round=BASELINE_ROUNDS)
-    return fit_blend(lstm_logits, booster.predict(x), booster.model_to_string(), BASELINE_ROUNDS)
+    probs = booster.predict(x)
+    blend = fit_blend(lstm_logits, probs, booster.model_to_string(), BASELINE_ROUNDS)
+    return blend, blend.combine(lstm_logits, probs)
 
 
 def run_flow(settings: Settings) -> dict[str, Any]:

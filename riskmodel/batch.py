@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from riskmodel.errors import ConfigError
+
 TIME_FEATURES = ("log_gap", "log_age", "hour", "dow")
 
 
@@ -106,12 +108,17 @@ class SequenceBatch:
         return cls(**kw)  # type: ignore[arg-type]
 
 
+def check_keep_rate(keep: float, name: str = "negative keep rate") -> None:
+    """A share of negatives to keep must be in (0, 1]; ConfigError naming `name` otherwise."""
+    if not 0.0 < keep <= 1.0:
+        raise ConfigError(f"{name} must be in (0, 1], got {keep}")
+
+
 def sample_negatives(batch: SequenceBatch, keep: float, key: list[int]) -> SequenceBatch:
     """Every positive row and a share `keep` of the negatives, drawn by a generator seeded with `key`
     (the same key keeps the same rows). Only training rows are sampled: validation, test and
     calibration keep the real base rate."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"negative keep rate must be in (0, 1], got {keep}")
+    check_keep_rate(keep)
     if batch.label is None:
         raise ValueError("sample_negatives: batch has no labels")
     if keep == 1.0:

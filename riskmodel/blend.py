@@ -73,9 +73,9 @@ class Blend:
         z_gbdt = (log_odds(gbdt_probs) - self.gbdt_mean) / self.gbdt_std
         return self.weight * z_lstm + (1.0 - self.weight) * z_gbdt
 
-    def logits(self, lstm_logits: np.ndarray, batch: SequenceBatch) -> np.ndarray:
-        """The blended value of every row of `batch`, given the LSTM's logits for the same rows."""
-        return self.combine(lstm_logits, self.gbdt_probs([batch]))
+    def logits(self, lstm_logits: np.ndarray, sources: Sequence[Path | SequenceBatch]) -> np.ndarray:
+        """The blended value of every row of shards or batches, given the LSTM's logits for the same rows."""
+        return self.combine(lstm_logits, self.gbdt_probs(sources))
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's "blend" entry (the booster itself lives in `BOOSTER_FILE`)."""

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -69,16 +70,16 @@ class LoadedModel:
     path: Path | None = None
     blend: Blend | None = None
 
-    def served_logits(self, lstm_logits: np.ndarray, batch: SequenceBatch) -> np.ndarray:
-        """What the calibrator maps to probabilities: the blend of the LSTM's logits with LightGBM
-        when the model has one, else the LSTM's logits."""
-        return lstm_logits if self.blend is None else self.blend.logits(lstm_logits, batch)
+    def served_logits(self, lstm_logits: np.ndarray, sources: Sequence[Path | SequenceBatch]) -> np.ndarray:
+        """What the calibrator maps to probabilities for the rows of shards or batches: the blend of
+        the LSTM's logits with LightGBM when the model has one, else the LSTM's logits."""
+        return lstm_logits if self.blend is None else self.blend.logits(lstm_logits, sources)
 
     def predict_logits(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
         """Uncalibrated scores (`served_logits`) for every account of `batch`."""
         from riskmodel.score import score_logits
 
-        return self.served_logits(score_logits(self.net, batch, device=device), batch)
+        return self.served_logits(score_logits(self.net, batch, device=device), [batch])
 
     def predict_proba(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
         """Calibrated probabilities (float64) for every account of `batch`."""
@@ -132,9 +133,15 @@ def combined_sha256(file_hashes: dict[str, str]) -> str:
 
 def artifact_sha256(folder: Path) -> tuple[str, dict[str, str]]:
     """(artifact hash, per-file hashes) of an artifact folder as it is on disk now."""
-    names = ARTIFACT_FILES + tuple(n for n in OPTIONAL_FILES if (Path(folder) / n).exists())
-    files = {name: _digest((Path(folder) / name).read_bytes()) for name in names}
+    files = {name: _digest((Path(folder) / name).read_bytes()) for name in artifact_files(folder)}
     return combined_sha256(files), files
+
+
+def artifact_files(folder: Path, registered: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The files an artifact consists of: the required ones, plus each optional one that is on disk
+    or was `registered` (so a registered file that went missing is reported, not skipped)."""
+    return ARTIFACT_FILES + tuple(n for n in OPTIONAL_FILES
+                                  if (Path(folder) / n).exists() or n in (registered or {}))
 
 
 def save_artifact(folder: Path, net: RiskLSTM, manifest: dict[str, Any],
@@ -164,9 +171,7 @@ def load_artifact(path: Path, expected_sha256: str | None = None,
     """
     path = Path(path)
     blobs: dict[str, bytes] = {}
-    names = list(ARTIFACT_FILES)
-    if (path / BOOSTER_FILE).exists() or BOOSTER_FILE in (expected_files or {}):
-        names.append(BOOSTER_FILE)
+    names = artifact_files(path, expected_files)
     for name in names:
         try:
             blobs[name] = (path / name).read_bytes()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from riskmodel.bands import BandPolicy
-from riskmodel.batch import SequenceBatch, sample_negatives
+from riskmodel.batch import SequenceBatch, check_keep_rate, sample_negatives
 from riskmodel.blend import Blend, fit_blend
 from riskmodel.calibrate import Calibrator, fit_calibrator
 from riskmodel.errors import ConfigError
@@ -107,8 +107,7 @@ def split_shards_by_hash(paths: Sequence[Path], out_dir: Path) -> dict[str, list
 def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed: int) -> list[Path]:
     """Training shards with every positive and a seeded `keep` share of negatives (validation, test
     and calibration stay untouched, so probabilities remain calibrated to the real base rate)."""
-    if not 0.0 < keep <= 1.0:
-        raise ConfigError(f"negative keep rate must be in (0, 1], got {keep}")
+    check_keep_rate(keep)
     if keep == 1.0:
         return list(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,9 +184,7 @@ def model_proba(model: LoadedModel, paths: Sequence[Path], device: str = "auto",
                 threads: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
     """`predict_proba` of a registered model, blended with its LightGBM part when it has one."""
     logits, labels = lstm_logits(model.net, paths, device, threads)
-    if model.blend is not None:
-        logits = model.blend.combine(logits, model.blend.gbdt_probs(list(paths)))
-    return model.calibrator.apply(logits), labels
+    return model.calibrator.apply(model.served_logits(logits, list(paths))), labels
 
 
 def fit_served_blend(lstm_valid_logits: np.ndarray, valid_labels: np.ndarray, gbdt_valid_probs: np.ndarray,

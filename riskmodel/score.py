@@ -126,4 +126,4 @@ def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto
     blend) for every account in `batch`."""
     logits = score_logits(model.net, batch, device=device, batch_size=batch_size, oom_hook=oom_hook,
                           threads=threads, report=report)
-    return model.calibrator.apply(model.served_logits(logits, batch))
+    return model.calibrator.apply(model.served_logits(logits, [batch]))

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
-from riskmodel.batch import sample_negatives
+from riskmodel.batch import check_keep_rate, sample_negatives
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState, fit_feature_state
 from riskmodel.quality import local_midnight
@@ -66,8 +66,7 @@ def build_training_shards(settings: Settings, spec: FeatureSpec, state: FeatureS
     dense training cutoffs never put their full, mostly negative snapshots on disk."""
     from riskmodel.sources import read_events
 
-    if not 0.0 < negative_keep <= 1.0:
-        raise ConfigError(f"negative keep rate must be in (0, 1], got {negative_keep}")
+    check_keep_rate(negative_keep)
     if not cutoffs:
         raise ConfigError("build_training_shards: no cutoffs given")
     open_ = [t for t in cutoffs if not cutoff_is_closed(spec, t, as_of)]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from riskmodel.batch import SequenceBatch, sample_negatives
+from riskmodel.batch import SequenceBatch, check_keep_rate, sample_negatives
 from riskmodel.errors import ConfigError
 from riskmodel.metrics import average_precision, weighted_average_precision
 from riskmodel.model import ModelConfig, RiskLSTM, trimmed_tensors
@@ -149,8 +149,7 @@ def early_stop_sample(valid: Sequence[Source], keep: float,
                       seed: int) -> tuple[list[SequenceBatch], np.ndarray]:
     """Validation rows early stopping reads: every positive and a seeded `keep` share of negatives, with
     weights (1 for positives, 1/keep for negatives) that restore the window's base rate."""
-    if not 0.0 < keep <= 1.0:
-        raise ConfigError(f"valid_negative_keep must be in (0, 1], got {keep}")
+    check_keep_rate(keep, "valid_negative_keep")
     batches, weights = [], []
     for k, source in enumerate(valid):
         batch = load_source(source)
