@@ -2,8 +2,10 @@
 
 For the synthetic bank and the control bank (same size, no order-dependent patterns) of the scale,
 the retrain's own steps build the snapshots once with the `RetrainParams` defaults (split, cutoffs,
-negative sampling). Then, for each seed, the challenger, the order-shuffled ablation (each with a
-retrain's per-model training budget) and the LightGBM baseline are trained and scored on the test
+negative sampling), and once more as the order ablation's (events shuffled within each account,
+aggregates recomputed from the shuffled events: `riskmodel.ablation`, one shuffle for every seed).
+Then, for each seed, the challenger and its ablation (each with a retrain's per-model training
+budget) and LightGBM on the real and on the shuffled snapshots are trained and scored on the test
 window. The rows also carry a blend (the LSTM's and LightGBM's validation-standardised log-odds,
 averaged) against LightGBM alone and against the same blend built on the ablation: does the
 sequence model add to the GBDT, and does the order of events? One row per bank and seed, and one
@@ -34,10 +36,10 @@ log = logging.getLogger("riskflow.bench")
 
 SEEDS = (1, 2, 3)
 BANKS = {"synthetic": True, "control": False}
-MODELS = ("model", "shuffled_order", "baseline", "blend", "blend_shuffled")
+MODELS = ("model", "shuffled_order", "baseline", "baseline_shuffled", "blend", "blend_shuffled")
 TABLE_COLUMNS = ["stage", "scale", "bank", "seeds", "rows", "positives", "lstm_ap", "baseline_ap",
-                 "ablation_ap", "lstm_minus_baseline", "lstm_minus_ablation", "blend_ap",
-                 "blend_minus_baseline", "blend_minus_blend_shuffled", "seconds"]
+                 "ablation_ap", "baseline_ablation_ap", "lstm_minus_baseline", "lstm_minus_ablation",
+                 "blend_ap", "blend_minus_baseline", "blend_minus_blend_shuffled", "seconds"]
 
 
 def _bank(scale: str, workdir: Path, ordered: bool) -> tuple[Any, Any]:
@@ -65,8 +67,10 @@ def _bank(scale: str, workdir: Path, ordered: bool) -> tuple[Any, Any]:
     return settings, spec
 
 
-def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path]], dict, str]:
-    """train/valid/test shards exactly as a retrain with default parameters builds them."""
+def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path]], dict[str, list[Path]],
+                                                              dict, str]:
+    """train/valid/test shards exactly as a retrain with default parameters builds them, real and
+    order-ablated."""
     from flows.params import RetrainParams
     from riskmodel import retrain as steps
     from riskmodel.snapshots import build_training_shards, fit_feature_state
@@ -74,11 +78,13 @@ def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path
     params = RetrainParams()
     start, split = steps.plan_retrain(spec, END_DATE, params.train_days, params.cutoff_every_days)
     state = fit_feature_state(settings, spec, start, max(split.train))
-    parts = {name: build_training_shards(settings, spec, state, days, out / name, END_DATE,
-                                         negative_keep=params.negative_keep if name == "train" else 1.0,
-                                         seed=params.seed)
-             for name, days in (("train", split.train), ("valid", split.valid), ("test", split.test))}
-    return parts, state.to_dict(), split.describe()
+    windows = (("train", split.train), ("valid", split.valid), ("test", split.test))
+    real, shuffled = ({name: build_training_shards(settings, spec, state, days, out / kind / name, END_DATE,
+                                                   negative_keep=params.negative_keep if name == "train"
+                                                   else 1.0, seed=params.seed, order_seed=order_seed)
+                       for name, days in windows}
+                      for kind, order_seed in (("real", None), ("shuffled", params.seed)))
+    return real, shuffled, state.to_dict(), split.describe()
 
 
 def _fit_and_score(parts: dict[str, list[Path]], features: dict,
@@ -99,10 +105,9 @@ def _fit_and_score(parts: dict[str, list[Path]], features: dict,
 
 
 def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
-    """Everything for one bank, in a child process: snapshots once, then every seed's three models."""
+    """Everything for one bank, in a child process: snapshots once, then every seed's four models."""
     import torch
 
-    from riskmodel.ablation import shuffle_shards
     from riskmodel.evaluate import train_baseline
     from riskmodel.groundtruth import read_ground_truth
     from riskmodel.retrain import pattern_groups, row_keys
@@ -112,27 +117,27 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
     settings, spec = _bank(scale, Path(workdir), BANKS[bank])
     run = Path(workdir) / f"model-{scale}-{bank}-run"
     shutil.rmtree(run, ignore_errors=True)
-    parts, features, split = _snapshots(settings, spec, run)
+    parts, shuffled, features, split = _snapshots(settings, spec, run)
+    output_mb = dir_mb(run)
     accounts, _ = row_keys(parts["test"])
     groups = pattern_groups(accounts, read_ground_truth(settings, spec))
     probs: dict[str, np.ndarray] = {}
     training: dict[str, dict] = {}
-    output_mb = 0.0
     labels = np.concatenate([np.load(p, allow_pickle=False)["label"] for p in parts["test"]])
     for seed in SEEDS:
         probs[f"model-{seed}"], lstm_valid, training[f"model-{seed}"] = _fit_and_score(parts, features, seed)
-        shuffled = {k: shuffle_shards(v, run / f"shuffled-{seed}" / k, seed) for k, v in parts.items()}
         probs[f"shuffled_order-{seed}"], shuffled_valid, training[f"shuffled_order-{seed}"] = _fit_and_score(
             shuffled, features, seed)
-        output_mb = max(output_mb, dir_mb(run))
-        shutil.rmtree(run / f"shuffled-{seed}")
-        baseline = train_baseline(parts["train"], parts["valid"], seed=seed, threads=1)
-        probs[f"baseline-{seed}"] = baseline.predict(parts["test"])
-        baseline_valid = baseline.predict(parts["valid"])
+        valid: dict[str, np.ndarray] = {}
+        for name, snapshots in (("baseline", parts), ("baseline_shuffled", shuffled)):
+            baseline = train_baseline(snapshots["train"], snapshots["valid"], seed=seed, threads=1)
+            probs[f"{name}-{seed}"] = baseline.predict(snapshots["test"])
+            valid[name] = baseline.predict(snapshots["valid"])
         probs[f"blend-{seed}"] = blend_probs((probs[f"model-{seed}"], probs[f"baseline-{seed}"]),
-                                             (lstm_valid, baseline_valid))
+                                             (lstm_valid, valid["baseline"]))
         probs[f"blend_shuffled-{seed}"] = blend_probs(
-            (probs[f"shuffled_order-{seed}"], probs[f"baseline-{seed}"]), (shuffled_valid, baseline_valid))
+            (probs[f"shuffled_order-{seed}"], probs[f"baseline_shuffled-{seed}"]),
+            (shuffled_valid, valid["baseline_shuffled"]))
         log.info("bench model %s: seed %d done after %.0f s", bank, seed, time.perf_counter() - started)
     shutil.rmtree(run, ignore_errors=True)
     return {"bank": bank, "split": split, "labels": labels, "accounts": accounts, "groups": groups,
@@ -169,6 +174,7 @@ def _rows(scale: str, result: dict[str, Any]) -> list[dict[str, Any]]:
 
         out.update(bank=result["bank"], seeds=label, positives=int(y.sum()), lstm_ap=round(value["model"], 4),
                    baseline_ap=round(value["baseline"], 4), ablation_ap=round(value["shuffled_order"], 4),
+                   baseline_ablation_ap=round(value["baseline_shuffled"], 4),
                    lstm_minus_baseline=margin("model_minus_baseline"),
                    lstm_minus_ablation=margin("model_minus_shuffled_order"),
                    blend_ap=round(value["blend"], 4), blend_minus_baseline=margin("blend_minus_baseline"),
@@ -181,7 +187,7 @@ def _rows(scale: str, result: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for seed in SEEDS:
         names = {m: [f"{m}-{seed}"] for m in MODELS}
-        per_pattern = {m: group_metrics(y, probs[f"{m}-{seed}"], result["groups"]) for m in MODELS[:3]}
+        per_pattern = {m: group_metrics(y, probs[f"{m}-{seed}"], result["groups"]) for m in MODELS[:4]}
         rows.append(row(str(seed), names, {"per_pattern": per_pattern, "training": {
             m: result["training"].get(f"{m}-{seed}") for m in ("model", "shuffled_order")}}))
     rows.append(row("mean of " + ",".join(map(str, SEEDS)),

@@ -27,7 +27,6 @@ from tasks.training import (
     fit_model_task,
     hash_split_task,
     register_task,
-    shuffle_task,
 )
 
 
@@ -46,17 +45,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     logger.info("retrain as of %s: %s", as_of, split.describe())
     features = fit_features_task(start, max(split.train))
     try:
-        if split.kind == "out_of_time":
-            parts = {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of,
-                                                params.negative_keep if name == "train" else 1.0,
-                                                params.seed)
-                     for name, cutoffs_ in (("train", split.train), ("valid", split.valid),
-                                            ("test", split.test))}
-        else:
-            everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of)
-            parts = hash_split_task(everything, str(run_dir / "split"))
-            parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"),
-                                             params.negative_keep, params.seed)
+        parts = _snapshots(features, split, run_dir, as_of, params)
         fit_params = params.model_dump(mode="json")
         fit_params["device"] = settings.device
         model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,
@@ -66,12 +55,14 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
         served = _served(model, baseline, "challenger", params.blend_baseline, run_dir)
         probs = {"model": served["test_probs"], "baseline": baseline["test_probs"]}
         if params.run_ablation:
-            shuffled = {name: shuffle_task(paths, str(run_dir / "shuffled" / name), params.seed)
-                        for name, paths in parts.items()}
+            shuffled = _snapshots(features, split, run_dir / "shuffled", as_of, params, params.seed)
             ablation = fit_model_task("shuffled_order", shuffled["train"], shuffled["valid"],
                                       shuffled["test"], features, fit_params, str(run_dir / "models"))
-            probs["shuffled_order"] = _served(ablation, baseline, "shuffled_order", params.blend_baseline,
-                                              run_dir)["test_probs"]
+            shuffled_baseline = baseline_task(shuffled["train"], shuffled["valid"], shuffled["test"],
+                                              params.seed, str(run_dir / "shuffled" / "probs"))
+            probs["shuffled_order"] = _served(ablation, shuffled_baseline, "shuffled_order",
+                                              params.blend_baseline, run_dir)["test_probs"]
+            probs["baseline_shuffled_order"] = shuffled_baseline["test_probs"]
             if params.blend_baseline:
                 probs["lstm_shuffled_order"] = ablation["test_probs"]
         if params.blend_baseline:
@@ -93,6 +84,24 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     return {**registered, "split": split.describe(), "evaluation": evaluation["evaluation"],
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
             "evaluation_rows": rows, "training": model["training"] | {"history": None}}
+
+
+def _snapshots(features: dict, split: steps.Split, run_dir: Path, as_of: date, params: RetrainParams,
+               order_seed: int | None = None) -> dict[str, list[str]]:
+    """train/valid/test shards of `split` (negatives sampled in train only); with `order_seed`, the
+    order ablation's shards of the same accounts and labels (see `riskmodel.ablation`)."""
+    if split.kind == "out_of_time":
+        return {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of,
+                                           params.negative_keep if name == "train" else 1.0,
+                                           params.seed, order_seed)
+                for name, cutoffs_ in (("train", split.train), ("valid", split.valid),
+                                       ("test", split.test))}
+    everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of,
+                                      order_seed=order_seed)
+    parts = hash_split_task(everything, str(run_dir / "split"))
+    parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"), params.negative_keep,
+                                     params.seed)
+    return parts
 
 
 def _served(lstm: dict, baseline: dict, name: str, blend: bool, run_dir: Path) -> dict:

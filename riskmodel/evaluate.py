@@ -1,7 +1,8 @@
 """Out-of-time evaluation: every model side by side, with bootstrap intervals, per pattern, and plots.
 
 `evaluate_models` takes calibrated probabilities of the challenger ("model"), the current
-"champion", the LightGBM "baseline" and the "shuffled_order" ablation on the same rows and
+"champion", the LightGBM "baseline" and the "shuffled_order" ablation (trained and tested on
+order-shuffled snapshots, `riskmodel.ablation`) on the same rows and
 returns the `evaluation` table the manifest stores (point values), the 95% intervals, the
 paired difference in average precision of the model against each other entry, per-group
 results and calibration curves. `train_baseline` fits the gradient-boosting baseline on the

@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from riskmodel import aggregates as ag
+from riskmodel.ablation import order_generator, permute_within
 from riskmodel.batch import TIME_FEATURES, SequenceBatch
 from riskmodel.errors import ConfigError
 from riskmodel.features import FIRST_ID, PAD_ID, FeatureState, encode, normalise
@@ -252,10 +253,12 @@ def _scatter(target: np.ndarray, dest: np.ndarray, columns: list[np.ndarray]) ->
 
 
 def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: date, active_us: int,
-                end_us: int) -> SequenceBatch:
+                end_us: int, order_rng: np.random.Generator | None = None) -> SequenceBatch:
     """Padded arrays for one shard's rows of one cutoff window (rows sorted by account, time).
 
-    Accounts without an event since `active_us` are left out; the rest keep their last L rows."""
+    Accounts without an event since `active_us` are left out; the rest keep their last L rows.
+    With `order_rng`, each account's attributes are shuffled across those rows first, for the
+    sequences and the aggregates alike (the order ablation, see `riskmodel.ablation`)."""
     idx = rows[ACC].rle_id().cast(pl.Int64).to_numpy()
     ts = rows[ag.TS].to_numpy()
     firsts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]]) if idx.size else np.zeros(0, np.int64)
@@ -280,13 +283,22 @@ def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: d
     kept = np.flatnonzero(rank >= drop[idx])
     a = idx[kept]
     dest = a * seq_len + rank[kept] - drop[a]
+    source: np.ndarray | None = None
+    if order_rng is not None:
+        source = np.arange(idx.size)
+        source[kept] = kept[permute_within(a, order_rng)]
+
+    def attribute(name: str) -> np.ndarray:
+        values = column(name)
+        return values if source is None else values[source]
+
     gap_h = np.where(rank[kept] == 0, 0, ts[kept] - ts[np.maximum(kept - 1, 0)]) / 3.6e9
     age_h = (end_us - ts[kept]) / 3.6e9
     names = prep.names
     batch = SequenceBatch.empty(n, seq_len, len(names["num"]), len(names["cat"]), len(TIME_FEATURES),
                                 len(names["static_num"]), len(names["static_cat"]), 0)
-    cat_cols = [column(f"_c{j}") for j in range(len(names["cat"]))]
-    _scatter(batch.num, dest, [column(f"_n{j}")[kept] for j in range(len(names["num"]))])
+    cat_cols = [attribute(f"_c{j}") for j in range(len(names["cat"]))]
+    _scatter(batch.num, dest, [attribute(f"_n{j}")[kept] for j in range(len(names["num"]))])
     _scatter(batch.cat, dest, [c[kept] for c in cat_cols])
     _scatter(batch.time, dest, [np.log1p(np.maximum(gap_h, 0.0)) / TIME_SCALE,
                                 np.log1p(np.maximum(age_h, 0.0)) / TIME_SCALE,
@@ -296,22 +308,22 @@ def build_shard(prep: Prepared, rows: pl.DataFrame, spec: FeatureSpec, cutoff: d
     batch.account_id = account_ids.to_numpy()
     batch.static_num, batch.static_cat, home = _static_arrays(prep, account_ids)
     cats = {role: cat_cols[j] for role, j in prep.roles.items()}
-    flags = {f: column(f) for f in (ag.ONLINE, ag.ATM) if f in rows.columns}
+    flags = {f: attribute(f) for f in (ag.ONLINE, ag.ATM) if f in rows.columns}
     if home is not None and ag.COUNTRY in cats:
         home_rows = home[idx]
         flags[ag.FOREIGN] = (home_rows != PAD_ID) & (cats[ag.COUNTRY] != home_rows)
-    batch.agg, agg_names = ag.compute_aggregates(idx, ts, column(ag.AMOUNT), column(ag.TINY), flags, cats, n,
-                                                 end_us)
+    batch.agg, agg_names = ag.compute_aggregates(idx, ts, attribute(ag.AMOUNT), attribute(ag.TINY), flags,
+                                                 cats, n, end_us)
     batch.cutoff = np.full(n, np.datetime64(cutoff, "D"))
     batch.names = {**prep.names, "agg": agg_names}
     return batch
 
 
 def iter_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
-                exclude: pl.Series | None = None,
-                shards: Iterable[int] | None = None) -> Iterator[SequenceBatch]:
+                exclude: pl.Series | None = None, shards: Iterable[int] | None = None,
+                order_seed: int | None = None) -> Iterator[SequenceBatch]:
     """SequenceBatches of cutoff D, shard 0, 1, ... in turn (or the numbers in `shards`), leaving out
-    `exclude` accounts."""
+    `exclude` accounts; with `order_seed`, order-ablated (see `riskmodel.ablation`)."""
     start_us, active_us, end_us = cutoff_bounds(spec, cutoff, tz)
     for k in range(prep.n_shards) if shards is None else shards:
         rows = prep.shard_rows(k)
@@ -320,13 +332,15 @@ def iter_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
             rows = rows.filter((pl.col(ag.TS) >= start_us) & (pl.col(ag.TS) < end_us))
         if exclude is not None and len(exclude):
             rows = rows.filter(~pl.col(ACC).is_in(exclude.implode()))
-        yield build_shard(prep, rows, spec, cutoff, active_us, end_us)
+        rng = None if order_seed is None else order_generator(order_seed, cutoff.toordinal(), k)
+        yield build_shard(prep, rows, spec, cutoff, active_us, end_us, rng)
 
 
 def build_cutoff(prep: Prepared, spec: FeatureSpec, cutoff: date, tz: ZoneInfo,
-                 exclude: pl.Series | None = None) -> list[SequenceBatch]:
-    """One SequenceBatch per shard (index = shard number) for cutoff D, leaving out `exclude` accounts."""
-    return list(iter_cutoff(prep, spec, cutoff, tz, exclude))
+                 exclude: pl.Series | None = None, order_seed: int | None = None) -> list[SequenceBatch]:
+    """One SequenceBatch per shard (index = shard number) for cutoff D, leaving out `exclude` accounts;
+    with `order_seed`, order-ablated."""
+    return list(iter_cutoff(prep, spec, cutoff, tz, exclude, order_seed=order_seed))
 
 
 def write_batch(batch: SequenceBatch, path: Path) -> Path:

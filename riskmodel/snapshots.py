@@ -59,11 +59,13 @@ def label_frame(events: pl.DataFrame, spec: FeatureSpec, cutoff: date, as_of: da
 
 def build_training_shards(settings: Settings, spec: FeatureSpec, state: FeatureState, cutoffs: list[date],
                           out_dir: Path, as_of: date, *, negative_keep: float = 1.0,
-                          seed: int = 0) -> list[Path]:
+                          seed: int = 0, order_seed: int | None = None) -> list[Path]:
     """Labelled shards `train-{t}-shard-NNNN.npz` for each cutoff (all with closed label windows).
 
     With `negative_keep` < 1 only that share of negatives is written (see `sample_negatives`), so
-    dense training cutoffs never put their full, mostly negative snapshots on disk."""
+    dense training cutoffs never put their full, mostly negative snapshots on disk; the same
+    accounts are kept whatever `order_seed`. With `order_seed` the snapshots are the order
+    ablation's (see `riskmodel.ablation`): the same accounts and labels, events shuffled."""
     from riskmodel.sources import read_events
 
     check_keep_rate(negative_keep)
@@ -78,7 +80,7 @@ def build_training_shards(settings: Settings, spec: FeatureSpec, state: FeatureS
     paths: list[Path] = []
     for cutoff in sorted(set(cutoffs)):
         known_bad, positive = label_frame(events, spec, cutoff, as_of, settings.tz)
-        batches = build_cutoff(prep, spec, cutoff, settings.tz, exclude=known_bad)
+        batches = build_cutoff(prep, spec, cutoff, settings.tz, exclude=known_bad, order_seed=order_seed)
         for batch in batches:
             batch.label = np.isin(batch.account_id, positive.to_numpy()).astype(np.float32)
         batches = [sample_negatives(batch, negative_keep, [seed, cutoff.toordinal(), k])

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from flows.context import settings_and_spec
 from riskmodel import registry, retrain
-from riskmodel.ablation import shuffle_shards
 from riskmodel.batch import SequenceBatch
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
@@ -110,13 +109,6 @@ def blend_task(name: str, lstm: dict[str, Any], baseline: dict[str, Any], out_di
         sha, _ = registry.save_artifact(folder, model.net, manifest, blend)
         return {**lstm, "path": str(folder), "sha256": sha,
                 "test_probs": _save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs)}
-
-
-@task(name="shuffle-order", timeout_seconds=3600, cache_policy=NO_CACHE)
-def shuffle_task(paths: list[str], out_dir: str, seed: int) -> list[str]:
-    """The order ablation's shards: attributes permuted within each account's real events."""
-    with _stage("shuffle-order"):
-        return [str(p) for p in shuffle_shards([Path(p) for p in paths], Path(out_dir), seed)]
 
 
 @task(name="downsample-negatives", cache_policy=NO_CACHE)

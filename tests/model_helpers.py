@@ -7,8 +7,11 @@ order tells them apart: a bag of aggregates cannot.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
+from riskmodel.ablation import permute_within
 from riskmodel.batch import SequenceBatch
 
 TINY, LARGE = -2.5, 3.0
@@ -42,3 +45,17 @@ def order_batch(n: int, *, seq_len: int = 24, seed: int = 0, pos_rate: float = 0
     b.account_id = np.array([f"A{seed:02d}{i:06d}" for i in range(n)])
     b.label = label
     return b
+
+
+def shuffle_sequences(batch: SequenceBatch, seed: int) -> SequenceBatch:
+    """A copy of `batch` whose event attributes are permuted within each account's real steps
+    (the sequence half of the order ablation; its aggregates are left as they are)."""
+    rng = np.random.default_rng(seed)
+    real = np.arange(batch.seq_len)[None, :] < batch.lengths[:, None]
+    rows, steps = np.nonzero(real)
+    flat = rows * batch.seq_len + steps
+    source = flat[permute_within(rows, rng)]
+    num, cat = batch.num.copy(), batch.cat.copy()
+    num.reshape(-1, num.shape[2])[flat] = batch.num.reshape(-1, num.shape[2])[source]
+    cat.reshape(-1, cat.shape[2])[flat] = batch.cat.reshape(-1, cat.shape[2])[source]
+    return replace(batch, num=num, cat=cat)

@@ -55,7 +55,8 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert trained["split"].startswith("out_of_time")
     manifest = registry.read_manifest(bank, trained["version"])
     evaluation = manifest["evaluation"]
-    assert {"model", "baseline", "shuffled_order", "lstm", "lstm_shuffled_order"} <= set(evaluation)
+    assert {"model", "baseline", "shuffled_order", "lstm", "lstm_shuffled_order",
+            "baseline_shuffled_order"} <= set(evaluation)
     for metrics in evaluation.values():
         assert METRIC_KEYS <= set(metrics)
     assert 0.0 <= evaluation["model"]["roc_auc"] <= 1.0

@@ -7,7 +7,6 @@ import pytest
 import torch
 from model_helpers import order_batch
 
-from riskmodel.ablation import shuffle_order
 from riskmodel.batch import SequenceBatch
 from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors, last_real_step
 
@@ -69,33 +68,3 @@ def test_config_round_trip() -> None:
     again = ModelConfig.from_dict(config.to_dict())
     assert again == config
     assert RiskLSTM(again).lstm.num_layers == 2
-
-
-def test_order_ablation_keeps_multisets_timestamps_and_padding() -> None:
-    batch = order_batch(50, seq_len=16, seed=4)
-    shuffled = shuffle_order(batch, seed=1)
-    assert np.array_equal(shuffled.time, batch.time)
-    assert np.array_equal(shuffled.lengths, batch.lengths)
-    moved = 0
-    for i in range(len(batch)):
-        k = batch.lengths[i]
-        before = np.c_[batch.num[i, :k], batch.cat[i, :k]]
-        after = np.c_[shuffled.num[i, :k], shuffled.cat[i, :k]]
-        assert sorted(map(tuple, before)) == sorted(map(tuple, after))
-        assert np.array_equal(shuffled.num[i, k:], batch.num[i, k:])
-        assert np.array_equal(shuffled.cat[i, k:], batch.cat[i, k:])
-        moved += not np.array_equal(before, after)
-    assert moved >= 45
-
-
-def test_shuffle_shards_writes_shuffled_copies(tmp_path) -> None:
-    from riskmodel.ablation import shuffle_shards
-
-    batch = order_batch(30, seq_len=12, seed=2)
-    batch.save(tmp_path / "a.npz")
-    [out] = shuffle_shards([tmp_path / "a.npz"], tmp_path / "shuffled", seed=3)
-    again = SequenceBatch.load(out)
-    expected = shuffle_order(batch, seed=3)
-    assert out.parent.name == "shuffled"
-    assert np.array_equal(again.num, expected.num) and np.array_equal(again.cat, expected.cat)
-    assert np.array_equal(again.label, batch.label) and not np.array_equal(again.num, batch.num)

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_helpers import order_batch
+from model_helpers import order_batch, shuffle_sequences
 
-from riskmodel.ablation import shuffle_order
 from riskmodel.bands import BandPolicy, assign_bands
 from riskmodel.batch import SequenceBatch
 from riskmodel.calibrate import Calibrator, fit_calibrator, sigmoid
@@ -32,7 +31,7 @@ def _shards(tmp_path: Path, shuffled: bool = False) -> tuple[list[Path], list[Pa
     paths = []
     for seed in (11, 12, 13):
         batch = order_batch(300, seed=seed)
-        batch = shuffle_order(batch, seed=seed) if shuffled else batch
+        batch = shuffle_sequences(batch, seed=seed) if shuffled else batch
         path = tmp_path / f"shard{seed}{'s' if shuffled else ''}.npz"
         batch.save(path)
         paths.append(path)
