@@ -6,10 +6,10 @@ columns that vary per account travel in the COPY; the night's constants (date, m
 scoring time, run id) are the staging table's column defaults while it is filled. The rows are
 validated first; a worker thread finds their account order while this thread connects and
 creates the staging table, then checks for repeated accounts and computes the checksum while
-this thread encodes blocks of rows and the server copies and indexes them. The rows are sent in
-account byte order (the primary key's COLLATE "C" order), so the index build sorts presorted
-input. The run record and the staging table commit asynchronously: the swap's synchronous
-commit flushes them with itself, and a crash before it loses nothing that was served. One short
+the server copies and indexes. The rows are sent in account byte order (the primary key's
+COLLATE "C" order), so the index build sorts presorted input. The run record and the staging
+table commit asynchronously: the swap's synchronous commit flushes them with itself, and a crash
+before it loses nothing that was served. One short
 transaction then copies the rows being replaced into the audit table, detaches and drops the
 old partition and attaches the new one, and records the run in pipeline_runs. Lock waits in
 that transaction are bounded by `lock_timeout` and retried a bounded number of times, so
@@ -309,13 +309,14 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
           connect(settings) as conn, advisory_lock(conn, f"score:{table}:{score_date.isoformat()}")):
         rows = df.to_arrow()
         order = pool.submit(account_order, rows)
+        encoded = pool.submit(encode_varying_rows, rows)
         digest = pool.submit(lambda: sorted_checksum(score_date, rows, model_version, order.result()))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
                       model_sha256, table)
         try:
             t1 = time.perf_counter()
             try:
-                seconds |= _build_stage(conn, settings, rows, order, table=table, stage=stage,
+                seconds |= _build_stage(conn, settings, df.height, order, encoded, table=table, stage=stage,
                                         score_date=score_date, model_version=model_version, run_id=run_id)
             except psycopg.errors.UniqueViolation:
                 digest.result()
@@ -358,20 +359,19 @@ def _drop_quietly(conn: psycopg.Connection, schema: str, stage: str) -> None:
         log.warning("could not drop staging table %s.%s: %s", schema, stage, exc)
 
 
-def _build_stage(conn: psycopg.Connection, settings: Settings, rows: pa.Table, order: Future[pa.Array],
-                 *, table: str, stage: str, score_date: dt.date, model_version: str,
-                 run_id: uuid.UUID) -> dict[str, float]:
+def _build_stage(conn: psycopg.Connection, settings: Settings, n: int, order: Future[pa.Array],
+                 encoded: Future[pa.Array], *, table: str, stage: str, score_date: dt.date,
+                 model_version: str, run_id: uuid.UUID) -> dict[str, float]:
     """Create, fill and index the staging table (committed; nobody reads it yet); seconds per step.
 
-    The `rows` (`VARYING_COLUMNS` only) are sent in `order` (found on a worker thread while the
-    table is created) in blocks of `BLOCK_ROWS`, each encoded while the server copies the one
-    before (a queued writer thread sends them); the night's constants are column
+    The `n` `encoded` rows (`VARYING_COLUMNS` only) are sent in `order`, both made on worker threads
+    while the table is created, in blocks of `BLOCK_ROWS`; the night's constants are column
     defaults while the COPY runs, dropped again before the commit. The COPY runs with FREEZE
     (allowed: the table is created in the same transaction): rows are written frozen and
     all-visible, so neither the index build nor readers set hint bits later. Below
     `PARALLEL_INDEX_ROWS` the index builds without parallel workers, whose start costs more than
     they save on a small heap."""
-    schema, n = settings.db_schema, rows.num_rows
+    schema = settings.db_schema
     stage_id = sql.Identifier(schema, stage)
     next_day = score_date + dt.timedelta(days=1)
     constants = {"score_date": score_date, "model_version": model_version,
@@ -392,14 +392,14 @@ def _build_stage(conn: psycopg.Connection, settings: Settings, rows: pa.Table, o
                      .format(stage_id, sql.Identifier(f"{stage}_bound"), sql.Literal(score_date),
                              sql.Literal(next_day), set_defaults))
         t_wait = time.perf_counter()
-        positions = order.result()
+        positions, records = order.result(), encoded.result()
         t0 = time.perf_counter()
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             stage_id, sql.SQL(", ").join(map(sql.Identifier, VARYING_COLUMNS)))
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
             for start in range(0, n, BLOCK_ROWS):
-                block = encode_varying_rows(rows.take(positions.slice(start, BLOCK_ROWS)))
+                block = pc.take(records, positions.slice(start, BLOCK_ROWS))
                 copy.write(memoryview(pgcopy.rows_block(block)))
             copy.write(pgcopy.TRAILER)
         conn.execute(sql.SQL("ALTER TABLE {} {}").format(stage_id, sql.SQL(", ").join(
