@@ -23,6 +23,7 @@ from tqdm import tqdm
 from flows.context import settings_and_spec
 from riskmodel import registry, retrain
 from riskmodel.batch import SequenceBatch
+from riskmodel.blend import BOOSTER_FILE
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
 from riskmodel.monitor import reference_distributions
@@ -135,9 +136,10 @@ def baseline_task(train: list[str], valid: list[str], test: list[str], seed: int
         fitted = train_baseline([Path(p) for p in train], [Path(p) for p in valid], seed=seed)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        fitted.booster.save_model(str(out / "baseline.txt"), num_iteration=fitted.best_iteration)
+        booster = out / BOOSTER_FILE
+        fitted.booster.save_model(str(booster), num_iteration=fitted.best_iteration)
         valid_probs, test_probs = (fitted.predict([Path(p) for p in paths]) for paths in (valid, test))
-        return {"booster": str(out / "baseline.txt"), "best_iteration": fitted.best_iteration,
+        return {"booster": str(booster), "best_iteration": fitted.best_iteration,
                 "valid_probs": _save_probs(out / "baseline-valid.npy", valid_probs),
                 "test_probs": _save_probs(out / "baseline-test.npy", test_probs)}
 
