@@ -1,4 +1,4 @@
-"""Nightly scoring: extract -> sequence shards -> score each shard -> write back -> monitor.
+"""Nightly scoring: extract -> sequence shards -> score each shard -> write back -> monitor -> retention.
 
 Orchestration only; every step is a task in `tasks/`. The night's scores replace the date's
 partition in one transaction, so a failure anywhere leaves the previous scores intact.
@@ -23,7 +23,7 @@ from riskmodel.settings import Settings, load_settings
 from tasks.data import extract_task, scoring_shards_task
 from tasks.monitoring import monitor_task
 from tasks.reporting import publish_markdown, publish_table
-from tasks.scoring import resolve_models_task, score_shard_task, write_scores_task
+from tasks.scoring import resolve_models_task, retention_task, score_shard_task, write_scores_task
 
 
 def current_run_id() -> str:
@@ -108,6 +108,9 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                                [s["shard"] for s in result["shards"]],
                                [s["path"] for s in result["shards"]], str(run_dir))
         timings["monitor"] = time.perf_counter() - t
+        t = time.perf_counter()
+        retention = retention_task(score_date)
+        timings["retention"] = time.perf_counter() - t
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -118,7 +121,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
         "extract": extract, "alerts": monitor["alerts"], "timings_s": timings,
-        "sequence_builds": result["builds"], "inputs": monitor["inputs"],
+        "sequence_builds": result["builds"], "inputs": monitor["inputs"], "retention": retention,
     }
     publish_table(f"nightly-timings-{score_date}",
                   [{"stage": k, "seconds": round(v, 3)} for k, v in timings.items()],
@@ -131,7 +134,9 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- bands: {summary['bands']}",
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
-                   f"- shadow challenger: {summary['shadow_model'] or 'none'}"]),
+                   f"- shadow challenger: {summary['shadow_model'] or 'none'}",
+                   f"- retention: dropped {len(retention['dropped'])} table(s) dated before "
+                   f"{retention['cutoff']}, kept {len(retention['skipped'])} in use"]),
         f"Summary of the nightly run for {score_date}")
     logger.info("scored %s accounts for %s with %s", summary["accounts_scored"], score_date,
                 champion["version"])

@@ -80,6 +80,11 @@ def partition_name(table: str, score_date: dt.date) -> str:
     return f"{table}_p{score_date:%Y%m%d}"
 
 
+def date_lock_name(schema: str, table: str, score_date: dt.date) -> str:
+    """The advisory lock a write (or the retention drop) of one table and date holds."""
+    return f"score:{schema}.{table}:{score_date.isoformat()}"
+
+
 def _check_table(table: str) -> None:
     if table not in SCORE_TABLES:
         raise ConfigError(f"table must be one of {SCORE_TABLES}, got {table!r}")
@@ -104,8 +109,11 @@ def validate_scores(scores: pl.DataFrame) -> pl.DataFrame:
         if count:
             row = int(df.with_row_index().filter(pl.col(column).is_null())["index"][0])
             raise ConfigError(f"scores: column {column!r} has {count} null(s), first at row {row}")
-    if df["reason_codes"].explode().null_count() > df["reason_codes"].list.len().eq(0).sum():
-        raise ConfigError("scores: column 'reason_codes' contains a null code")
+    null_code = df.with_row_index().filter(
+        pl.col("reason_codes").list.eval(pl.element().is_null()).list.any())
+    if null_code.height:
+        raise ConfigError(f"scores: column 'reason_codes' has a null code at row {null_code['index'][0]} "
+                          f"(account {null_code['account_id'][0]!r})")
     score = pl.col("risk_score")
     bad = df.with_row_index().filter(~score.is_between(0.0, 1.0) | score.is_nan())
     if bad.height:
@@ -258,13 +266,15 @@ def _record_start(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, flow
     _mark_abandoned(conn, schema, run_id, score_date, table)
     conn.execute(
         sql.SQL(
-            "INSERT INTO {} (run_id, flow, score_date, status, watermark, model_version, model_sha256,"
+            "INSERT INTO {runs} (run_id, flow, score_date, status, watermark, model_version, model_sha256,"
             " details) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s::jsonb)"
             " ON CONFLICT (run_id) DO UPDATE SET status = 'running', flow = EXCLUDED.flow,"
             " score_date = EXCLUDED.score_date, watermark = EXCLUDED.watermark,"
             " model_version = EXCLUDED.model_version, model_sha256 = EXCLUDED.model_sha256,"
-            " finished_at = NULL, details = {}.details || EXCLUDED.details"
-        ).format(sql.Identifier(schema, "pipeline_runs"), sql.Identifier("pipeline_runs")),
+            " finished_at = NULL, details = ({alias}.details - 'error')"
+            " || jsonb_strip_nulls(jsonb_build_object('previous_error', {alias}.details->'error'))"
+            " || EXCLUDED.details"
+        ).format(runs=sql.Identifier(schema, "pipeline_runs"), alias=sql.Identifier("pipeline_runs")),
         (run_id, flow, score_date, watermark, model_version, model_sha256,
          json.dumps({"table": table})),
     )
@@ -306,7 +316,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     stage = f"{part}_stage"
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
     with (ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskflow-write") as pool,
-          connect(settings) as conn, advisory_lock(conn, f"score:{table}:{score_date.isoformat()}")):
+          connect(settings) as conn, advisory_lock(conn, date_lock_name(schema, table, score_date))):
         rows = df.to_arrow()
         order = pool.submit(account_order, rows)
         encoded = pool.submit(encode_varying_rows, rows)
@@ -484,30 +494,75 @@ def stored_checksum(settings: Settings, score_date: dt.date, table: ScoreTable =
     return scores_checksum(score_date, scores_for_date(settings, score_date, table))
 
 
-def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: int) -> list[str]:
-    """Drop daily score partitions (both tables) whose date is older than `today - retention_days`."""
+@dataclass(frozen=True)
+class RetentionReport:
+    """What `drop_expired_partitions` did: tables dropped, tables skipped (a writer held the date),
+    audit rows deleted, and the first date kept."""
+
+    cutoff: dt.date
+    dropped: list[str]
+    skipped: list[str]
+    audit_rows: int
+
+
+def _expired_tables(conn: psycopg.Connection, schema: str, table: str,
+                    cutoff: dt.date) -> list[tuple[str, dt.date]]:
+    """(name, date) of `table`'s day partitions and leftover staging tables dated before `cutoff`."""
+    prefix = f"{table}_p"
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND left(c.relname, %s) = %s",
+        (schema, len(prefix), prefix),
+    ).fetchall()
+    found = []
+    for (name,) in rows:
+        day = _partition_day(table, name.removesuffix("_stage"))
+        if day is not None and day < cutoff:
+            found.append((name, day))
+    return sorted(found, key=lambda item: (item[1], item[0]))
+
+
+def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: int) -> RetentionReport:
+    """Drop the day partitions of both score tables, and staging tables left by killed runs, dated
+    before `today - retention_days`, and delete the audit rows of those dates.
+
+    Each date is dropped under that table and date's write lock, tried once: a date a writer holds
+    now is skipped (logged) and dropped by a later run."""
     if retention_days < 1:
         raise ConfigError(f"retention_days must be >= 1, got {retention_days}")
     cutoff = today - dt.timedelta(days=retention_days)
+    schema = settings.db_schema
     dropped: list[str] = []
+    skipped: list[str] = []
     with connect(settings) as conn:
         for table in SCORE_TABLES:
-            for name in _partitions(conn, settings.db_schema, table):
-                day = _partition_day(table, name)
-                if day is None or day >= cutoff:
+            parent = sql.Identifier(schema, table)
+            for name, day in _expired_tables(conn, schema, table, cutoff):
+                attached = name in _partitions(conn, schema, table)
+
+                def drop(name: str = name, attached: bool = attached,
+                         parent: sql.Identifier = parent) -> None:
+                    if attached:
+                        conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
+                            parent, sql.Identifier(schema, name)))
+                    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
+
+                try:
+                    with advisory_lock(conn, date_lock_name(schema, table, day), timeout_s=0):
+                        _with_lock_retry(conn, drop, what=f"drop {schema}.{name}",
+                                         lock_timeout_ms=settings.lock_timeout_ms)
+                except DatabaseError as exc:
+                    log.warning("retention: kept %s.%s for now: %s", schema, name, exc)
+                    skipped.append(name)
                     continue
-
-                def drop(name: str = name, table: str = table) -> None:
-                    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
-                        sql.Identifier(settings.db_schema, table),
-                        sql.Identifier(settings.db_schema, name)))
-                    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(settings.db_schema, name)))
-
-                _with_lock_retry(conn, drop, what=f"drop {settings.db_schema}.{name}",
-                                 lock_timeout_ms=settings.lock_timeout_ms)
                 dropped.append(name)
-    log.info("retention: dropped %d partition(s) older than %s", len(dropped), cutoff)
-    return dropped
+        audit_rows = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE score_date < %s").format(
+                sql.Identifier(schema, "risk_scores_audit")), (cutoff,)).rowcount
+        conn.commit()
+    log.info("retention: dropped %d table(s) and %d audit row(s) dated before %s", len(dropped),
+             audit_rows, cutoff)
+    return RetentionReport(cutoff, dropped, skipped, audit_rows)
 
 
 def _partition_day(table: str, name: str) -> dt.date | None:

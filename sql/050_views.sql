@@ -33,12 +33,16 @@ SELECT s.score_date, s.risk_band, count(*) AS accounts,
   FROM {schema}.risk_scores s
  GROUP BY s.score_date, s.risk_band;
 
+-- The two functions below run with their owner's rights (SECURITY DEFINER, with a pinned
+-- search_path), like the views, so analysts who may read the views may call them too; who may
+-- call them is granted in 090_grants.sql.
+
 -- The biggest score changes on `on_date` against the previous scored night (absolute change).
 CREATE OR REPLACE FUNCTION {schema}.score_movers(on_date date, top_n integer DEFAULT 50)
 RETURNS TABLE (account_id text, score_date date, risk_score double precision,
                previous_date date, previous_score double precision, change double precision,
                risk_band text, previous_band text, reason_codes text[])
-LANGUAGE sql STABLE AS $movers$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $movers$
     SELECT s.account_id, s.score_date, s.risk_score, p.score_date, p.risk_score,
            s.risk_score - p.risk_score, s.risk_band, p.risk_band, s.reason_codes
       FROM {schema}.risk_scores s
@@ -60,7 +64,7 @@ SELECT m.*
 CREATE OR REPLACE FUNCTION {schema}.account_history(for_account text)
 RETURNS TABLE (score_date date, risk_score double precision, risk_band text,
                reason_codes text[], model_version text, change double precision)
-LANGUAGE sql STABLE AS $history$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $history$
     SELECT s.score_date, s.risk_score, s.risk_band, s.reason_codes, s.model_version,
            s.risk_score - lag(s.risk_score) OVER (ORDER BY s.score_date)
       FROM {schema}.risk_scores s

@@ -86,3 +86,13 @@ def write_scores_task(score_files: list[str], score_date: date, version: str, sh
                                     run_id=uuid.UUID(run_id), watermark=watermark, table=table)
     return {"table": report.table, "rows": report.rows, "replaced_rows": report.replaced_rows,
             "checksum": report.checksum, "partition": report.partition, "seconds": report.seconds}
+
+
+@task(name="retention", retries=1, retry_delay_seconds=10, timeout_seconds=600, cache_policy=NO_CACHE)
+def retention_task(score_date: date) -> dict:
+    """Drop score partitions (and their audit rows) older than `retention_days` before the night
+    just scored; a date another run is writing is kept for a later night."""
+    settings, _ = settings_and_spec()
+    report = writeback.drop_expired_partitions(settings, score_date, settings.retention_days)
+    return {"cutoff": report.cutoff.isoformat(), "dropped": report.dropped, "skipped": report.skipped,
+            "audit_rows": report.audit_rows}

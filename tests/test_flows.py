@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 from prefect.utilities.callables import parameter_schema
 
@@ -17,6 +19,7 @@ from riskmodel import registry
 from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.settings import Settings
+from riskmodel.writeback import write_scores
 from tests.flow_helpers import create_database, flow_env, seeded_bank
 
 END = date(2026, 6, 30)
@@ -125,6 +128,27 @@ def test_backfill_scores_missing_dates_and_skips_scored_ones(bank: Settings, tra
     assert sorted(result["scored"]) == [start.isoformat(), (start + timedelta(days=1)).isoformat()]
     for day in (start, start + timedelta(days=1), end):
         assert _scores(bank, day)
+
+
+def test_nightly_drops_partitions_past_retention(bank: Settings, trained: dict,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    old = END - timedelta(days=25)
+    frame = pl.DataFrame({"account_id": ["a1", "a2"], "risk_score": [0.1, 0.9],
+                          "risk_band": ["low", "high"], "reason_codes": [[], ["Amount pattern"]]})
+    for _ in range(2):
+        write_scores(bank, score_date=old, scores=frame, model_version="old", model_sha256="0" * 64,
+                     run_id=uuid.uuid4(), watermark=None)
+    monkeypatch.setenv("RISKFLOW_RETENTION_DAYS", "20")
+    summary = nightly_scoring(ScoreParams(score_date=END, extract=False))
+    assert summary["retention"]["cutoff"] == (END - timedelta(days=20)).isoformat()
+    assert summary["retention"]["dropped"] == ["risk_scores_p20260605"]
+    with connect(bank) as conn:
+        left = conn.execute("SELECT count(*) FROM riskflow.risk_scores WHERE score_date = %s",
+                            (old,)).fetchone()[0]
+        audit = conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit WHERE score_date = %s",
+                             (old,)).fetchone()[0]
+    assert (left, audit) == (0, 0)
+    assert len(_scores(bank, END)) == summary["accounts_scored"] > 0
 
 
 def test_deployment_forms_have_typed_parameters() -> None:

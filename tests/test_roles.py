@@ -225,6 +225,11 @@ def test_reader_login_reads_views_but_cannot_write_scores(logins: Logins, ran: R
         night = conn.execute("SELECT count(*) FROM riskflow.latest_night").fetchone()[0]
         bands = conn.execute("SELECT sum(accounts) FROM riskflow.band_counts WHERE score_date = %s",
                              (END,)).fetchone()[0]
+        movers = conn.execute("SELECT account_id, change FROM riskflow.latest_movers").fetchall()
+        chosen = conn.execute("SELECT account_id FROM riskflow.latest_night ORDER BY risk_score DESC"
+                              " LIMIT 1").fetchone()[0]
+        history = conn.execute("SELECT score_date, risk_score FROM riskflow.account_history(%s)",
+                               (chosen,)).fetchall()
         conn.commit()
         for statement in ["INSERT INTO riskflow.risk_scores VALUES "
                           "(current_date, 'x', 0.5, 'low', 'v', '{}', now(), gen_random_uuid())",
@@ -242,6 +247,15 @@ def test_reader_login_reads_views_but_cannot_write_scores(logins: Logins, ran: R
     with connect(ran.writer) as conn:
         assert conn.execute("SELECT count(*) FROM riskflow.risk_scores WHERE score_date = %s",
                             (END,)).fetchone()[0] == ran.nightly["accounts_scored"]
+        assert movers == conn.execute("SELECT account_id, change FROM riskflow.latest_movers").fetchall()
+        assert history == conn.execute("SELECT score_date, risk_score FROM riskflow.risk_scores"
+                                       " WHERE account_id = %s ORDER BY score_date", (chosen,)).fetchall()
+        public = conn.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace,"
+            " aclexplode(p.proacl) a WHERE n.nspname = 'riskflow' AND a.grantee = 0"
+            " AND a.privilege_type = 'EXECUTE' AND p.proname IN ('score_movers', 'account_history')"
+        ).fetchall()
+    assert history and history[-1][0] == END and public == []
 
 
 def _artifacts_text() -> str:

@@ -16,11 +16,12 @@ import pytest
 from psycopg import sql
 from writeback_helpers import score_frame
 
-from riskmodel.db import connect
+from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DatabaseError
 from riskmodel.settings import Settings
 from riskmodel.writeback import (
     InjectedFailure,
+    date_lock_name,
     drop_expired_partitions,
     scores_for_date,
     stored_checksum,
@@ -96,6 +97,12 @@ def test_injected_failure_keeps_previous_scores(initialised: Settings, stage: st
     assert statuses == {good.run_id: "succeeded", failing: "failed"}
     with connect(initialised) as conn:
         assert conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit").fetchone()[0] == 0
+    retried = _write(initialised, score_frame(400, seed=3), version="v2", run_id=failing)
+    with connect(initialised) as conn:
+        status, details = conn.execute("SELECT status, details FROM riskflow.pipeline_runs WHERE run_id = %s",
+                                       (failing,)).fetchone()
+    assert retried.rows == 400 and status == "succeeded" and "error" not in details
+    assert details["previous_error"].startswith("InjectedFailure")
 
 
 def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> None:
@@ -105,6 +112,9 @@ def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> No
     with pytest.raises(ConfigError, match=r"risk_score must be in \[0, 1\]; row 3"):
         bad = pl.when(pl.int_range(pl.len()) == 3).then(1.5).otherwise(pl.col("risk_score"))
         _write(initialised, frame.with_columns(bad.alias("risk_score")))
+    with pytest.raises(ConfigError, match=r"null code at row 5 \(account "):
+        codes = pl.when(pl.int_range(pl.len()) == 5).then(pl.lit(["Amount pattern", None]))
+        _write(initialised, frame.with_columns(codes.otherwise(pl.col("reason_codes")).alias("reason_codes")))
     with pytest.raises(ConfigError, match="no rows"):
         _write(initialised, frame.head(0))
     with pytest.raises(ConfigError, match="missing column"):
@@ -195,15 +205,27 @@ def test_writer_gives_up_cleanly_when_readers_hold_on(initialised: Settings) -> 
 def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
     for offset in (10, 8, 7, 0):
         _write(initialised, score_frame(20, seed=offset), day=DAY - dt.timedelta(days=offset))
+    _write(initialised, score_frame(20, seed=1), day=DAY - dt.timedelta(days=10))
     _write(initialised, score_frame(20, seed=11), day=DAY - dt.timedelta(days=9), table="risk_scores_shadow")
-    dropped = drop_expired_partitions(initialised, DAY, retention_days=7)
-    assert sorted(dropped) == ["risk_scores_p20260620", "risk_scores_p20260622",
-                               "risk_scores_shadow_p20260621"]
+    with connect(initialised) as conn:
+        conn.execute("CREATE TABLE riskflow.risk_scores_p20260618_stage (LIKE riskflow.risk_scores)")
+        conn.commit()
+    with connect(initialised) as holder, advisory_lock(
+            holder, date_lock_name("riskflow", "risk_scores", DAY - dt.timedelta(days=8))):
+        report = drop_expired_partitions(initialised, DAY, retention_days=7)
+    assert report.cutoff == DAY - dt.timedelta(days=7)
+    assert report.dropped == ["risk_scores_p20260618_stage", "risk_scores_p20260620",
+                              "risk_scores_shadow_p20260621"]
+    assert report.skipped == ["risk_scores_p20260622"] and report.audit_rows == 20
     with connect(initialised) as conn:
         dates = [r[0] for r in conn.execute(
             "SELECT DISTINCT score_date FROM riskflow.risk_scores ORDER BY 1").fetchall()]
-    assert dates == [DAY - dt.timedelta(days=7), DAY]
-    assert drop_expired_partitions(initialised, DAY, retention_days=7) == []
+        audit = conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit").fetchone()[0]
+    assert dates == [DAY - dt.timedelta(days=8), DAY - dt.timedelta(days=7), DAY]
+    assert audit == 0
+    again = drop_expired_partitions(initialised, DAY, retention_days=7)
+    assert again.dropped == ["risk_scores_p20260622"] and again.skipped == [] and again.audit_rows == 0
+    assert drop_expired_partitions(initialised, DAY, retention_days=7).dropped == []
 
 
 def test_shadow_rewrite_keeps_other_challengers(initialised: Settings) -> None:
@@ -237,6 +259,12 @@ def test_different_dates_write_in_parallel(initialised: Settings) -> None:
         assert scores_for_date(initialised, day).select(CONTENT[:3]).equals(
             score_frame(1500, seed=21 + k).sort("account_id").select(CONTENT[:3]))
     assert [r[1] for r in _runs(initialised)] == ["succeeded"] * 4
+    with connect(initialised) as holder, advisory_lock(
+            holder, date_lock_name(initialised.db_schema, "risk_scores", days[0])):
+        started = time.monotonic()
+        _write(initialised, score_frame(50, seed=30), day=days[1], lock_attempts=1)
+        assert time.monotonic() - started < 30, "another date's lock held this write"
+    assert scores_for_date(initialised, days[1]).height == 50
 
 
 def test_day_partition_is_presorted_with_its_indexes_and_no_staging_defaults(initialised: Settings) -> None:
