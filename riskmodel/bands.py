@@ -3,7 +3,8 @@
 Two policies. "probability": fixed probability thresholds. "capacity": the share of
 accounts the team can review (e.g. top 0.5% high, next 4.5% medium); the matching
 thresholds are fitted once on the validation score distribution and stored with the
-model, so band volumes stay stable night to night and across models.
+model, so band volumes stay stable night to night and across models. Ties at a cut never
+push a band past its share on the validation scores.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ class BandPolicy:
         return self.high_threshold, self.medium_threshold
 
     def fit(self, probs: np.ndarray) -> BandPolicy:
-        """For "capacity": thresholds at the (1 - share) quantiles of `probs`; else unchanged."""
+        """For "capacity": thresholds at the (1 - share) quantiles of `probs`; else unchanged.
+
+        Capacity is a ceiling: when scores tied at the cut would push a band past its share, the cut
+        moves above the tied block (the band gets fewer accounts, never more)."""
         if self.mode == "probability":
             return self
         p = np.sort(np.asarray(probs, dtype=np.float64))
@@ -60,7 +64,13 @@ class BandPolicy:
 
         def cut(share: float) -> float:
             k = int(round(share * p.size))
-            return float(np.nextafter(p[-1], np.inf)) if k == 0 else float(p[p.size - k])
+            if k == 0:
+                return float(np.nextafter(p[-1], np.inf))
+            kth = p[p.size - k]
+            if k == p.size or p[p.size - k - 1] < kth:
+                return float(kth)
+            above = np.searchsorted(p, kth, side="right")
+            return float(p[above]) if above < p.size else float(np.nextafter(p[-1], np.inf))
 
         return replace(self, high_threshold=cut(self.high),
                        medium_threshold=cut(self.high + self.medium))

@@ -31,6 +31,21 @@ def _curve(labels: np.ndarray, scores: np.ndarray,
     return np.cumsum(w * y)[last], np.cumsum(w * (1.0 - y))[last], y
 
 
+def top_k_weights(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's share of the `k` highest scores: 1 above the k-th highest score, an equal share of
+    the places left for rows tied at it, 0 below; so top-k metrics do not depend on row order."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        return np.zeros(0)
+    k = min(k, s.size)
+    kth = np.partition(s, s.size - k)[s.size - k]
+    above = s > kth
+    tied = s == kth
+    weights = above.astype(np.float64)
+    weights[tied] = (k - above.sum()) / tied.sum()
+    return weights
+
+
 def point_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """The six headline metrics for 0/1 `labels` and `scores` (probabilities for a meaningful Brier)."""
     y = np.asarray(labels, dtype=np.float64).ravel()
@@ -42,7 +57,7 @@ def point_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
         return out
     out["brier"] = float(np.mean((s - y) ** 2))
     k = max(1, math.ceil(0.01 * y.size))
-    out["precision_at_top_1pct"] = float(y[np.argsort(-s, kind="stable")[:k]].mean())
+    out["precision_at_top_1pct"] = float(top_k_weights(s, k) @ y / k)
     if n_pos == 0 or n_neg == 0:
         return out
     tp, fp, _ = _curve(y, s)
@@ -186,9 +201,7 @@ def group_metrics(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray) ->
     y = np.asarray(labels, dtype=np.float64).ravel()
     s = np.asarray(scores, dtype=np.float64).ravel()
     g = np.asarray(groups).astype(str).ravel()
-    k = max(1, math.ceil(0.01 * y.size))
-    top = np.zeros(y.size, bool)
-    top[np.argsort(-s, kind="stable")[:k]] = True
+    top = top_k_weights(s, max(1, math.ceil(0.01 * y.size)))
     negatives = y == 0
     out: dict[str, dict[str, float]] = {}
     for name in sorted(set(g[y > 0].tolist())):

@@ -3,7 +3,9 @@ previous night, and realised performance once labels have matured.
 
 Reference distributions are built at training time by `reference_distributions` and stored in
 the model manifest: fixed bins (quantile edges for numeric values, top ids for categorical
-ones) so that tonight's population is binned exactly like the training population.
+ones) so that tonight's population is binned exactly like the reference population. The
+retrain builds the reference from the model's out-of-time test window (full base rate; the
+training shards have most negatives sampled away), see `tasks.training.drift_reference`.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def concat_values(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def reference_from_values(scores: np.ndarray, values: dict[str, np.ndarray], names: dict[str, list[str]],
                           bins: int = 10) -> dict[str, Any]:
-    """The drift reference from `feature_values` output (e.g. concatenated over training shards)."""
+    """The drift reference from `feature_values` output (the retrain passes its test window's)."""
     columns = {}
     for key, v in values.items():
         part = key.split(":", 1)[0]
@@ -187,7 +189,8 @@ def realised_performance(settings: Settings, spec: FeatureSpec, score_date: dt.d
     """AUC and average precision of the scores served on D - H - lag against the labels known now.
 
     A label is an event of a positive type in (S, S+H], reported by the end of D; that window
-    has closed, so the labels are mature. None when nothing was served on S.
+    has closed, so the labels are mature. Accounts already reported bad by the end of S are left
+    out, as training leaves them out of its snapshots. None when nothing was served on S.
     """
     w = label_window(settings, spec, score_date)
     ev = spec.events
@@ -197,12 +200,15 @@ def realised_performance(settings: Settings, spec: FeatureSpec, score_date: dt.d
         "SELECT s.risk_score, (l.account IS NOT NULL)"
         " FROM {scores} s LEFT JOIN ("
         "   SELECT DISTINCT e.{acct}::text AS account FROM {events} e"
-        "    WHERE e.{ts} >= %(start)s AND e.{ts} < %(end)s AND e.{typ} = ANY(%(types)s) {reported}"
+        "    WHERE e.{ts} >= %(start)s AND e.{ts} < %(end)s AND e.{typ}::text = ANY(%(types)s) {reported}"
         " ) l ON l.account = s.account_id"
-        " WHERE s.score_date = %(served)s").format(
+        " WHERE s.score_date = %(served)s AND NOT EXISTS ("
+        "   SELECT 1 FROM {events} k WHERE k.{acct}::text = s.account_id"
+        "    AND k.{typ}::text = ANY(%(types)s) AND k.{known_col} < %(start)s)").format(
         scores=sql.Identifier(settings.db_schema, "risk_scores"),
         events=sql.Identifier(ev.db_schema, ev.table), acct=sql.Identifier(ev.account_id),
-        ts=sql.Identifier(ev.timestamp), typ=sql.Identifier(ev.event_type), reported=reported)
+        ts=sql.Identifier(ev.timestamp), typ=sql.Identifier(ev.event_type), reported=reported,
+        known_col=sql.Identifier(ev.reported_at or ev.timestamp))
     params = {"start": w["start"], "end": w["end"], "known": w["known_by"],
               "types": list(ev.positive_types), "served": w["served_date"]}
     with connect(settings) as conn:
@@ -233,7 +239,8 @@ def score_distribution_png(scores: np.ndarray, reference: dict[str, Any] | None 
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     try:
         if "fractions" in ref:
-            ax.bar(x - 0.2, ref["fractions"], width=0.4, label="reference (training)", color="#999999")
+            ax.bar(x - 0.2, ref["fractions"], width=0.4, label="reference (model's test window)",
+                   color="#999999")
         ax.bar(x + 0.2, current, width=0.4, label="tonight", color="#c0392b")
         ax.set_xticks(x, [f"{edges[i]:.2g}–{edges[i + 1]:.2g}" for i in range(current.size)],
                       rotation=45, ha="right", fontsize=7)

@@ -31,8 +31,17 @@ def test_ties_do_not_depend_on_row_order() -> None:
     rng = np.random.default_rng(0)
     y = (rng.random(500) < 0.2).astype(float)
     s = rng.integers(0, 5, 500).astype(float)
-    perm = rng.permutation(500)
-    assert point_metrics(y, s) == point_metrics(y[perm], s[perm])
+    groups = np.where(y == 1, np.where(rng.random(500) < 0.5, "a", "b"), "")
+    first, first_groups = point_metrics(y, s), group_metrics(y, s, groups)
+    for _ in range(20):
+        perm = rng.permutation(500)
+        assert point_metrics(y[perm], s[perm]) == pytest.approx(first)
+        again = group_metrics(y[perm], s[perm], groups[perm])
+        assert {g: pytest.approx(v) for g, v in first_groups.items()} == again
+    one_positive = np.r_[1.0, np.zeros(99)]
+    for labels in (one_positive, one_positive[::-1]):
+        assert point_metrics(labels, np.ones(100))["precision_at_top_1pct"] == pytest.approx(0.01)
+    assert point_metrics(np.r_[1.0, 0.0, 0.0], np.array([0.9, 0.9, 0.1]))["precision_at_top_1pct"] == 0.5
 
 
 def test_evaluation_report_intervals_groups_and_plots() -> None:

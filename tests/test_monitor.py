@@ -112,7 +112,7 @@ def test_realised_performance_uses_only_matured_reported_labels(initialised: Set
     assert served == d - dt.timedelta(days=demo_spec.horizon_days + demo_spec.reporting_lag_days)
     assert realised_performance(initialised, demo_spec, d) is None
     scores = {"1": 0.9, "2": 0.8, "3": 0.7, "4": 0.6, "5": 0.5, "6": 0.2, "7": 0.1, "8": 0.3}
-    _write(initialised, served, scores)
+    _write(initialised, served, scores | {"9": 0.95})
     _write(initialised, served + dt.timedelta(days=1), {k: 1 - v for k, v in scores.items()})
     inside = w["start"] + dt.timedelta(days=3)
     day = dt.timedelta(days=1)
@@ -123,6 +123,8 @@ def test_realised_performance_uses_only_matured_reported_labels(initialised: Set
         (3, w["start"] - dt.timedelta(hours=1), inside, "fraud"),  # before the window (on S)
         (4, w["end"], w["end"] + day, "fraud"),                   # after the window
         (5, inside, inside + day, "dispute"),                     # not a positive type
+        (9, w["start"] - 2 * day, w["start"] - day, "fraud"),     # known bad on S: out, as in training
+        (9, inside, inside + day, "fraud"),
     ]
     with connect(initialised, admin=True) as conn:
         for acct, ts, rep, kind in events:
