@@ -34,9 +34,7 @@ from tasks.training import (
 def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     """Train a challenger on closed label windows and promote it only if it beats the champion."""
     logger = get_run_logger()
-    settings, spec = settings_and_spec()
-    if params.horizon_days is not None and params.horizon_days != spec.horizon_days:
-        spec = spec.model_copy(update={"horizon_days": params.horizon_days})
+    settings, spec = settings_and_spec(params.horizon_days)
     as_of = params.as_of or yesterday(settings.tz)
     run_dir = settings.home / "runs" / f"retrain-{uuid.uuid4()}"
     extract_task(as_of)
@@ -70,12 +68,12 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
         champion = registry.champion_version(settings)
         if champion is not None:
             probs["champion"] = champion_task(parts["test"], _champion_test(
-                settings, champion, split, run_dir, as_of), str(run_dir / "probs"))
+                settings, champion, split, run_dir, as_of, params.horizon_days), str(run_dir / "probs"))
         evaluation = evaluate_task(parts["test"], model["test_labels"], probs, split.kind, params.seed,
                                    str(run_dir))
         registered = register_task(served, evaluation, champion, start, max(split.test),
                                    params.promote_policy, params.min_ap_margin, served["test_probs"],
-                                   parts["test"])
+                                   parts["test"], params.horizon_days)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}
@@ -93,11 +91,11 @@ def _snapshots(features: dict, split: steps.Split, run_dir: Path, as_of: date, p
     if split.kind == "out_of_time":
         return {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of,
                                            params.negative_keep if name == "train" else 1.0,
-                                           params.seed, order_seed)
+                                           params.seed, order_seed, params.horizon_days)
                 for name, cutoffs_ in (("train", split.train), ("valid", split.valid),
                                        ("test", split.test))}
     everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of,
-                                      order_seed=order_seed)
+                                      order_seed=order_seed, horizon_days=params.horizon_days)
     parts = hash_split_task(everything, str(run_dir / "split"))
     parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"), params.negative_keep,
                                      params.seed)
@@ -110,11 +108,12 @@ def _served(lstm: dict, baseline: dict, name: str, blend: bool, run_dir: Path) -
 
 
 def _champion_test(settings: Settings, champion: str, split: steps.Split, run_dir: Path,
-                   as_of: date) -> list[str]:
-    """Test shards encoded with the champion's own frozen features (reused when identical)."""
+                   as_of: date, horizon_days: int | None) -> list[str]:
+    """Test shards encoded with the champion's own frozen features, labelled like the challenger's."""
     manifest = registry.read_manifest(settings, champion)
     if split.kind != "out_of_time":
         everything = training_shards_task(manifest["features"], split.test, str(run_dir / "champion-all"),
-                                          as_of)
+                                          as_of, horizon_days=horizon_days)
         return hash_split_task(everything, str(run_dir / "champion-split"))["test"]
-    return training_shards_task(manifest["features"], split.test, str(run_dir / "champion-test"), as_of)
+    return training_shards_task(manifest["features"], split.test, str(run_dir / "champion-test"), as_of,
+                                horizon_days=horizon_days)

@@ -74,11 +74,11 @@ def fit_features_task(start: date, end: date) -> dict:
 @task(name="build-training-shards", timeout_seconds=3 * 3600, cache_policy=NO_CACHE)
 def training_shards_task(features: dict, cutoffs: list[date], out_dir: str, as_of: date,
                          negative_keep: float = 1.0, seed: int = 0,
-                         order_seed: int | None = None) -> list[str]:
-    """Labelled snapshots at `cutoffs` (labels known by `as_of`), same shard format as scoring; with
-    `negative_keep` < 1 only that seeded share of negatives is kept (training rows only); with
-    `order_seed`, the order ablation's snapshots."""
-    settings, spec = settings_and_spec()
+                         order_seed: int | None = None, horizon_days: int | None = None) -> list[str]:
+    """Labelled snapshots at `cutoffs` (labels known by `as_of`, over `horizon_days` or the spec's
+    horizon), same shard format as scoring; with `negative_keep` < 1 only that seeded share of
+    negatives is kept (training rows only); with `order_seed`, the order ablation's snapshots."""
+    settings, spec = settings_and_spec(horizon_days)
     state = FeatureState.from_dict(features)
     paths = snapshots.build_training_shards(settings, spec, state, cutoffs, Path(out_dir), as_of,
                                             negative_keep=negative_keep, seed=seed,

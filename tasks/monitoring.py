@@ -47,9 +47,10 @@ def accounts_table_ids(settings: Settings, spec: FeatureSpec) -> pl.Series | Non
 @task(name="monitor", retries=1, retry_delay_seconds=5, timeout_seconds=1800, cache_policy=NO_CACHE)
 def monitor_task(score_date: date, version: str, sha256: str, shards: list[str], score_files: list[str],
                  out_dir: str) -> dict[str, Any]:
-    """PSI of scores and feature groups, band counts vs last night, realised performance; alerts."""
-    settings, spec = settings_and_spec()
+    """PSI of scores and feature groups, band counts vs last night, realised performance (over the
+    horizon the model was trained for); alerts."""
     model = cached_model(version, sha256)
+    settings, spec = settings_and_spec(model.manifest.get("training_window", {}).get("horizon_days"))
     scores = pl.concat([pl.read_parquet(f, columns=["risk_score", "risk_band"]) for f in score_files])
     reference = model.manifest.get("reference") or {}
     inputs = InputCounts()

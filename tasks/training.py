@@ -182,10 +182,11 @@ def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str]
 @task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champion: str | None,
                   train_start: date, train_end: date, policy: str, margin: float,
-                  test_probs_path: str, test: list[str]) -> dict[str, Any]:
-    """Register the challenger (artifact + sha256) and promote it if the policy says so."""
+                  test_probs_path: str, test: list[str], horizon_days: int | None = None) -> dict[str, Any]:
+    """Register the challenger (artifact + sha256) and promote it if the policy says so; the
+    manifest's `training` records the horizon and reporting lag its labels used."""
     with _stage("register"):
-        settings, spec = settings_and_spec()
+        settings, spec = settings_and_spec(horizon_days)
         model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
         test_probs = np.load(test_probs_path, allow_pickle=False)
         registration = registry.register_model(
@@ -195,7 +196,9 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
             promote_margin=margin if policy == "if_better" else float("inf"), blend=model.blend,
             metrics={k: v for k, v in evaluation.items() if k != "evaluation"},
-            reference=drift_reference(test_probs, test), training=candidate["training"])
+            reference=drift_reference(test_probs, test),
+            training=candidate["training"] | {"horizon_days": spec.horizon_days,
+                                              "reporting_lag_days": spec.reporting_lag_days})
         if policy == "always" and registration.status != "champion":
             registry.promote(settings, registration.version)
             registration = registry.Registration(**{**asdict(registration), "status": "champion",

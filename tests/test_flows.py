@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from prefect.utilities.callables import parameter_schema
@@ -20,9 +21,11 @@ from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.settings import Settings
 from riskmodel.writeback import write_scores
+from tasks.data import training_shards_task
 from tests.flow_helpers import create_database, flow_env, seeded_bank
 
 END = date(2026, 6, 30)
+HORIZON = 9
 METRIC_KEYS = {"roc_auc", "average_precision", "ks", "recall_at_1pct_fpr", "precision_at_top_1pct",
                "brier"}
 
@@ -43,7 +46,8 @@ def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def trained(bank: Settings) -> dict:
     """The first retrain's result (becomes champion)."""
-    return retrain(RetrainParams(as_of=END, train_days=150, epochs=2, max_train_minutes=2.0, seed=1))
+    return retrain(RetrainParams(as_of=END, train_days=150, epochs=2, max_train_minutes=2.0, seed=1,
+                                 horizon_days=HORIZON))
 
 
 def _scores(settings: Settings, day: date) -> list[tuple]:
@@ -69,6 +73,18 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert (champion.path / "baseline.txt").is_file()
     assert manifest["reference"]["score"]["edges"]
     assert registry.champion_version(bank) == trained["version"]
+    assert manifest["training_window"]["horizon_days"] == HORIZON
+
+
+def test_retrain_horizon_reaches_the_labels(bank: Settings, trained: dict, tmp_path: Path) -> None:
+    features = registry.read_manifest(bank, trained["version"])["features"]
+    cutoff = END - timedelta(days=60)
+    positives = {}
+    for horizon in (1, 30):
+        paths = training_shards_task.fn(features, [cutoff], str(tmp_path / f"h{horizon}"), END,
+                                        horizon_days=horizon)
+        positives[horizon] = sum(float(np.load(p)["label"].sum()) for p in paths)
+    assert positives[30] > positives[1]
 
 
 def test_nightly_scores_every_active_account_once_and_rerun_is_identical(bank: Settings,
