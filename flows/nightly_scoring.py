@@ -20,7 +20,7 @@ from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import yesterday
 from riskmodel.settings import Settings, load_settings
-from tasks.data import extract_task, scoring_shards_task
+from tasks.data import extract_task, lake_watermark_task, scoring_shards_task
 from tasks.monitoring import monitor_task
 from tasks.reporting import publish_markdown, publish_table
 from tasks.scoring import resolve_models_task, retention_task, score_shard_task, write_scores_task
@@ -89,13 +89,14 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     models = resolve_models_task(params.shadow)
     champion = models["champion"]
     timings["load model"] = time.perf_counter() - t
-    watermark = None
     extract: dict[str, object] = {}
     if params.extract:
         t = time.perf_counter()
         extract = extract_task(score_date)
         watermark = extract.get("watermark")
         timings["extract"] = time.perf_counter() - t
+    else:
+        watermark = lake_watermark_task()
     try:
         result = score_with(champion, score_date, run_dir, params.device, run_id, watermark,
                             "risk_scores", timings)

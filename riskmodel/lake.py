@@ -215,6 +215,14 @@ def _watermark(conn, settings: Settings, source: str) -> tuple[datetime, date] |
     return (row[0], row[1]) if row else None
 
 
+def lake_watermark(settings: Settings, spec: FeatureSpec) -> datetime | None:
+    """The source watermark the lake holds now (None before the first extract): what a run that
+    scores from the lake without extracting first read."""
+    with connect(settings) as conn:
+        mark = _watermark(conn, settings, spec.transactions.qualified)
+    return mark[0] if mark else None
+
+
 def _set_watermark(conn, settings: Settings, source: str, watermark: datetime, last_date: date) -> None:
     conn.execute(sql.SQL(
         "INSERT INTO {} (lake, source, watermark, last_date) VALUES (%s, %s, %s, %s) "

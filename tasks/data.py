@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import psycopg
@@ -41,6 +41,13 @@ def extract_task(run_date: date) -> dict[str, object]:
     """Bring the lake up to `run_date` (incremental, quality-checked, atomic per partition)."""
     settings, spec = settings_and_spec()
     return lake.extract(settings, spec, run_date).as_dict()
+
+
+@task(name="lake-watermark", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def lake_watermark_task() -> datetime | None:
+    """The source watermark the lake holds now, for runs that score without extracting first."""
+    settings, spec = settings_and_spec()
+    return lake.lake_watermark(settings, spec)
 
 
 @task(name="build-scoring-shards", timeout_seconds=3600, cache_policy=NO_CACHE)

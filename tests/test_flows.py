@@ -144,6 +144,11 @@ def test_backfill_scores_missing_dates_and_skips_scored_ones(bank: Settings, tra
     assert sorted(result["scored"]) == [start.isoformat(), (start + timedelta(days=1)).isoformat()]
     for day in (start, start + timedelta(days=1), end):
         assert _scores(bank, day)
+    with connect(bank) as conn:
+        marks = conn.execute("SELECT DISTINCT r.watermark = w.watermark FROM riskflow.pipeline_runs r,"
+                             " riskflow.extract_watermarks w WHERE r.score_date BETWEEN %s AND %s",
+                             (start, end)).fetchall()
+    assert marks == [(True,)], "runs that did not extract record the lake's watermark"
 
 
 def test_nightly_drops_partitions_past_retention(bank: Settings, trained: dict,
