@@ -104,11 +104,15 @@ def advisory_lock(conn: psycopg.Connection, name: str, *, timeout_s: float = 600
         yield
     finally:
         if not conn.closed:
-            if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-                conn.rollback()
-            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
-            if not conn.autocommit:
-                conn.commit()
+            try:
+                if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+                    conn.rollback()
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                if not conn.autocommit:
+                    conn.commit()
+            except psycopg.Error as exc:
+                log.warning("could not release the lock %r (it ends with the session): %s", name,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
 def qualified(schema: str, table: str) -> sql.Identifier:

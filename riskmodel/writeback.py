@@ -286,7 +286,7 @@ def _record_failure(settings: Settings, run_id: uuid.UUID, error: BaseException)
         with connect(settings) as conn:
             conn.execute(
                 sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(),"
-                        " details = details || %s::jsonb WHERE run_id = %s").format(
+                        " details = details || %s::jsonb WHERE run_id = %s AND status <> 'succeeded'").format(
                     sql.Identifier(settings.db_schema, "pipeline_runs")),
                 (json.dumps({"error": f"{type(error).__name__}: {error}"[:500]}), run_id),
             )
@@ -472,16 +472,19 @@ def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage
     return replaced
 
 
-def scores_for_date(settings: Settings, score_date: dt.date,
-                    table: ScoreTable = "risk_scores") -> pl.DataFrame:
-    """Every stored score of `score_date` in `table`, ordered by account (and model version)."""
+def scores_for_date(settings: Settings, score_date: dt.date, table: ScoreTable = "risk_scores",
+                    model_version: str | None = None) -> pl.DataFrame:
+    """Every stored score of `score_date` in `table` (only `model_version`'s when given), ordered by
+    account (and model version)."""
     _check_table(table)
     select = [sql.SQL("{}::text").format(sql.Identifier(c)) if c == "run_id" else sql.Identifier(c)
               for c in COLUMNS]
-    query = sql.SQL("SELECT {} FROM {} WHERE score_date = %s ORDER BY account_id, model_version").format(
-        sql.SQL(", ").join(select), sql.Identifier(settings.db_schema, table))
+    scope = sql.SQL("") if model_version is None else sql.SQL(" AND model_version = %s")
+    query = sql.SQL("SELECT {} FROM {} WHERE score_date = %s{} ORDER BY account_id, model_version").format(
+        sql.SQL(", ").join(select), sql.Identifier(settings.db_schema, table), scope)
+    args: tuple[object, ...] = (score_date,) if model_version is None else (score_date, model_version)
     with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(query, (score_date,))
+        cur.execute(query, args)
         rows = cur.fetchall()
     schema = {"score_date": pl.Date, "account_id": pl.Utf8, "risk_score": pl.Float64,
               "risk_band": pl.Utf8, "model_version": pl.Utf8, "reason_codes": pl.List(pl.Utf8),
@@ -489,9 +492,11 @@ def scores_for_date(settings: Settings, score_date: dt.date,
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def stored_checksum(settings: Settings, score_date: dt.date, table: ScoreTable = "risk_scores") -> str:
-    """The checksum of what is stored for `score_date` now (equals the writing run's checksum)."""
-    return scores_checksum(score_date, scores_for_date(settings, score_date, table))
+def stored_checksum(settings: Settings, score_date: dt.date, table: ScoreTable = "risk_scores",
+                    model_version: str | None = None) -> str:
+    """The checksum of what is stored for `score_date` now. It equals the writing run's checksum; in
+    `risk_scores_shadow`, where several challengers share a date, give the run's `model_version`."""
+    return scores_checksum(score_date, scores_for_date(settings, score_date, table, model_version))
 
 
 @dataclass(frozen=True)

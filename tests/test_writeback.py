@@ -235,6 +235,8 @@ def test_shadow_rewrite_keeps_other_challengers(initialised: Settings) -> None:
     shadow = scores_for_date(initialised, DAY, table="risk_scores_shadow")
     counts = dict(shadow.group_by("model_version").len().iter_rows())
     assert counts == {"c1": 70, "c2": 60} and report.replaced_rows == 50
+    assert stored_checksum(initialised, DAY, "risk_scores_shadow", "c1") == report.checksum
+    assert stored_checksum(initialised, DAY, "risk_scores_shadow") != report.checksum
     assert scores_for_date(initialised, DAY).height == 0
 
 
