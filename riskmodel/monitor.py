@@ -291,9 +291,10 @@ class MonitorReport:
 
 def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, scores: np.ndarray,
             values: dict[str, np.ndarray], reference: dict[str, Any], ap_floor: float = 0.05,
-            psi_alert: float = PSI_ALERT) -> MonitorReport:
+            auc_floor: float = 0.55, psi_alert: float = PSI_ALERT) -> MonitorReport:
     """Everything above for night `score_date`: drift vs the manifest reference, band changes,
-    realised performance, alerts (PSI > `psi_alert`, realised AP < `ap_floor`) and the image."""
+    realised performance, alerts (PSI > `psi_alert`, realised AP < `ap_floor` or AUC < `auc_floor`)
+    and the image."""
     notes: list[str] = []
     if "edges" in (reference or {}).get("score", reference or {}):
         score_psi, groups = drift(reference, scores, values)
@@ -307,9 +308,15 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
         alerts.append(f"score PSI {score_psi:.3f} > {psi_alert}")
     alerts += [f"feature group {g['label']} PSI {g['psi']:.3f} > {psi_alert} (column {g['column']})"
                for g in groups.values() if g["psi"] > psi_alert]
-    if realised and realised["average_precision"] is not None and realised["average_precision"] < ap_floor:
-        alerts.append(f"realised average precision {realised['average_precision']:.3f} < floor {ap_floor} "
-                      f"(scores served {realised['served_date']})")
+    if realised:
+        served = realised["served_date"]
+        for key, name, floor in (("average_precision", "average precision", ap_floor),
+                                 ("roc_auc", "ROC-AUC", auc_floor)):
+            if realised[key] is not None and realised[key] < floor:
+                alerts.append(f"realised {name} {realised[key]:.3f} < floor {floor} (scores served {served})")
+        if not realised["positives"]:
+            notes.append(f"no matured positive among the {realised['accounts']} accounts scored {served}: "
+                         f"realised performance not measurable")
     image = score_distribution_png(scores, reference or None,
                                    title=f"Scores {score_date} (PSI {score_psi:.3f})")
     return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image, notes)

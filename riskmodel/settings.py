@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     retention_days: int = Field(400, ge=1, description="Score partitions older are dropped.")
     nightly_cron: str = Field("0 2 * * *", description="When `riskflow serve` runs nightly scoring.")
     retrain_cron: str = Field("0 4 * * 0", description="When `riskflow serve` runs the weekly retrain.")
+    realised_ap_floor: float = Field(
+        0.05, ge=0.0, le=1.0, description="Alert when the realised average precision of matured scores "
+        "falls below this."
+    )
+    realised_auc_floor: float = Field(
+        0.55, ge=0.0, le=1.0,
+        description="Alert when the realised ROC-AUC of matured scores falls below this.",
+    )
     reason_min_band: Literal["low", "medium", "high"] = Field(
         "medium", description="Reason codes for accounts in this band or above."
     )
