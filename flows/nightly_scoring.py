@@ -121,6 +121,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "checksum": result["write"]["checksum"], "bands": monitor["band_counts"],
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
+        "shadow_error": models.get("challenger_error"),
         "extract": extract, "alerts": monitor["alerts"], "timings_s": timings,
         "sequence_builds": result["builds"], "inputs": monitor["inputs"], "retention": retention,
     }
@@ -135,7 +136,8 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- bands: {summary['bands']}",
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
-                   f"- shadow challenger: {summary['shadow_model'] or 'none'}",
+                   f"- shadow challenger: {summary['shadow_model'] or 'none'}"
+                   + (f" (skipped: {summary['shadow_error']})" if summary["shadow_error"] else ""),
                    f"- retention: dropped {len(retention['dropped'])} table(s) dated before "
                    f"{retention['cutoff']}, kept {len(retention['skipped'])} in use"]),
         f"Summary of the nightly run for {score_date}")

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.context import settings_and_spec
 from riskmodel import registry, writeback
 from riskmodel.batch import SequenceBatch
+from riskmodel.errors import ModelIntegrityError
 from riskmodel.reasons import at_or_above, reason_codes
 from riskmodel.score import ScoreReport, score_batch
 from tasks.models import cached_model, remember_model
@@ -26,7 +27,9 @@ from tasks.models import cached_model, remember_model
 
 @task(name="resolve-models", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
-    """The champion (verified now, refusing a corrupted artifact) and, if asked, a fresh challenger."""
+    """The champion (verified now, refusing a corrupted artifact) and, if asked, a fresh challenger
+    (one that fails its checks is reported under "challenger_error" and skipped: the champion's
+    night does not wait on a shadow model)."""
     settings, _ = settings_and_spec()
     champion = registry.load_champion(settings)
     remember_model(champion)
@@ -34,9 +37,15 @@ def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
         "champion": {"version": champion.version, "sha256": champion.sha256}, "challenger": None}
     challenger = registry.latest_challenger(settings) if shadow else None
     if challenger and challenger != champion.version:
-        model = registry.load_version(settings, challenger)
-        remember_model(model)
-        result["challenger"] = {"version": model.version, "sha256": model.sha256}
+        try:
+            model = registry.load_version(settings, challenger)
+        except (ModelIntegrityError, registry.RegistryError, OSError) as exc:
+            get_run_logger().error("shadow challenger %s cannot be loaded, so tonight scores the champion "
+                                   "only: %s", challenger, exc)
+            result["challenger_error"] = f"{challenger}: {exc}"[:500]
+        else:
+            remember_model(model)
+            result["challenger"] = {"version": model.version, "sha256": model.sha256}
     return result
 
 

@@ -172,6 +172,37 @@ def test_nightly_drops_partitions_past_retention(bank: Settings, trained: dict,
     assert len(_scores(bank, END)) == summary["accounts_scored"] > 0
 
 
+def test_shadow_challenger_is_scored_and_a_broken_one_never_blocks_the_night(bank: Settings,
+                                                                               trained: dict) -> None:
+    champion = registry.load_champion(bank)
+    challenger = registry.register_model(
+        bank, net=champion.net, calibrator=champion.calibrator, bands=champion.bands,
+        features=champion.manifest["features"], spec_hash="test", train_start=END - timedelta(days=150),
+        train_end=END, evaluation=champion.manifest["evaluation"], promote_margin=float("inf"),
+        blend=champion.blend, reference=champion.manifest["reference"])
+    assert challenger.status == "challenger"
+    day = END - timedelta(days=5)
+    try:
+        night = nightly_scoring(ScoreParams(score_date=day, extract=False))
+        assert night["shadow_model"] == challenger.version and night["shadow_error"] is None
+        with connect(bank) as conn:
+            shadow = conn.execute("SELECT account_id, risk_score FROM riskflow.risk_scores_shadow"
+                                  " WHERE score_date = %s AND model_version = %s ORDER BY account_id",
+                                  (day, challenger.version)).fetchall()
+        assert shadow == [(r[0], r[1]) for r in _scores(bank, day)], "same weights, same scores"
+        assert night["shadow_rows"] == len(shadow) == night["accounts_scored"]
+        weights = challenger.path / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+        again = nightly_scoring(ScoreParams(score_date=day, extract=False))
+        assert again["shadow_model"] is None and "sha256" in again["shadow_error"]
+        assert again["checksum"] == night["checksum"] and again["accounts_scored"] == night["accounts_scored"]
+    finally:
+        with connect(bank) as conn:
+            conn.execute("UPDATE riskflow.model_versions SET status = 'retired', retired_at = now()"
+                         " WHERE version = %s", (challenger.version,))
+            conn.commit()
+
+
 def test_deployment_forms_have_typed_parameters() -> None:
     schema = parameter_schema(nightly_scoring.fn).model_dump()
     params = schema["definitions"]["ScoreParams"]["properties"]
