@@ -101,9 +101,15 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         result = score_with(champion, score_date, run_dir, params.device, run_id, watermark,
                             "risk_scores", timings)
         shadow: dict | None = None
+        shadow_error = models.get("challenger_error")
         if models["challenger"]:
-            shadow = score_with(models["challenger"], score_date, run_dir, params.device,
-                                str(uuid.uuid4()), watermark, "risk_scores_shadow", timings)
+            try:
+                shadow = score_with(models["challenger"], score_date, run_dir, params.device,
+                                    str(uuid.uuid4()), watermark, "risk_scores_shadow", timings)
+            except Exception as exc:  # noqa: BLE001 - the champion's night is written; the shadow's failure is reported
+                shadow_error = f"{models['challenger']['version']}: {type(exc).__name__}: {exc}"[:500]
+                logger.error("shadow scoring failed; the champion's scores for %s stand: %s", score_date,
+                             shadow_error)
         t = time.perf_counter()
         monitor = monitor_task(score_date, champion["version"], champion["sha256"],
                                [s["shard"] for s in result["shards"]],
@@ -121,7 +127,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "checksum": result["write"]["checksum"], "bands": monitor["band_counts"],
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
-        "shadow_error": models.get("challenger_error"),
+        "shadow_error": shadow_error,
         "extract": extract, "alerts": monitor["alerts"], "timings_s": timings,
         "sequence_builds": result["builds"], "inputs": monitor["inputs"], "retention": retention,
     }
@@ -137,7 +143,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"
-                   + (f" (skipped: {summary['shadow_error']})" if summary["shadow_error"] else ""),
+                   + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),
                    f"- retention: dropped {len(retention['dropped'])} table(s) dated before "
                    f"{retention['cutoff']}, kept {len(retention['skipped'])} in use"]),
         f"Summary of the nightly run for {score_date}")

@@ -172,8 +172,8 @@ def test_nightly_drops_partitions_past_retention(bank: Settings, trained: dict,
     assert len(_scores(bank, END)) == summary["accounts_scored"] > 0
 
 
-def test_shadow_challenger_is_scored_and_a_broken_one_never_blocks_the_night(bank: Settings,
-                                                                               trained: dict) -> None:
+def test_shadow_challenger_is_scored_and_a_broken_one_never_blocks_the_night(
+        bank: Settings, trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     champion = registry.load_champion(bank)
     challenger = registry.register_model(
         bank, net=champion.net, calibrator=champion.calibrator, bands=champion.bands,
@@ -191,6 +191,18 @@ def test_shadow_challenger_is_scored_and_a_broken_one_never_blocks_the_night(ban
                                   (day, challenger.version)).fetchall()
         assert shadow == [(r[0], r[1]) for r in _scores(bank, day)], "same weights, same scores"
         assert night["shadow_rows"] == len(shadow) == night["accounts_scored"]
+        monkeypatch.setenv("RISKFLOW_LOCK_TIMEOUT_MS", "50")
+        with connect(bank) as holder:
+            holder.execute("LOCK TABLE riskflow.risk_scores_shadow IN SHARE MODE")
+            blocked = nightly_scoring(ScoreParams(score_date=day, extract=False))
+            holder.rollback()
+        assert blocked["shadow_model"] == challenger.version and blocked["shadow_rows"] == 0
+        assert "conflicting locks" in blocked["shadow_error"] and blocked["bands"]
+        assert blocked["checksum"] == night["checksum"]
+        with connect(bank) as conn:
+            kept = conn.execute("SELECT account_id, risk_score FROM riskflow.risk_scores_shadow"
+                                " WHERE score_date = %s ORDER BY account_id", (day,)).fetchall()
+        assert kept == shadow, "the failed shadow write left the previous shadow night intact"
         weights = challenger.path / "model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
         again = nightly_scoring(ScoreParams(score_date=day, extract=False))
