@@ -327,10 +327,16 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             t1 = time.perf_counter()
             try:
                 seconds |= _build_stage(conn, settings, df.height, order, encoded, table=table, stage=stage,
-                                        score_date=score_date, model_version=model_version, run_id=run_id)
+                                        score_date=score_date, model_version=model_version, run_id=run_id,
+                                        lock_wait_ms=settings.lock_timeout_ms * lock_attempts)
             except psycopg.errors.UniqueViolation:
                 digest.result()
                 raise
+            except psycopg.errors.LockNotAvailable as exc:
+                raise DatabaseError(
+                    f"staging {schema}.{stage}: another session held a lock on {schema}.{table} for over "
+                    f"{settings.lock_timeout_ms * lock_attempts} ms (lock_timeout_ms x lock attempts); "
+                    f"nothing was changed, retry later ({str(exc).strip().splitlines()[0]})") from None
             seconds["stage"] = time.perf_counter() - t1
             faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
@@ -371,8 +377,11 @@ def _drop_quietly(conn: psycopg.Connection, schema: str, stage: str) -> None:
 
 def _build_stage(conn: psycopg.Connection, settings: Settings, n: int, order: Future[pa.Array],
                  encoded: Future[pa.Array], *, table: str, stage: str, score_date: dt.date,
-                 model_version: str, run_id: uuid.UUID) -> dict[str, float]:
+                 model_version: str, run_id: uuid.UUID, lock_wait_ms: int) -> dict[str, float]:
     """Create, fill and index the staging table (committed; nobody reads it yet); seconds per step.
+
+    Lock waits (the parent's, for CREATE TABLE ... LIKE) are bounded by `lock_wait_ms`, so a night
+    never hangs behind another session's exclusive lock.
 
     The `n` `encoded` rows (`VARYING_COLUMNS` only) are sent in `order`, both made on worker threads
     while the table is created, in blocks of `BLOCK_ROWS`; the night's constants are column
@@ -389,6 +398,7 @@ def _build_stage(conn: psycopg.Connection, settings: Settings, n: int, order: Fu
     with conn.transaction():
         t_create = time.perf_counter()
         conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_wait_ms}ms",))
         if n < PARALLEL_INDEX_ROWS:
             conn.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage_id))

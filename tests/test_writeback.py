@@ -202,6 +202,20 @@ def test_writer_gives_up_cleanly_when_readers_hold_on(initialised: Settings) -> 
     assert stored_checksum(initialised, DAY) == good.checksum
 
 
+def test_staging_never_hangs_behind_an_exclusive_lock(initialised: Settings) -> None:
+    good = _write(initialised, score_frame(30, seed=40))
+    quick = initialised.model_copy(update={"lock_timeout_ms": 20})
+    with connect(initialised) as holder:
+        holder.execute("LOCK TABLE riskflow.risk_scores IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(DatabaseError, match=r"staging riskflow\.risk_scores_p20260630_stage: .* 40 ms"):
+            _write(quick, score_frame(40, seed=41), lock_attempts=2)
+        assert time.monotonic() - started < 10
+        holder.rollback()
+    assert stored_checksum(initialised, DAY) == good.checksum
+    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+
+
 def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
     for offset in (10, 8, 7, 0):
         _write(initialised, score_frame(20, seed=offset), day=DAY - dt.timedelta(days=offset))
