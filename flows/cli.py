@@ -17,7 +17,7 @@ import psycopg
 from pydantic import ValidationError
 
 from riskmodel.db import redact
-from riskmodel.errors import RiskflowError
+from riskmodel.errors import RiskflowError, first_line
 
 COMMAND_MODULES = [
     "flows.commands.db",
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"riskflow {args.command}: invalid configuration: {problems}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        first = redact(str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(redact(str(exc))) or type(exc).__name__
         print(f"riskflow {args.command}: database error: {first}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from riskmodel.errors import DatabaseError
+from riskmodel.errors import DatabaseError, first_line
 from riskmodel.settings import Settings
 
 log = logging.getLogger("riskflow.db")
@@ -66,7 +66,7 @@ def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=15)
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to Postgres at {redact(target)}: "
-                            f"{redact(str(exc)).strip().splitlines()[0]}") from None
+                            f"{first_line(redact(str(exc)))}") from None
     if not admin and settings.run_as_writer:
         try:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(settings.writer_role)))
@@ -76,7 +76,7 @@ def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False
             conn.close()
             raise DatabaseError(
                 f"cannot SET ROLE {settings.writer_role!r} (run `riskflow db init` first, "
-                f"or grant the role to this user): {str(exc).strip().splitlines()[0]}"
+                f"or grant the role to this user): {first_line(exc)}"
             ) from None
     return conn
 
@@ -112,7 +112,7 @@ def advisory_lock(conn: psycopg.Connection, name: str, *, timeout_s: float = 600
                     conn.commit()
             except psycopg.Error as exc:
                 log.warning("could not release the lock %r (it ends with the session): %s", name,
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                            first_line(exc))
 
 
 def qualified(schema: str, table: str) -> sql.Identifier:

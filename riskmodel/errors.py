@@ -1,6 +1,15 @@
 """Exceptions riskflow raises on purpose; the CLI prints them as one line and exits 2."""
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's message (a driver's message runs over several), or
+    the error's type name when the message is empty."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
 class RiskflowError(Exception):
     """Base class: an expected failure with a message that names what was wrong."""
 

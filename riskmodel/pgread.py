@@ -18,7 +18,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from riskmodel.db import database_url, redact
-from riskmodel.errors import DatabaseError
+from riskmodel.errors import DatabaseError, first_line
 from riskmodel.settings import Settings
 
 _PARAM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
@@ -70,7 +70,7 @@ def read_arrow(conn: adbc.Connection, query: sql.Composable,
             cur.execute(query.as_string(None))
             return cur.fetch_arrow_table()
         except Exception as exc:
-            raise DatabaseError(f"query failed: {str(exc).strip().splitlines()[0][:300]}") from None
+            raise DatabaseError(f"query failed: {first_line(exc)[:300]}") from None
 
 
 def read_frame(settings: Settings, query: sql.Composable,
@@ -90,4 +90,4 @@ def stream_arrow(conn: adbc.Connection, query: sql.Composable,
             reader = cur.fetch_record_batch()
             yield from reader
         except Exception as exc:
-            raise DatabaseError(f"query failed: {str(exc).strip().splitlines()[0][:300]}") from None
+            raise DatabaseError(f"query failed: {first_line(exc)[:300]}") from None

@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from riskmodel.db import connect
-from riskmodel.errors import DatabaseError
+from riskmodel.errors import DatabaseError, first_line
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 
@@ -86,12 +86,12 @@ def init_database(settings: Settings, spec: FeatureSpec, *, demo_source: bool = 
         except psycopg.errors.UndefinedTable as exc:
             raise DatabaseError(
                 f"db init: a source table named by the spec does not exist "
-                f"({str(exc).strip().splitlines()[0]}); run `riskflow check-spec`"
+                f"({first_line(exc)}); run `riskflow check-spec`"
             ) from None
         except psycopg.errors.InsufficientPrivilege as exc:
             raise DatabaseError(
                 f"db init needs a user that can create roles and schemas: "
-                f"{str(exc).strip().splitlines()[0]}"
+                f"{first_line(exc)}"
             ) from None
     log.info("db init: applied %s to schema %s", ", ".join(applied), settings.db_schema)
     return InitReport(settings.db_schema, applied, sources, demo_source)

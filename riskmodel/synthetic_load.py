@@ -18,7 +18,7 @@ from psycopg import sql
 from tqdm import tqdm
 
 from riskmodel.db import connect
-from riskmodel.errors import DatabaseError
+from riskmodel.errors import DatabaseError, first_line
 from riskmodel.settings import Settings
 from riskmodel.synthetic_copy import (
     bool_field,
@@ -165,7 +165,7 @@ def load_bank(settings: Settings, bank: Bank, *,
                 sql.Identifier(BANK, t) for t in TABLES)))
     except psycopg.errors.UndefinedTable as exc:
         raise DatabaseError(f"seed: the demo source tables are missing (run `riskflow db init "
-                            f"--demo-source`): {str(exc).strip().splitlines()[0]}") from None
+                            f"--demo-source`): {first_line(exc)}") from None
     finally:
         bar.close()
     return rows, sums

@@ -40,7 +40,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from riskmodel import faults, pgcopy
 from riskmodel.db import advisory_lock, connect
-from riskmodel.errors import ConfigError, DatabaseError, RiskflowError
+from riskmodel.errors import ConfigError, DatabaseError, RiskflowError, first_line
 from riskmodel.settings import Settings
 
 log = logging.getLogger("riskflow.writeback")
@@ -240,7 +240,7 @@ def _with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], *, what: s
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
             wait = min(0.1 * 2 ** (attempt - 1), 2.0)
             log.warning("%s: lock wait over %d ms (attempt %d/%d: %s); retrying in %.1fs", what,
-                        lock_timeout_ms, attempt, attempts, str(exc).strip().splitlines()[0], wait)
+                        lock_timeout_ms, attempt, attempts, first_line(exc), wait)
             if attempt < attempts:
                 time.sleep(wait)
     raise DatabaseError(f"{what}: other sessions held conflicting locks through {attempts} attempts "
@@ -315,6 +315,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     part = partition_name(table, score_date)
     stage = f"{part}_stage"
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
+    lock_wait_ms = settings.lock_timeout_ms * lock_attempts
     with (ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskflow-write") as pool,
           connect(settings) as conn, advisory_lock(conn, date_lock_name(schema, table, score_date))):
         rows = df.to_arrow()
@@ -328,15 +329,15 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             try:
                 seconds |= _build_stage(conn, settings, df.height, order, encoded, table=table, stage=stage,
                                         score_date=score_date, model_version=model_version, run_id=run_id,
-                                        lock_wait_ms=settings.lock_timeout_ms * lock_attempts)
+                                        lock_wait_ms=lock_wait_ms)
             except psycopg.errors.UniqueViolation:
                 digest.result()
                 raise
             except psycopg.errors.LockNotAvailable as exc:
                 raise DatabaseError(
                     f"staging {schema}.{stage}: another session held a lock on {schema}.{table} for over "
-                    f"{settings.lock_timeout_ms * lock_attempts} ms (lock_timeout_ms x lock attempts); "
-                    f"nothing was changed, retry later ({str(exc).strip().splitlines()[0]})") from None
+                    f"{lock_wait_ms} ms (lock_timeout_ms x lock attempts); "
+                    f"nothing was changed, retry later ({first_line(exc)})") from None
             seconds["stage"] = time.perf_counter() - t1
             faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
@@ -552,8 +553,9 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
     with connect(settings) as conn:
         for table in SCORE_TABLES:
             parent = sql.Identifier(schema, table)
+            partitions = set(_partitions(conn, schema, table))
             for name, day in _expired_tables(conn, schema, table, cutoff):
-                attached = name in _partitions(conn, schema, table)
+                attached = name in partitions
 
                 def drop(name: str = name, attached: bool = attached,
                          parent: sql.Identifier = parent) -> None:
