@@ -8,7 +8,7 @@ import torch
 from model_helpers import order_batch
 
 from riskmodel.batch import SequenceBatch
-from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors, last_real_step
+from riskmodel.model import LEGACY_FIELDS, ModelConfig, RiskLSTM, batch_tensors, last_real_step
 
 
 def test_last_real_step_picks_position_length_minus_one() -> None:
@@ -68,3 +68,30 @@ def test_config_round_trip() -> None:
     again = ModelConfig.from_dict(config.to_dict())
     assert again == config
     assert RiskLSTM(again).lstm.num_layers == 2
+
+
+
+def test_a_column_above_the_embedding_cap_does_not_reach_the_score() -> None:
+    """Merchant-like columns get no embedding: new ids change nothing; a capped-in column still counts."""
+    torch.manual_seed(0)
+    batch = order_batch(6, seq_len=10)
+    other = SequenceBatch.concat([batch])
+    other.cat[:, :, 0] = np.where(batch.cat[:, :, 0] > 0, 7, 0)
+    scores = {}
+    for cap in (20, 40):
+        net = RiskLSTM(ModelConfig.for_batch(batch, [40], [4], hidden=8, dropout=0.0,
+                                             max_embedded_cardinality=cap)).eval()
+        assert len(net.cat_emb) == (cap >= 40)
+        with torch.no_grad():
+            scores[cap] = (net(**batch_tensors(batch)), net(**batch_tensors(other)))
+    assert torch.allclose(*scores[20])
+    assert not torch.allclose(*scores[40])
+
+
+def test_manifests_without_the_cap_rebuild_the_model_they_describe() -> None:
+    config = ModelConfig.for_batch(order_batch(3, seq_len=8), [5000], [4], hidden=8)
+    assert len(RiskLSTM(config).cat_emb) == 0
+    legacy = {k: v for k, v in config.to_dict().items() if k not in LEGACY_FIELDS}
+    old = ModelConfig.from_dict(legacy)
+    assert len(RiskLSTM(old).cat_emb) == 1
+    assert ModelConfig.from_dict(config.to_dict()) == config
