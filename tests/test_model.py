@@ -70,7 +70,6 @@ def test_config_round_trip() -> None:
     assert RiskLSTM(again).lstm.num_layers == 2
 
 
-
 def test_a_column_above_the_embedding_cap_does_not_reach_the_score() -> None:
     """Merchant-like columns get no embedding: new ids change nothing; a capped-in column still counts."""
     torch.manual_seed(0)
