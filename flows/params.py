@@ -29,6 +29,9 @@ class RetrainParams(BaseModel):
     )
     epochs: int = Field(8, ge=1, le=500, description="Maximum training epochs (early stopping on AP).")
     hidden_size: int = Field(64, ge=4, le=2048, description="LSTM hidden size.")
+    max_embedded_cardinality: int = Field(
+        1000, ge=2, le=10**9,
+        description="Event categoricals with more values than this (merchant ids) get no embedding.")
     max_train_minutes: float = Field(
         16.0, gt=0, le=24 * 60,
         description="Time budget for LSTM training, shared equally by the challenger and the ablation.")

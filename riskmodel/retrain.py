@@ -143,13 +143,14 @@ class Fitted:
 
 def fit_model(train: Sequence[Path], valid: Sequence[Path], *, features: dict[str, Any], hidden: int,
               config: TrainConfig, bands: BandPolicy | None = None,
-              on_progress: ProgressFn | None = None) -> Fitted:
+              on_progress: ProgressFn | None = None, max_embedded_cardinality: int = 1000) -> Fitted:
     """Train on `train`, early-stop and calibrate on `valid`, fit band thresholds on `valid`."""
     first = SequenceBatch.load(Path(train[0]))
     state = FeatureState.from_dict(features)
     model_config = ModelConfig.for_batch(
         first, cat_cardinalities=state.cat_cardinalities,
-        static_cat_cardinalities=state.static_cat_cardinalities, hidden=hidden)
+        static_cat_cardinalities=state.static_cat_cardinalities, hidden=hidden,
+        max_embedded_cardinality=max_embedded_cardinality)
     result = train_model(list(train), list(valid), model_config=model_config, config=config,
                          on_progress=on_progress)
     calibrator = fit_calibrator(result.valid_logits, result.valid_labels)

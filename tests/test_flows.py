@@ -26,6 +26,7 @@ from tests.flow_helpers import create_database, flow_env, seeded_bank
 
 END = date(2026, 6, 30)
 HORIZON = 9
+EMBED_CAP = 5000  # above the small bank's merchant count: the parameter travels, the model is the default's
 METRIC_KEYS = {"roc_auc", "average_precision", "ks", "recall_at_1pct_fpr", "precision_at_top_1pct",
                "brier"}
 
@@ -47,7 +48,7 @@ def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
 def trained(bank: Settings) -> dict:
     """The first retrain's result (becomes champion)."""
     return retrain(RetrainParams(as_of=END, train_days=150, epochs=2, max_train_minutes=2.0, seed=1,
-                                 horizon_days=HORIZON))
+                                 horizon_days=HORIZON, max_embedded_cardinality=EMBED_CAP))
 
 
 def _scores(settings: Settings, day: date) -> list[tuple]:
@@ -74,6 +75,7 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert manifest["reference"]["score"]["edges"]
     assert registry.champion_version(bank) == trained["version"]
     assert manifest["training_window"]["horizon_days"] == HORIZON
+    assert manifest["model"]["max_embedded_cardinality"] == EMBED_CAP
 
 
 def test_retrain_horizon_reaches_the_labels(bank: Settings, trained: dict, tmp_path: Path) -> None:

@@ -242,6 +242,7 @@ RETRAIN_INVALID: dict[str, st.SearchStrategy[Any]] = {
     "horizon_days": _ints_outside(1, 3650),
     "epochs": _ints_outside(1, 500),
     "hidden_size": _ints_outside(4, 2048),
+    "max_embedded_cardinality": _ints_outside(2, 10**9),
     "max_train_minutes": _floats_outside(0.0, 24 * 60.0, open_low=True),
     "seed": _ints_outside(0, MAX_SEED),
     "promote_policy": words.filter(lambda w: w not in {"if_better", "always", "never"}),

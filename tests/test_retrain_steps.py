@@ -65,5 +65,5 @@ def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:
     defaults = RetrainParams()
     assert (args.train_days, args.every, args.epochs, args.hidden) == (
         defaults.train_days, defaults.cutoff_every_days, defaults.epochs, defaults.hidden_size)
-    assert (args.max_train_minutes, args.negative_keep, args.seed) == (
-        defaults.max_train_minutes, defaults.negative_keep, defaults.seed)
+    assert (args.max_train_minutes, args.negative_keep, args.seed, args.max_embedded_cardinality) == (
+        defaults.max_train_minutes, defaults.negative_keep, defaults.seed, defaults.max_embedded_cardinality)

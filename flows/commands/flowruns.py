@@ -41,6 +41,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="days between training snapshots")
     train.add_argument("--epochs", type=int, default=_RETRAIN["epochs"])
     train.add_argument("--hidden", type=int, default=_RETRAIN["hidden_size"])
+    train.add_argument("--max-embedded-cardinality", type=int, default=_RETRAIN["max_embedded_cardinality"],
+                       help="event categoricals with more values (merchant ids) get no embedding")
     train.add_argument("--max-train-minutes", type=float, default=_RETRAIN["max_train_minutes"],
                        help="training budget shared by the challenger and the ablation")
     train.add_argument("--seed", type=int, default=_RETRAIN["seed"])
@@ -89,6 +91,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = retrain(RetrainParams(
         as_of=args.as_of, train_days=args.train_days, cutoff_every_days=args.every,
         epochs=args.epochs, hidden_size=args.hidden, max_train_minutes=args.max_train_minutes,
+        max_embedded_cardinality=args.max_embedded_cardinality,
         seed=args.seed, promote_policy=args.promote, min_ap_margin=args.margin,
         negative_keep=args.negative_keep,
         run_ablation=not args.no_ablation, blend_baseline=not args.no_blend))
