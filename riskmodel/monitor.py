@@ -290,11 +290,11 @@ class MonitorReport:
 
 
 def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, scores: np.ndarray,
-            values: dict[str, np.ndarray], reference: dict[str, Any], ap_floor: float = 0.05,
-            auc_floor: float = 0.55, psi_alert: float = PSI_ALERT) -> MonitorReport:
+            values: dict[str, np.ndarray], reference: dict[str, Any],
+            psi_alert: float = PSI_ALERT) -> MonitorReport:
     """Everything above for night `score_date`: drift vs the manifest reference, band changes,
-    realised performance, alerts (PSI > `psi_alert`, realised AP < `ap_floor` or AUC < `auc_floor`)
-    and the image."""
+    realised performance, alerts (PSI > `psi_alert`, realised AP or ROC-AUC below the settings'
+    `realised_ap_floor` / `realised_auc_floor`) and the image."""
     notes: list[str] = []
     if "edges" in (reference or {}).get("score", reference or {}):
         score_psi, groups = drift(reference, scores, values)
@@ -310,8 +310,8 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
                for g in groups.values() if g["psi"] > psi_alert]
     if realised:
         served = realised["served_date"]
-        for key, name, floor in (("average_precision", "average precision", ap_floor),
-                                 ("roc_auc", "ROC-AUC", auc_floor)):
+        for key, name, floor in (("average_precision", "average precision", settings.realised_ap_floor),
+                                 ("roc_auc", "ROC-AUC", settings.realised_auc_floor)):
             if realised[key] is not None and realised[key] < floor:
                 alerts.append(f"realised {name} {realised[key]:.3f} < floor {floor} (scores served {served})")
         if not realised["positives"]:

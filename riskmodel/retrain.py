@@ -143,7 +143,7 @@ class Fitted:
 
 def fit_model(train: Sequence[Path], valid: Sequence[Path], *, features: dict[str, Any], hidden: int,
               config: TrainConfig, bands: BandPolicy | None = None,
-              on_progress: ProgressFn | None = None, max_embedded_cardinality: int = 1000) -> Fitted:
+              max_embedded_cardinality: int, on_progress: ProgressFn | None = None) -> Fitted:
     """Train on `train`, early-stop and calibrate on `valid`, fit band thresholds on `valid`."""
     first = SequenceBatch.load(Path(train[0]))
     state = FeatureState.from_dict(features)

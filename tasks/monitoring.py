@@ -57,8 +57,7 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     values = shard_values(shards, inputs)
     inputs.count_idle_accounts(accounts_table_ids(settings, spec))
     report = monitor(settings, spec, score_date=score_date, scores=scores["risk_score"].to_numpy(),
-                     values=values, reference=reference, ap_floor=settings.realised_ap_floor,
-                     auc_floor=settings.realised_auc_floor)
+                     values=values, reference=reference)
     publish_table(f"inputs-{score_date}", inputs.rows(),
                   f"Inputs handled, not quarantined (single events, unseen categories, idle accounts), "
                   f"{score_date}")

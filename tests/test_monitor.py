@@ -136,11 +136,11 @@ def test_realised_performance_uses_only_matured_reported_labels(initialised: Set
     labels = np.array([k in ("1", "6") for k in scores], float)
     assert got["roc_auc"] == pytest.approx(roc_auc(labels, np.array(list(scores.values()))))
     assert got["roc_auc"] == pytest.approx(7 / 12)
-    strict = monitor(initialised, demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={},
-                     ap_floor=0.0, auc_floor=0.6)
+    strict = monitor(initialised.model_copy(update={"realised_ap_floor": 0.0, "realised_auc_floor": 0.6}),
+                     demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={})
     assert strict.alerts == [f"realised ROC-AUC {7 / 12:.3f} < floor 0.6 (scores served {served})"]
-    lenient = monitor(initialised, demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={},
-                      ap_floor=0.0, auc_floor=0.5)
+    lenient = monitor(initialised.model_copy(update={"realised_ap_floor": 0.0, "realised_auc_floor": 0.5}),
+                      demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={})
     assert lenient.alerts == []
     later = d + dt.timedelta(days=30)
     _write(initialised, served + dt.timedelta(days=30), {"21": 0.4, "22": 0.3, "23": 0.2})
