@@ -78,10 +78,13 @@ def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path
     params = RetrainParams()
     start, split = steps.plan_retrain(spec, END_DATE, params.train_days, params.cutoff_every_days)
     state = fit_feature_state(settings, spec, start, max(split.train))
-    windows = (("train", split.train), ("valid", split.valid), ("test", split.test))
+    baseline_days = steps.baseline_cutoffs(spec, split, start, params.baseline_cutoff_every_days, END_DATE)
+    windows = (("train", split.train), ("baseline_train", baseline_days), ("valid", split.valid),
+               ("test", split.test))
+    keep = {"train": params.negative_keep, "baseline_train": params.baseline_negative_keep}
     real, shuffled = ({name: build_training_shards(settings, spec, state, days, out / kind / name, END_DATE,
-                                                   negative_keep=params.negative_keep if name == "train"
-                                                   else 1.0, seed=params.seed, order_seed=order_seed)
+                                                   negative_keep=keep.get(name, 1.0), seed=params.seed,
+                                                   order_seed=order_seed)
                        for name, days in windows}
                       for kind, order_seed in (("real", None), ("shuffled", params.seed)))
     return real, shuffled, state.to_dict(), split.describe()
@@ -130,7 +133,7 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
             shuffled, features, seed)
         valid: dict[str, np.ndarray] = {}
         for name, snapshots in (("baseline", parts), ("baseline_shuffled", shuffled)):
-            baseline = train_baseline(snapshots["train"], snapshots["valid"], seed=seed, threads=1)
+            baseline = train_baseline(snapshots["baseline_train"], snapshots["valid"], seed=seed, threads=1)
             probs[f"{name}-{seed}"] = baseline.predict(snapshots["test"])
             valid[name] = baseline.predict(snapshots["valid"])
         probs[f"blend-{seed}"] = blend_probs((probs[f"model-{seed}"], probs[f"baseline-{seed}"]),

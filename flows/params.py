@@ -46,6 +46,13 @@ class RetrainParams(BaseModel):
     negative_keep: float = Field(
         0.25, gt=0.0, le=1.0,
         description="Share of negative training rows kept (all positives kept; evaluation rows untouched).")
+    baseline_cutoff_every_days: int = Field(
+        3, ge=1, le=90,
+        description="Days between the LightGBM baseline's training snapshots (denser than the LSTM's: "
+                    "each fraud is seen from several days before it).")
+    baseline_negative_keep: float = Field(
+        0.1, gt=0.0, le=1.0,
+        description="Share of negative rows kept in the baseline's training snapshots.")
     run_ablation: bool = Field(True, description="Also train the order-shuffled ablation model.")
     blend_baseline: bool = Field(
         True, description="Serve the LSTM blended with the LightGBM baseline (validation-standardised "

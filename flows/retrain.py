@@ -42,21 +42,25 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     start, split = steps.plan_retrain(spec, as_of, params.train_days, params.cutoff_every_days)
     logger.info("retrain as of %s: %s", as_of, split.describe())
     features = fit_features_task(start, max(split.train))
+    baseline_days = steps.baseline_cutoffs(spec, split, start, params.baseline_cutoff_every_days, as_of)
+    logger.info("LightGBM baseline trains on %d cutoffs, %s to %s", len(baseline_days), min(baseline_days),
+                max(baseline_days))
     try:
-        parts = _snapshots(features, split, run_dir, as_of, params)
+        parts = _snapshots(features, split, baseline_days, run_dir, as_of, params)
         fit_params = params.model_dump(mode="json")
         fit_params["device"] = settings.device
         model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,
                                fit_params, str(run_dir / "models"))
-        baseline = baseline_task(parts["train"], parts["valid"], parts["test"], params.seed,
+        baseline = baseline_task(parts["baseline_train"], parts["valid"], parts["test"], params.seed,
                                  str(run_dir / "probs"))
         served = _served(model, baseline, "challenger", params.blend_baseline, run_dir)
         probs = {"model": served["test_probs"], "baseline": baseline["test_probs"]}
         if params.run_ablation:
-            shuffled = _snapshots(features, split, run_dir / "shuffled", as_of, params, params.seed)
+            shuffled = _snapshots(features, split, baseline_days, run_dir / "shuffled", as_of, params,
+                                  params.seed)
             ablation = fit_model_task("shuffled_order", shuffled["train"], shuffled["valid"],
                                       shuffled["test"], features, fit_params, str(run_dir / "models"))
-            shuffled_baseline = baseline_task(shuffled["train"], shuffled["valid"], shuffled["test"],
+            shuffled_baseline = baseline_task(shuffled["baseline_train"], shuffled["valid"], shuffled["test"],
                                               params.seed, str(run_dir / "shuffled" / "probs"))
             probs["shuffled_order"] = _served(ablation, shuffled_baseline, "shuffled_order",
                                               params.blend_baseline, run_dir)["test_probs"]
@@ -79,26 +83,30 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}
             for name, metrics in evaluation["evaluation"].items()]
     logger.info("registered %s as %s: %s", registered["version"], registered["status"], registered["reason"])
-    return {**registered, "split": split.describe(), "evaluation": evaluation["evaluation"],
+    return {**registered, "split": split.describe(), "baseline_train": [d.isoformat() for d in baseline_days],
+            "evaluation": evaluation["evaluation"],
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
             "evaluation_rows": rows, "training": model["training"] | {"history": None}}
 
 
-def _snapshots(features: dict, split: steps.Split, run_dir: Path, as_of: date, params: RetrainParams,
-               order_seed: int | None = None) -> dict[str, list[str]]:
-    """train/valid/test shards of `split` (negatives sampled in train only); with `order_seed`, the
-    order ablation's shards of the same accounts and labels (see `riskmodel.ablation`)."""
+def _snapshots(features: dict, split: steps.Split, baseline_days: list[date], run_dir: Path, as_of: date,
+               params: RetrainParams, order_seed: int | None = None) -> dict[str, list[str]]:
+    """train/valid/test shards of `split` and the baseline's denser baseline_train (negatives sampled
+    in the two training parts only); with `order_seed`, the order ablation's shards of the same
+    accounts and labels (see `riskmodel.ablation`)."""
     if split.kind == "out_of_time":
+        keep = {"train": params.negative_keep, "baseline_train": params.baseline_negative_keep}
         return {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of,
-                                           params.negative_keep if name == "train" else 1.0,
-                                           params.seed, order_seed, params.horizon_days)
-                for name, cutoffs_ in (("train", split.train), ("valid", split.valid),
-                                       ("test", split.test))}
+                                           keep.get(name, 1.0), params.seed, order_seed,
+                                           params.horizon_days)
+                for name, cutoffs_ in (("train", split.train), ("baseline_train", baseline_days),
+                                       ("valid", split.valid), ("test", split.test))}
     everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of,
                                       order_seed=order_seed, horizon_days=params.horizon_days)
     parts = hash_split_task(everything, str(run_dir / "split"))
     parts["train"] = downsample_task(parts["train"], str(run_dir / "train-sampled"), params.negative_keep,
                                      params.seed)
+    parts["baseline_train"] = parts["train"]
     return parts
 
 

@@ -61,6 +61,9 @@ def _scores(settings: Settings, day: date) -> list[tuple]:
 def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, trained: dict) -> None:
     assert trained["status"] == "champion"
     assert trained["split"].startswith("out_of_time")
+    lstm_days = trained["split"].split("| valid")[0].removeprefix("out_of_time: train ").split(", ")
+    dense = trained["baseline_train"]
+    assert dense[0] == lstm_days[0] and len(dense) > 2 * len(lstm_days)
     manifest = registry.read_manifest(bank, trained["version"])
     evaluation = manifest["evaluation"]
     assert {"model", "baseline", "shuffled_order", "lstm", "lstm_shuffled_order",

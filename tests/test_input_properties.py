@@ -248,6 +248,8 @@ RETRAIN_INVALID: dict[str, st.SearchStrategy[Any]] = {
     "promote_policy": words.filter(lambda w: w not in {"if_better", "always", "never"}),
     "min_ap_margin": _floats_outside(0.0, 1.0),
     "negative_keep": _floats_outside(0.0, 1.0, open_low=True),
+    "baseline_cutoff_every_days": _ints_outside(1, 90),
+    "baseline_negative_keep": _floats_outside(0.0, 1.0, open_low=True),
     "run_ablation": st.lists(st.booleans(), min_size=1, max_size=2),
     "blend_baseline": st.one_of(st.integers(min_value=2), st.text(alphabet="xyz", min_size=2, max_size=5)),
 }
@@ -317,6 +319,7 @@ def test_cli_and_flow_calls_with_bad_parameters_write_nothing(initialised: Setti
     monkeypatch.setenv("RISKFLOW_HOME", str(initialised.home))
     before = _state(initialised)
     cases = {"epochs": ["train", "--epochs", "0"], "negative_keep": ["train", "--negative-keep", "1.5"],
+             "baseline_cutoff_every_days": ["train", "--baseline-every", "0"],
              "min_ap_margin": ["train", "--margin", "-0.1"], "seed": ["train", "--seed", "-3"],
              "max_parallel": ["backfill", "--start", "2026-06-01", "--end", "2026-06-02",
                               "--max-parallel", "0"],

@@ -12,7 +12,16 @@ from flows.cli import build_parser
 from flows.params import RetrainParams
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
-from riskmodel.retrain import downsample_negatives, hash_part, model_budget_minutes, plan_split
+from riskmodel.retrain import (
+    baseline_cutoffs,
+    downsample_negatives,
+    hash_part,
+    model_budget_minutes,
+    plan_retrain,
+    plan_split,
+)
+from riskmodel.settings import DEMO_SPEC
+from riskmodel.spec import load_spec
 
 
 def test_out_of_time_split_keeps_an_h_day_gap_before_validation() -> None:
@@ -23,6 +32,19 @@ def test_out_of_time_split_keeps_an_h_day_gap_before_validation() -> None:
     assert split.valid == [t for t in cutoffs if t <= cutoffs[-2] - timedelta(days=14)][-2:]
     assert split.train == [t for t in cutoffs if t <= split.valid[0] - timedelta(days=14)]
     assert split.train and max(split.train) < min(split.valid) < min(split.test)
+
+
+def test_the_baseline_trains_on_denser_cutoffs_of_the_same_training_window() -> None:
+    spec = load_spec(DEMO_SPEC)
+    as_of = date(2026, 6, 30)
+    start, split = plan_retrain(spec, as_of, train_days=120, every_days=7)
+    dense = baseline_cutoffs(spec, split, start, every_days=3, as_of=as_of)
+    assert dense[0] == split.train[0] == start
+    assert {b - a for a, b in zip(dense, dense[1:], strict=False)} == {timedelta(days=3)}
+    assert max(split.train) - timedelta(days=2) <= dense[-1] <= max(split.train)
+    assert len(dense) > 2 * len(split.train)
+    hashed = plan_split([start], horizon_days=spec.horizon_days)
+    assert baseline_cutoffs(spec, hashed, start, every_days=3, as_of=as_of) == hashed.train
 
 
 def test_too_few_cutoffs_fall_back_to_account_hash_split() -> None:
@@ -67,3 +89,5 @@ def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:
         defaults.train_days, defaults.cutoff_every_days, defaults.epochs, defaults.hidden_size)
     assert (args.max_train_minutes, args.negative_keep, args.seed, args.max_embedded_cardinality) == (
         defaults.max_train_minutes, defaults.negative_keep, defaults.seed, defaults.max_embedded_cardinality)
+    assert (args.baseline_every, args.baseline_negative_keep) == (
+        defaults.baseline_cutoff_every_days, defaults.baseline_negative_keep)

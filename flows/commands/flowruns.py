@@ -50,6 +50,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     train.add_argument("--margin", type=float, default=0.0, help="AP margin to beat the champion by")
     train.add_argument("--negative-keep", type=float, default=_RETRAIN["negative_keep"],
                        help="share of negative training rows kept (positives always kept)")
+    train.add_argument("--baseline-every", type=int, default=_RETRAIN["baseline_cutoff_every_days"],
+                       help="days between the LightGBM baseline's training snapshots")
+    train.add_argument("--baseline-negative-keep", type=float, default=_RETRAIN["baseline_negative_keep"],
+                       help="share of negative rows kept in the baseline's training snapshots")
     train.add_argument("--no-ablation", action="store_true", help="skip the order-shuffled ablation")
     train.add_argument("--no-blend", action="store_true",
                        help="serve the LSTM alone instead of its blend with the LightGBM baseline")
@@ -93,9 +97,12 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, hidden_size=args.hidden, max_train_minutes=args.max_train_minutes,
         max_embedded_cardinality=args.max_embedded_cardinality,
         seed=args.seed, promote_policy=args.promote, min_ap_margin=args.margin,
-        negative_keep=args.negative_keep,
+        negative_keep=args.negative_keep, baseline_cutoff_every_days=args.baseline_every,
+        baseline_negative_keep=args.baseline_negative_keep,
         run_ablation=not args.no_ablation, blend_baseline=not args.no_blend))
     text = (f"model {result['version']} registered as {result['status']} ({result['reason']})\n"
-            f"split: {result['split']}\n{table(result['evaluation_rows'])}")
+            f"split: {result['split']}\nbaseline training cutoffs: {len(result['baseline_train'])} "
+            f"({result['baseline_train'][0]} to {result['baseline_train'][-1]})\n"
+            f"{table(result['evaluation_rows'])}")
     emit(args.json, result, text)
     return 0
