@@ -7,9 +7,11 @@ aggregates recomputed from the shuffled events: `riskmodel.ablation`, one shuffl
 Then, for each seed, the challenger and its ablation (each with a retrain's per-model training
 budget) and LightGBM on the real and on the shuffled snapshots are trained and scored on the test
 window. The rows also carry a blend (the LSTM's and LightGBM's validation-standardised log-odds,
-averaged) against LightGBM alone and against the same blend built on the ablation: does the
-sequence model add to the GBDT, and does the order of events? One row per bank and seed, and one
-"all seeds" row per bank whose AP is the mean over seeds.
+weighted on validation as the retrain weights them) against LightGBM alone and against the same
+blend built on the ablation: does the sequence model add to the GBDT, and does the order of
+events? One row per bank and seed, and one "all seeds" row per bank whose AP is the mean over seeds.
+LightGBM trains on the retrain's denser baseline snapshots (`baseline_cutoffs`), the LSTM on the
+weekly ones.
 Intervals resample whole accounts, and every model and seed shares the resamples (paired), so the
 "all seeds" margin's interval covers seed-to-seed and test-sample variation together.
 The two banks run in parallel child processes, one torch thread each.
@@ -127,6 +129,9 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
     probs: dict[str, np.ndarray] = {}
     training: dict[str, dict] = {}
     labels = np.concatenate([np.load(p, allow_pickle=False)["label"] for p in parts["test"]])
+    valid_labels, shuffled_valid_labels = (
+        np.concatenate([np.load(p, allow_pickle=False)["label"] for p in snapshots["valid"]])
+        for snapshots in (parts, shuffled))
     for seed in SEEDS:
         probs[f"model-{seed}"], lstm_valid, training[f"model-{seed}"] = _fit_and_score(parts, features, seed)
         probs[f"shuffled_order-{seed}"], shuffled_valid, training[f"shuffled_order-{seed}"] = _fit_and_score(
@@ -137,10 +142,10 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
             probs[f"{name}-{seed}"] = baseline.predict(snapshots["test"])
             valid[name] = baseline.predict(snapshots["valid"])
         probs[f"blend-{seed}"] = blend_probs((probs[f"model-{seed}"], probs[f"baseline-{seed}"]),
-                                             (lstm_valid, valid["baseline"]))
+                                             (lstm_valid, valid["baseline"]), valid_labels)
         probs[f"blend_shuffled-{seed}"] = blend_probs(
             (probs[f"shuffled_order-{seed}"], probs[f"baseline_shuffled-{seed}"]),
-            (shuffled_valid, valid["baseline_shuffled"]))
+            (shuffled_valid, valid["baseline_shuffled"]), shuffled_valid_labels)
         log.info("bench model %s: seed %d done after %.0f s", bank, seed, time.perf_counter() - started)
     shutil.rmtree(run, ignore_errors=True)
     return {"bank": bank, "split": split, "labels": labels, "accounts": accounts, "groups": groups,

@@ -56,7 +56,7 @@ class RetrainParams(BaseModel):
     run_ablation: bool = Field(True, description="Also train the order-shuffled ablation model.")
     blend_baseline: bool = Field(
         True, description="Serve the LSTM blended with the LightGBM baseline (validation-standardised "
-                          "log-odds, half each); off serves the LSTM alone.")
+                          "log-odds, weighted on validation); off serves the LSTM alone.")
 
 
 class ScoreParams(BaseModel):

@@ -1,12 +1,13 @@
 """The served blend: the LSTM's and the LightGBM baseline's log-odds, each standardised on validation.
 
-Out of time at scale M the LSTM alone loses to LightGBM, but a half-and-half blend of the two
-models' validation-standardised log-odds beats LightGBM on both banks (`riskflow bench --stage
-model`): the sequence model carries information the aggregates lack. `Blend` holds what that
-needs at scoring time: the booster as LightGBM's own text format (no pickle), the validation
-means and spreads, and the weight. The calibrator is then fitted on the blended validation
-values, so a blended model's probabilities are calibrated like any other. LightGBM is imported
-only when a blend is fitted or loaded.
+The LSTM's weight is the one of `BLEND_WEIGHTS` whose blend has the best validation AP
+(`choose_weight`): with LightGBM on weekly snapshots a half-and-half blend beat both models at
+scale M, while with LightGBM on 3-day snapshots validation gives the LSTM 0-0.1 and a fixed half
+fell below LightGBM alone (`riskflow bench --stage model`). `Blend` holds what scoring needs: the
+booster as LightGBM's own text format (no pickle), the validation means and spreads, and the
+weight. The calibrator is then fitted on the blended validation values, so a blended model's
+probabilities are calibrated like any other. LightGBM is imported only when a blend is fitted
+or loaded.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import numpy as np
 
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
+from riskmodel.metrics import average_precision
 
 BOOSTER_FILE = "baseline.txt"
+# The LSTM's weights `choose_weight` tries, nearest one half first (ties keep the even blend).
+BLEND_WEIGHTS = tuple(sorted((k / 10 for k in range(11)), key=lambda w: abs(w - 0.5)))
 
 
 def log_odds(probs: np.ndarray) -> np.ndarray:
@@ -106,9 +110,21 @@ def fit_blend(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray, boost
                  lstm_std=lstm_std, gbdt_mean=gbdt_mean, gbdt_std=gbdt_std, weight=weight)
 
 
+def choose_weight(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray,
+                  valid_labels: np.ndarray) -> float:
+    """The LSTM's weight among `BLEND_WEIGHTS` whose blend ranks the validation window best (AP)."""
+    blend = fit_blend(lstm_valid_logits, gbdt_valid_probs, "", 0)
+    def validation_ap(weight: float) -> float:
+        blend.weight = weight
+        return average_precision(valid_labels, blend.combine(lstm_valid_logits, gbdt_valid_probs))
+    return max(BLEND_WEIGHTS, key=validation_ap)
+
+
 def blend_probs(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-                weight: float = 0.5) -> np.ndarray:
+                valid_labels: np.ndarray) -> np.ndarray:
     """Blended values of two models' test probabilities, standardised on their validation
-    probabilities (LSTM first); what `riskflow bench --stage model` ranks by."""
-    z = fit_blend(log_odds(valid[0]), valid[1], "", 0, weight)
-    return z.combine(log_odds(test[0]), test[1])
+    probabilities (LSTM first) and weighted by `choose_weight`; what `riskflow bench --stage model`
+    ranks by."""
+    lstm_valid = log_odds(valid[0])
+    weight = choose_weight(lstm_valid, valid[1], valid_labels)
+    return fit_blend(lstm_valid, valid[1], "", 0, weight).combine(log_odds(test[0]), test[1])

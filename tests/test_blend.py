@@ -10,7 +10,7 @@ import torch
 from model_helpers import order_batch
 
 from riskmodel.bands import BandPolicy
-from riskmodel.blend import BOOSTER_FILE, fit_blend, log_odds
+from riskmodel.blend import BLEND_WEIGHTS, BOOSTER_FILE, choose_weight, fit_blend, log_odds
 from riskmodel.calibrate import Calibrator
 from riskmodel.errors import ConfigError, ModelIntegrityError
 from riskmodel.evaluate import train_baseline
@@ -39,6 +39,20 @@ def test_blend_standardises_each_model_on_validation() -> None:
         fit_blend(lstm, gbdt[:-1], "", 0)
     with pytest.raises(ConfigError, match="weight must be in"):
         fit_blend(lstm, gbdt, "", 0, weight=1.5)
+
+
+def test_the_blend_weight_follows_the_model_that_ranks_validation_better() -> None:
+    rng = np.random.default_rng(1)
+    labels = (rng.random(4000) < 0.05).astype(np.float32)
+    signal = labels * 2.0 + rng.normal(0.0, 1.0, labels.size)
+    noise = rng.normal(0.0, 1.0, labels.size)
+    probs = lambda logits: 1.0 / (1.0 + np.exp(-logits))  # noqa: E731
+    assert choose_weight(signal, probs(noise), labels) == 1.0
+    assert choose_weight(noise, probs(signal), labels) == 0.0
+    assert choose_weight(signal, probs(signal), labels) == 0.5
+    other = labels * 2.0 + rng.normal(0.0, 1.0, labels.size)
+    assert 0.0 < choose_weight(signal, probs(other), labels) < 1.0
+    assert sorted(BLEND_WEIGHTS) == [k / 10 for k in range(11)]
 
 
 def test_blended_artifact_scores_like_its_parts_and_refuses_a_changed_booster(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from flows.nightly_scoring import nightly_scoring
 from flows.params import BackfillParams, RetrainParams, ScoreParams
 from flows.retrain import retrain
 from riskmodel import registry
+from riskmodel.blend import BLEND_WEIGHTS
 from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.settings import Settings
@@ -73,7 +74,7 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert 0.0 <= evaluation["model"]["roc_auc"] <= 1.0
     assert evaluation["model"] != evaluation["lstm"]
     champion = registry.load_champion(bank)
-    assert champion.blend is not None and manifest["blend"]["weight"] == 0.5
+    assert champion.blend is not None and manifest["blend"]["weight"] in BLEND_WEIGHTS
     assert (champion.path / "baseline.txt").is_file()
     assert manifest["reference"]["score"]["edges"]
     assert registry.champion_version(bank) == trained["version"]
