@@ -23,7 +23,9 @@ class RetrainParams(BaseModel):
     train_days: int = Field(
         120, ge=14, le=3650, description="Days of history whose cutoffs feed training and evaluation."
     )
-    cutoff_every_days: int = Field(7, ge=1, le=90, description="Days between training snapshots.")
+    cutoff_every_days: int = Field(
+        7, ge=1, le=90,
+        description="Days between snapshots: the LSTM's training ones, validation and test.")
     horizon_days: int | None = Field(
         None, ge=1, le=3650, description="Prediction horizon H in days (default: the spec's)."
     )

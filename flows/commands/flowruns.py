@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     train.add_argument("--as-of", type=_date, help="labels known up to this date (default yesterday)")
     train.add_argument("--train-days", type=int, default=_RETRAIN["train_days"])
     train.add_argument("--every", type=int, default=_RETRAIN["cutoff_every_days"],
-                       help="days between training snapshots")
+                       help="days between the LSTM's training snapshots and the validation/test ones")
     train.add_argument("--epochs", type=int, default=_RETRAIN["epochs"])
     train.add_argument("--hidden", type=int, default=_RETRAIN["hidden_size"])
     train.add_argument("--max-embedded-cardinality", type=int, default=_RETRAIN["max_embedded_cardinality"],
