@@ -81,13 +81,12 @@ def _snapshots(settings: Any, spec: Any, out: Path) -> tuple[dict[str, list[Path
     start, split = steps.plan_retrain(spec, END_DATE, params.train_days, params.cutoff_every_days)
     state = fit_feature_state(settings, spec, start, max(split.train))
     baseline_days = steps.baseline_cutoffs(spec, split, start, params.baseline_cutoff_every_days, END_DATE)
-    windows = (("train", split.train), ("baseline_train", baseline_days), ("valid", split.valid),
-               ("test", split.test))
-    keep = {"train": params.negative_keep, "baseline_train": params.baseline_negative_keep}
+    windows = steps.snapshot_windows(split, baseline_days, params.negative_keep,
+                                     params.baseline_negative_keep)
     real, shuffled = ({name: build_training_shards(settings, spec, state, days, out / kind / name, END_DATE,
-                                                   negative_keep=keep.get(name, 1.0), seed=params.seed,
+                                                   negative_keep=keep, seed=params.seed,
                                                    order_seed=order_seed)
-                       for name, days in windows}
+                       for name, days, keep in windows}
                       for kind, order_seed in (("real", None), ("shuffled", params.seed)))
     return real, shuffled, state.to_dict(), split.describe()
 

@@ -95,12 +95,11 @@ def _snapshots(features: dict, split: steps.Split, baseline_days: list[date], ru
     in the two training parts only); with `order_seed`, the order ablation's shards of the same
     accounts and labels (see `riskmodel.ablation`)."""
     if split.kind == "out_of_time":
-        keep = {"train": params.negative_keep, "baseline_train": params.baseline_negative_keep}
-        return {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of,
-                                           keep.get(name, 1.0), params.seed, order_seed,
-                                           params.horizon_days)
-                for name, cutoffs_ in (("train", split.train), ("baseline_train", baseline_days),
-                                       ("valid", split.valid), ("test", split.test))}
+        windows = steps.snapshot_windows(split, baseline_days, params.negative_keep,
+                                         params.baseline_negative_keep)
+        return {name: training_shards_task(features, cutoffs_, str(run_dir / name), as_of, keep,
+                                           params.seed, order_seed, params.horizon_days)
+                for name, cutoffs_, keep in windows}
     everything = training_shards_task(features, split.train, str(run_dir / "all"), as_of,
                                       order_seed=order_seed, horizon_days=params.horizon_days)
     parts = hash_split_task(everything, str(run_dir / "split"))

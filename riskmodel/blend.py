@@ -13,7 +13,7 @@ or loaded.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +114,8 @@ def choose_weight(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray,
                   valid_labels: np.ndarray) -> float:
     """The LSTM's weight among `BLEND_WEIGHTS` whose blend ranks the validation window best (AP)."""
     blend = fit_blend(lstm_valid_logits, gbdt_valid_probs, "", 0)
-    def validation_ap(weight: float) -> float:
-        blend.weight = weight
-        return average_precision(valid_labels, blend.combine(lstm_valid_logits, gbdt_valid_probs))
-    return max(BLEND_WEIGHTS, key=validation_ap)
+    return max(BLEND_WEIGHTS, key=lambda weight: average_precision(
+        valid_labels, replace(blend, weight=weight).combine(lstm_valid_logits, gbdt_valid_probs)))
 
 
 def blend_probs(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],

@@ -96,6 +96,14 @@ def baseline_cutoffs(spec: FeatureSpec, split: Split, start: date, every_days: i
     return training_cutoffs(spec, start, max(split.train), every_days, as_of)
 
 
+def snapshot_windows(split: Split, baseline_days: list[date], negative_keep: float,
+                     baseline_negative_keep: float) -> list[tuple[str, list[date], float]]:
+    """(part, cutoffs, share of negatives kept) of an out-of-time retrain's snapshots: the LSTM's
+    training part, the baseline's denser one, then validation and test (all rows kept)."""
+    return [("train", split.train, negative_keep), ("baseline_train", baseline_days, baseline_negative_keep),
+            ("valid", split.valid, 1.0), ("test", split.test, 1.0)]
+
+
 def hash_part(account_id: np.ndarray) -> np.ndarray:
     """Stable split of accounts for the single-cutoff case: 0..69 train, 70..84 valid, 85..99 test."""
     bucket = (stable_hash(account_id) % np.uint64(100)).astype(np.int64)
