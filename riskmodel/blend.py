@@ -119,10 +119,10 @@ def choose_weight(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray,
 
 
 def blend_probs(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-                valid_labels: np.ndarray) -> np.ndarray:
-    """Blended values of two models' test probabilities, standardised on their validation
-    probabilities (LSTM first) and weighted by `choose_weight`; what `riskflow bench --stage model`
-    ranks by."""
+                valid_labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """(blended values of two models' test probabilities, the LSTM's weight): standardised on their
+    validation probabilities (LSTM first) and weighted by `choose_weight`; what `riskflow bench
+    --stage model` ranks by and reports."""
     lstm_valid = log_odds(valid[0])
     weight = choose_weight(lstm_valid, valid[1], valid_labels)
-    return fit_blend(lstm_valid, valid[1], "", 0, weight).combine(log_odds(test[0]), test[1])
+    return fit_blend(lstm_valid, valid[1], "", 0, weight).combine(log_odds(test[0]), test[1]), weight
