@@ -126,7 +126,8 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
     accounts, _ = row_keys(parts["test"])
     groups = pattern_groups(accounts, read_ground_truth(settings, spec))
     probs: dict[str, np.ndarray] = {}
-    training: dict[str, Any] = {}
+    training: dict[str, dict] = {}
+    blend_weights: dict[str, float] = {}
     labels = np.concatenate([np.load(p, allow_pickle=False)["label"] for p in parts["test"]])
     valid_labels, shuffled_valid_labels = (
         np.concatenate([np.load(p, allow_pickle=False)["label"] for p in snapshots["valid"]])
@@ -140,17 +141,17 @@ def _bank_run(scale: str, workdir: str, bank: str) -> dict[str, Any]:
             baseline = train_baseline(snapshots["baseline_train"], snapshots["valid"], seed=seed, threads=1)
             probs[f"{name}-{seed}"] = baseline.predict(snapshots["test"])
             valid[name] = baseline.predict(snapshots["valid"])
-        probs[f"blend-{seed}"], training[f"blend-{seed}"] = blend_probs(
+        probs[f"blend-{seed}"], blend_weights[f"blend-{seed}"] = blend_probs(
             (probs[f"model-{seed}"], probs[f"baseline-{seed}"]), (lstm_valid, valid["baseline"]),
             valid_labels)
-        probs[f"blend_shuffled-{seed}"], training[f"blend_shuffled-{seed}"] = blend_probs(
+        probs[f"blend_shuffled-{seed}"], blend_weights[f"blend_shuffled-{seed}"] = blend_probs(
             (probs[f"shuffled_order-{seed}"], probs[f"baseline_shuffled-{seed}"]),
             (shuffled_valid, valid["baseline_shuffled"]), shuffled_valid_labels)
         log.info("bench model %s: seed %d done after %.0f s", bank, seed, time.perf_counter() - started)
     shutil.rmtree(run, ignore_errors=True)
     return {"bank": bank, "split": split, "labels": labels, "accounts": accounts, "groups": groups,
-            "probs": probs, "training": training, "seconds": time.perf_counter() - started,
-            "output_mb": output_mb,
+            "probs": probs, "training": training, "blend_weights": blend_weights,
+            "seconds": time.perf_counter() - started, "output_mb": output_mb,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
 
 
@@ -187,7 +188,7 @@ def _rows(scale: str, result: dict[str, Any]) -> list[dict[str, Any]]:
                    lstm_minus_ablation=margin("model_minus_shuffled_order"),
                    blend_ap=round(value["blend"], 4), blend_minus_baseline=margin("blend_minus_baseline"),
                    blend_minus_blend_shuffled=margin("blend_minus_blend_shuffled"))
-        weights = [result["training"][n] for n in names["blend"]]
+        weights = [result["blend_weights"][n] for n in names["blend"]]
         out["blend_weight"] = "/".join(f"{w:.1f}" for w in weights)
         out["details"] = {"bank": result["bank"], "seeds": label, "split": result["split"],
                           "positives": int(y.sum()), "average_precision": value, "ap_margin": margins,
