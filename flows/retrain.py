@@ -84,7 +84,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
             for name, metrics in evaluation["evaluation"].items()]
     logger.info("registered %s as %s: %s", registered["version"], registered["status"], registered["reason"])
     return {**registered, "split": split.describe(), "baseline_train": [d.isoformat() for d in baseline_days],
-            "evaluation": evaluation["evaluation"],
+            "blend_weight": served.get("blend_weight"), "evaluation": evaluation["evaluation"],
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
             "evaluation_rows": rows, "training": model["training"] | {"history": None}}
 

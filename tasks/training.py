@@ -109,7 +109,7 @@ def blend_task(name: str, lstm: dict[str, Any], baseline: dict[str, Any], out_di
             features=model.manifest["features"], spec_hash="candidate", train_start=date.min,
             train_end=date.min, evaluation={}, training=lstm["training"], blend=blend)
         sha, _ = registry.save_artifact(folder, model.net, manifest, blend)
-        return {**lstm, "path": str(folder), "sha256": sha,
+        return {**lstm, "path": str(folder), "sha256": sha, "blend_weight": blend.weight,
                 "test_probs": _save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs)}
 
 

@@ -75,6 +75,7 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert evaluation["model"] != evaluation["lstm"]
     champion = registry.load_champion(bank)
     assert champion.blend is not None and manifest["blend"]["weight"] in BLEND_WEIGHTS
+    assert trained["blend_weight"] == manifest["blend"]["weight"]
     assert (champion.path / "baseline.txt").is_file()
     assert manifest["reference"]["score"]["edges"]
     assert registry.champion_version(bank) == trained["version"]

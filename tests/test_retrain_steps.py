@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from flows.cli import build_parser
+from flows.commands.flowruns import blend_line
 from flows.params import RetrainParams
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
@@ -80,6 +81,12 @@ def test_the_training_budget_is_shared_by_the_challenger_and_the_ablation() -> N
     assert model_budget_minutes(20.0, run_ablation=False) == 20.0
     with pytest.raises(ConfigError, match="max_train_minutes"):
         model_budget_minutes(0.0, run_ablation=True)
+
+
+def test_the_train_report_names_the_blend_weight_only_for_a_blended_model() -> None:
+    assert blend_line(None) == ""
+    assert "LSTM weight in the served blend: 0.3" in blend_line(0.3)
+    assert "LightGBM alone" in blend_line(0.0) and blend_line(0.0).endswith("\n")
 
 
 def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:

@@ -88,6 +88,13 @@ def run_backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def blend_line(weight: float | None) -> str:
+    """The served blend's LSTM weight as a line of the train report (nothing for an LSTM-only model)."""
+    if weight is None:
+        return ""
+    return f"LSTM weight in the served blend: {weight:.1f} (chosen on validation; 0 = LightGBM alone)\n"
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the retrain flow and print the evaluation table."""
     from flows.retrain import retrain
@@ -103,6 +110,6 @@ def run_train(args: argparse.Namespace) -> int:
     text = (f"model {result['version']} registered as {result['status']} ({result['reason']})\n"
             f"split: {result['split']}\nbaseline training cutoffs: {len(result['baseline_train'])} "
             f"({result['baseline_train'][0]} to {result['baseline_train'][-1]})\n"
-            f"{table(result['evaluation_rows'])}")
+            f"{blend_line(result['blend_weight'])}{table(result['evaluation_rows'])}")
     emit(args.json, result, text)
     return 0
