@@ -1,7 +1,7 @@
 """The served blend: the LSTM's and the LightGBM baseline's log-odds, each standardised on validation.
 
 The LSTM's weight is the one of `BLEND_WEIGHTS` whose blend has the best validation AP
-(`choose_weight`): with LightGBM on weekly snapshots a half-and-half blend beat both models at
+(`fit_weighted_blend`): with LightGBM on weekly snapshots a half-and-half blend beat both models at
 scale M, while with LightGBM on 3-day snapshots validation gives the LSTM 0-0.1 and a fixed half
 fell below LightGBM alone (`riskflow bench --stage model`). `Blend` holds what scoring needs: the
 booster as LightGBM's own text format (no pickle), the validation means and spreads, and the
@@ -24,7 +24,7 @@ from riskmodel.errors import ConfigError
 from riskmodel.metrics import average_precision
 
 BOOSTER_FILE = "baseline.txt"
-# The LSTM's weights `choose_weight` tries, nearest one half first (ties keep the even blend).
+# The LSTM's weights `fit_weighted_blend` tries, nearest one half first (ties keep the even blend).
 BLEND_WEIGHTS = tuple(sorted((k / 10 for k in range(11)), key=lambda w: abs(w - 0.5)))
 
 
@@ -110,19 +110,26 @@ def fit_blend(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray, boost
                  lstm_std=lstm_std, gbdt_mean=gbdt_mean, gbdt_std=gbdt_std, weight=weight)
 
 
+def fit_weighted_blend(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray, valid_labels: np.ndarray,
+                       booster_text: str = "", best_iteration: int = 0) -> Blend:
+    """`fit_blend` with the LSTM's weight among `BLEND_WEIGHTS` whose blend ranks the validation window
+    best (AP); the standardisation is fitted once and shared by every weight tried."""
+    blend = fit_blend(lstm_valid_logits, gbdt_valid_probs, booster_text, best_iteration)
+    weight = max(BLEND_WEIGHTS, key=lambda w: average_precision(
+        valid_labels, replace(blend, weight=w).combine(lstm_valid_logits, gbdt_valid_probs)))
+    return replace(blend, weight=weight)
+
+
 def choose_weight(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray,
                   valid_labels: np.ndarray) -> float:
-    """The LSTM's weight among `BLEND_WEIGHTS` whose blend ranks the validation window best (AP)."""
-    blend = fit_blend(lstm_valid_logits, gbdt_valid_probs, "", 0)
-    return max(BLEND_WEIGHTS, key=lambda weight: average_precision(
-        valid_labels, replace(blend, weight=weight).combine(lstm_valid_logits, gbdt_valid_probs)))
+    """The LSTM's weight `fit_weighted_blend` chooses for these validation outputs."""
+    return fit_weighted_blend(lstm_valid_logits, gbdt_valid_probs, valid_labels).weight
 
 
 def blend_probs(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
                 valid_labels: np.ndarray) -> tuple[np.ndarray, float]:
     """(blended values of two models' test probabilities, the LSTM's weight): standardised on their
-    validation probabilities (LSTM first) and weighted by `choose_weight`; what `riskflow bench
+    validation probabilities (LSTM first) and weighted by `fit_weighted_blend`; what `riskflow bench
     --stage model` ranks by and reports."""
-    lstm_valid = log_odds(valid[0])
-    weight = choose_weight(lstm_valid, valid[1], valid_labels)
-    return fit_blend(lstm_valid, valid[1], "", 0, weight).combine(log_odds(test[0]), test[1]), weight
+    blend = fit_weighted_blend(log_odds(valid[0]), valid[1], valid_labels)
+    return blend.combine(log_odds(test[0]), test[1]), blend.weight

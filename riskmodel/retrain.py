@@ -19,7 +19,7 @@ import numpy as np
 
 from riskmodel.bands import BandPolicy
 from riskmodel.batch import SequenceBatch, check_keep_rate, sample_negatives
-from riskmodel.blend import Blend, choose_weight, fit_blend
+from riskmodel.blend import Blend, fit_weighted_blend
 from riskmodel.calibrate import Calibrator, fit_calibrator
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState
@@ -213,8 +213,8 @@ def fit_served_blend(lstm_valid_logits: np.ndarray, valid_labels: np.ndarray, gb
                      bands: BandPolicy) -> tuple[Blend, Calibrator, BandPolicy]:
     """The LSTM blended with LightGBM: weighted, standardised, calibrated and banded on the validation
     window."""
-    weight = choose_weight(lstm_valid_logits, gbdt_valid_probs, valid_labels)
-    blend = fit_blend(lstm_valid_logits, gbdt_valid_probs, booster_text, best_iteration, weight)
+    blend = fit_weighted_blend(lstm_valid_logits, gbdt_valid_probs, valid_labels, booster_text,
+                               best_iteration)
     values = blend.combine(lstm_valid_logits, gbdt_valid_probs)
     calibrator = fit_calibrator(values, valid_labels)
     return blend, calibrator, bands.fit(calibrator.apply(values))
