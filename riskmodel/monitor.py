@@ -6,6 +6,11 @@ the model manifest: fixed bins (quantile edges for numeric values, top ids for c
 ones) so that tonight's population is binned exactly like the reference population. The
 retrain builds the reference from the model's out-of-time test window (full base rate; the
 training shards have most negatives sampled away), see `tasks.training.drift_reference`.
+
+The reference also keeps each of the window's nights (cutoffs) binned the same way, and tonight
+counts as drifted only when it is unlike the whole window and unlike every one of those nights:
+features with a payroll or weekly cycle (the largest amount of the last 7 days peaks after pay
+day) differ from the pooled window on some nights of every month without the population moving.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ from riskmodel.spec import FeatureSpec
 
 PSI_ALERT = 0.25
 EPSILON = 1e-4
+# A reference night needs this many rows for its bin shares to be worth comparing with, and the
+# reference keeps at most this many of the latest nights (a month covers pay-day cycles).
+MIN_NIGHT_ROWS = 1000
+MAX_NIGHTS = 31
+WINDOW = "test window"
 CATEGORICAL_PARTS = ("cat", "static_cat")
 OTHER = -1
 
@@ -119,8 +129,10 @@ def reference_from_values(scores: np.ndarray, values: dict[str, np.ndarray], nam
 
 
 def reference_distributions(scores: np.ndarray, batch: SequenceBatch, bins: int = 10) -> dict[str, Any]:
-    """The drift reference for a model manifest: score bins, per-column bins and the feature groups."""
-    return reference_from_values(scores, feature_values(batch), batch.names, bins)
+    """The drift reference for a model manifest: score bins, per-column bins and the feature groups,
+    each with the shares of every night of `batch` that has `MIN_NIGHT_ROWS` rows (see `add_nights`)."""
+    reference = reference_from_values(scores, feature_values(batch), batch.names, bins)
+    return add_nights(reference, scores, batch)
 
 
 def _fractions(ref: dict[str, Any], values: np.ndarray) -> np.ndarray:
@@ -129,26 +141,65 @@ def _fractions(ref: dict[str, Any], values: np.ndarray) -> np.ndarray:
     return numeric_fractions(values, ref["edges"])
 
 
-def drift(reference: dict[str, Any], scores: np.ndarray,
-          values: dict[str, np.ndarray]) -> tuple[float, dict[str, dict[str, Any]]]:
-    """PSI of the score, and per feature group the largest column PSI (with that column's name)."""
+def add_nights(reference: dict[str, Any], scores: np.ndarray, batch: SequenceBatch) -> dict[str, Any]:
+    """Add to each distribution of `reference` (built from `scores` and `batch`) a "nights" map: per
+    cutoff of `batch` with at least `MIN_NIGHT_ROWS` rows (the latest `MAX_NIGHTS`), its shares in the
+    same bins. Nothing is added when the batch holds fewer than two such nights."""
+    days, counts = np.unique(batch.cutoff, return_counts=True)
+    nights = [d for d, c in zip(days, counts, strict=True) if c >= MIN_NIGHT_ROWS][-MAX_NIGHTS:]
+    if len(nights) < 2:
+        return reference
+    score_ref = reference["score"]
+    score_ref["nights"] = {}
+    for column in reference["columns"].values():
+        column["nights"] = {}
+    for day in nights:
+        rows = np.flatnonzero(batch.cutoff == day)
+        name = str(day)
+        score_ref["nights"][name] = numeric_fractions(np.asarray(scores)[rows], score_ref["edges"]).tolist()
+        for key, values in feature_values(batch.subset(rows)).items():
+            column = reference["columns"][key]
+            column["nights"][name] = _fractions(column, values).tolist()
+    return reference
+
+
+def closest_psi(ref: dict[str, Any], current: np.ndarray) -> tuple[float, str]:
+    """The smallest PSI of tonight's shares `current` against the reference's whole window and each
+    of its nights, and which one that was ("test window" or the night's date)."""
+    options = {WINDOW: ref["fractions"], **ref.get("nights", {})}
+    return min((psi(shares, current), name) for name, shares in options.items())
+
+
+@dataclass
+class Drift:
+    """Tonight's PSI of the score, and per feature group its largest column PSI; each against the
+    closest of the reference's window and nights (`closest_psi`), named in "reference"."""
+
+    score_psi: float
+    score_reference: str
+    groups: dict[str, dict[str, Any]]
+
+
+def drift(reference: dict[str, Any], scores: np.ndarray, values: dict[str, np.ndarray]) -> Drift:
+    """Tonight's `Drift` against a manifest `reference`."""
     score_ref = reference.get("score", reference)
     if "edges" not in score_ref:
         raise ConfigError("monitoring reference has no score distribution ('score': {'edges', 'fractions'})")
-    score_psi = psi(score_ref["fractions"], numeric_fractions(scores, score_ref["edges"]))
+    score_psi, score_from = closest_psi(score_ref, numeric_fractions(scores, score_ref["edges"]))
     groups: dict[str, dict[str, Any]] = {}
     for key, cols in reference.get("groups", {}).items():
-        worst: tuple[float, str] | None = None
+        worst: tuple[float, str, str] | None = None
         for col in cols:
             ref = reference.get("columns", {}).get(col)
             if ref is None or col not in values:
                 continue
-            value = psi(ref["fractions"], _fractions(ref, values[col]))
+            value, closest = closest_psi(ref, _fractions(ref, values[col]))
             if worst is None or value > worst[0]:
-                worst = (value, col)
+                worst = (value, col, closest)
         if worst is not None:
-            groups[key] = {"label": GROUP_LABELS.get(key, key), "psi": worst[0], "column": worst[1]}
-    return score_psi, groups
+            groups[key] = {"label": GROUP_LABELS.get(key, key), "psi": worst[0], "column": worst[1],
+                           "reference": worst[2]}
+    return Drift(score_psi, score_from, groups)
 
 
 def band_changes(settings: Settings, score_date: dt.date, table: str = "risk_scores") -> list[dict[str, Any]]:
@@ -267,12 +318,15 @@ class MonitorReport:
     alerts: list[str] = field(default_factory=list)
     image_png: bytes = b""
     notes: list[str] = field(default_factory=list)
+    score_reference: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per metric, for a table artifact."""
         psi_value = None if math.isnan(self.score_psi) else round(self.score_psi, 4)
-        out = [{"metric": "psi:score", "value": psi_value, "note": "; ".join(self.notes)}]
-        out += [{"metric": f"psi:{k}", "value": round(v["psi"], 4), "note": v["column"]}
+        closest = [f"vs {self.score_reference}"] if self.score_reference else []
+        out = [{"metric": "psi:score", "value": psi_value, "note": "; ".join(closest + self.notes)}]
+        out += [{"metric": f"psi:{k}", "value": round(v["psi"], 4),
+                 "note": f"{v['column']} vs {v.get('reference', WINDOW)}"}
                 for k, v in sorted(self.group_psi.items(), key=lambda kv: -kv[1]["psi"])]
         out += [{"metric": f"band:{b['band']}", "value": b["accounts"],
                  "note": f"previous {b['previous']} ({b['change']:+d})"} for b in self.bands]
@@ -285,28 +339,31 @@ class MonitorReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly content (without the image)."""
-        return {"score_date": self.score_date, "score_psi": self.score_psi, "group_psi": self.group_psi,
-                "bands": self.bands, "realised": self.realised, "alerts": self.alerts, "notes": self.notes}
+        return {"score_date": self.score_date, "score_psi": self.score_psi,
+                "score_reference": self.score_reference, "group_psi": self.group_psi, "bands": self.bands,
+                "realised": self.realised, "alerts": self.alerts, "notes": self.notes}
 
 
 def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, scores: np.ndarray,
             values: dict[str, np.ndarray], reference: dict[str, Any],
             psi_alert: float = PSI_ALERT) -> MonitorReport:
     """Everything above for night `score_date`: drift vs the manifest reference, band changes,
-    realised performance, alerts (PSI > `psi_alert`, realised AP or ROC-AUC below the settings'
-    `realised_ap_floor` / `realised_auc_floor`) and the image."""
+    realised performance, alerts (PSI > `psi_alert` against the closest reference night, realised AP
+    or ROC-AUC below the settings' `realised_ap_floor` / `realised_auc_floor`) and the image."""
     notes: list[str] = []
     if "edges" in (reference or {}).get("score", reference or {}):
-        score_psi, groups = drift(reference, scores, values)
+        found = drift(reference, scores, values)
     else:
-        score_psi, groups = math.nan, {}
+        found = Drift(math.nan, "", {})
         notes.append("the model manifest has no reference distributions: drift not computed")
+    score_psi, groups = found.score_psi, found.groups
     bands = band_changes(settings, score_date)
     realised = realised_performance(settings, spec, score_date)
     alerts = []
     if score_psi > psi_alert:
-        alerts.append(f"score PSI {score_psi:.3f} > {psi_alert}")
-    alerts += [f"feature group {g['label']} PSI {g['psi']:.3f} > {psi_alert} (column {g['column']})"
+        alerts.append(f"score PSI {score_psi:.3f} > {psi_alert} (closest reference: {found.score_reference})")
+    alerts += [f"feature group {g['label']} PSI {g['psi']:.3f} > {psi_alert} (column {g['column']}, "
+               f"closest reference: {g['reference']})"
                for g in groups.values() if g["psi"] > psi_alert]
     if realised:
         served = realised["served_date"]
@@ -319,4 +376,5 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
                          f"realised performance not measurable")
     image = score_distribution_png(scores, reference or None,
                                    title=f"Scores {score_date} (PSI {score_psi:.3f})")
-    return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image, notes)
+    return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image, notes,
+                         found.score_reference)

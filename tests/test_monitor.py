@@ -15,9 +15,13 @@ from riskmodel.batch import SequenceBatch
 from riskmodel.db import connect
 from riskmodel.metrics import roc_auc
 from riskmodel.monitor import (
+    MIN_NIGHT_ROWS,
+    WINDOW,
+    Drift,
     band_changes,
     categorical_fractions,
     concat_values,
+    drift,
     feature_values,
     label_window,
     monitor,
@@ -58,24 +62,59 @@ def test_psi_is_small_for_the_same_population_and_large_for_a_shifted_one() -> N
     reference = json.loads(json.dumps(reference_distributions(ref_scores, ref_batch)))
     scores, batch = _population(20_000, seed=2)
     same = monitor_drift(reference, scores, batch)
-    assert same[0] < 0.01 and max(g["psi"] for g in same[1].values()) < 0.02
+    assert same.score_psi < 0.01 and max(g["psi"] for g in same.groups.values()) < 0.02
     shifted_scores, shifted_batch = _population(20_000, seed=3, shift=1.0)
     shifted = monitor_drift(reference, shifted_scores, shifted_batch)
-    assert shifted[0] > 0.25
-    assert shifted[1]["amount_pattern"]["psi"] > 0.25
-    assert shifted[1]["merchant_category"]["psi"] < 0.02
+    assert shifted.score_psi > 0.25
+    assert shifted.groups["amount_pattern"]["psi"] > 0.25
+    assert shifted.groups["merchant_category"]["psi"] < 0.02
     halves = [feature_values(ref_batch.subset(np.arange(k, 20_000, 2))) for k in (0, 1)]
     joined = reference_from_values(ref_scores, concat_values(halves), ref_batch.names)
     column = "agg:amount_sum_7d"
     assert joined["columns"][column]["edges"] == reference["columns"][column]["edges"]
-    assert set(shifted[1]) == {"amount_pattern", "merchant_category", "country_channel", "timing",
+    assert set(shifted.groups) == {"amount_pattern", "merchant_category", "country_channel", "timing",
                                "recent_burst", "static_profile"}
 
 
-def monitor_drift(reference: dict, scores: np.ndarray, batch: SequenceBatch) -> tuple[float, dict]:
-    from riskmodel.monitor import drift
-
+def monitor_drift(reference: dict, scores: np.ndarray, batch: SequenceBatch) -> Drift:
     return drift(reference, scores, feature_values(batch))
+
+
+def _nights(parts: list[tuple[np.ndarray, SequenceBatch]],
+            first: dt.date) -> tuple[np.ndarray, SequenceBatch]:
+    """The populations of `parts` as consecutive weekly nights from `first`, in one batch."""
+    for k, (_, batch) in enumerate(parts):
+        batch.cutoff[:] = np.datetime64(first + dt.timedelta(days=7 * k))
+    return np.concatenate([s for s, _ in parts]), SequenceBatch.concat([b for _, b in parts])
+
+
+def test_a_cycle_seen_in_the_reference_nights_is_not_drift_but_a_new_shift_is() -> None:
+    first = dt.date(2026, 5, 18)
+    ref_scores, ref_batch = _nights([_population(3000, seed=6), _population(3000, seed=7, shift=1.0),
+                                     _population(MIN_NIGHT_ROWS - 1, seed=8, shift=2.0)], first)
+    reference = json.loads(json.dumps(reference_distributions(ref_scores, ref_batch)))
+    pay_day = str(first + dt.timedelta(days=7))
+    column = reference["columns"]["agg:amount_sum_7d"]
+    assert set(column["nights"]) == {str(first), pay_day}
+    assert set(reference["score"]["nights"]) == {str(first), pay_day}
+    tonight_scores, tonight = _population(3000, seed=9, shift=1.0)
+    found = monitor_drift(reference, tonight_scores, tonight)
+    assert found.score_psi < 0.05 and found.score_reference == pay_day
+    assert found.groups["amount_pattern"]["psi"] < 0.05
+    assert found.groups["amount_pattern"]["reference"] == pay_day
+    assert max(g["psi"] for g in found.groups.values()) < 0.05
+    window_only = {"score": {k: reference["score"][k] for k in ("edges", "fractions")},
+                   "columns": {k: {n: v for n, v in c.items() if n != "nights"}
+                               for k, c in reference["columns"].items()},
+                   "groups": reference["groups"]}
+    pooled = monitor_drift(window_only, tonight_scores, tonight)
+    assert pooled.groups["amount_pattern"]["psi"] > 0.25 and pooled.score_reference == WINDOW
+    new_scores, new = _population(3000, seed=10, shift=2.0)
+    moved = monitor_drift(reference, new_scores, new)
+    assert moved.groups["amount_pattern"]["psi"] > 0.25
+    assert moved.groups["merchant_category"]["psi"] < 0.05
+    one_night = reference_distributions(*_population(3000, seed=11))
+    assert "nights" not in one_night["score"] and "nights" not in one_night["columns"]["agg:amount_sum_7d"]
 
 
 def test_psi_basics() -> None:
