@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -94,10 +95,14 @@ def test_retrain_horizon_reaches_the_labels(bank: Settings, trained: dict, tmp_p
     assert positives[30] > positives[1]
 
 
-def test_nightly_scores_every_active_account_once_and_rerun_is_identical(bank: Settings,
-                                                                           trained: dict) -> None:
+def test_nightly_scores_every_active_account_once_and_rerun_is_identical(
+        bank: Settings, trained: dict, caplog: pytest.LogCaptureFixture) -> None:
     day = END
-    first = nightly_scoring(ScoreParams(score_date=day))
+    with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
+        first = nightly_scoring(ScoreParams(score_date=day))
+    task_logs = [r.getMessage() for r in caplog.records if r.name == "prefect.task_runs"]
+    assert any(m.startswith("Finished in state Completed") for m in task_logs)
+    assert not any("running in a worker thread" in m for m in task_logs)
     with connect(bank) as conn:
         active = conn.execute(
             "SELECT count(DISTINCT account_id) FROM bank.transactions WHERE ts < %s AND ts >= %s",
