@@ -6,6 +6,7 @@ partition in one transaction, so a failure anywhere leaves the previous scores i
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 import uuid
@@ -16,6 +17,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
 from flows.context import settings_and_spec
+from flows.output import table
 from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import yesterday
@@ -75,6 +77,34 @@ def input_line(inputs: dict) -> str:
             f"unseen or null categories {unseen or 'none'}")
 
 
+def drift_line(score_psi: float, reference: str) -> str:
+    """Tonight's score PSI and the reference night it was closest to, as one readable line."""
+    if math.isnan(score_psi):
+        return "not computed (the model's manifest has no reference distributions)"
+    return f"score PSI {score_psi:.3f} (closest reference: {reference})"
+
+
+def realised_line(realised: dict | None) -> str:
+    """Realised performance of the scores served H + reporting lag days ago, as one readable line."""
+    if not realised:
+        return "not yet: no scores were served H + reporting lag days before this night"
+    served, n, positives = realised["served_date"], realised["accounts"], realised["positives"]
+    if not positives:
+        return f"not measurable: no matured positive among the {n} accounts scored {served}"
+    return (f"AP {realised['average_precision']:.3f}, ROC-AUC {realised['roc_auc']:.3f} of the scores "
+            f"served {served} ({positives} of {n} accounts positive)")
+
+
+def movers_table(movers: list[dict]) -> str:
+    """The night's top movers as a text table (or a line saying there is no previous night)."""
+    if not movers:
+        return "no previous scored night to compare with"
+    return table([{"account_id": m["account_id"],
+                   "previous": f"{m['previous_score']:.4f} {m['previous_band']}",
+                   "tonight": f"{m['risk_score']:.4f} {m['risk_band']}", "change": f"{m['change']:+.4f}",
+                   "reasons": "; ".join(m["reason_codes"])} for m in movers])
+
+
 @flow(name="nightly-scoring", log_prints=False, task_runner=SettingsTaskRunner())
 def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     """Score every active account for `params.score_date` with the champion (and shadow challenger)."""
@@ -128,7 +158,9 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
         "shadow_error": shadow_error,
-        "extract": extract, "alerts": monitor["alerts"], "timings_s": timings,
+        "extract": extract, "alerts": monitor["alerts"], "score_psi": monitor["score_psi"],
+        "score_reference": monitor["score_reference"], "realised": monitor["realised"],
+        "movers": monitor["movers"], "timings_s": timings,
         "sequence_builds": result["builds"], "inputs": monitor["inputs"], "retention": retention,
     }
     publish_table(f"nightly-timings-{score_date}",
@@ -142,10 +174,14 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- bands: {summary['bands']}",
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
+                   f"- drift: {drift_line(monitor['score_psi'], monitor['score_reference'])}",
+                   f"- realised performance: {realised_line(monitor['realised'])}",
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"
                    + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),
                    f"- retention: dropped {len(retention['dropped'])} table(s) dated before "
-                   f"{retention['cutoff']}, kept {len(retention['skipped'])} in use"]),
+                   f"{retention['cutoff']}, kept {len(retention['skipped'])} in use",
+                   "", "## Top movers since the previous night", "",
+                   "```", movers_table(monitor["movers"]), "```"]),
         f"Summary of the nightly run for {score_date}")
     logger.info("scored %s accounts for %s with %s", summary["accounts_scored"], score_date,
                 champion["version"])

@@ -1,4 +1,5 @@
-"""Questions about what was served: which dates a model already scored, the top accounts of a date."""
+"""Questions about what was served: which dates a model already scored, the top accounts of a date,
+the accounts whose score moved most since the night before."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def top_accounts(settings: Settings, score_date: date, limit: int = 10) -> list[
     query = sql.SQL("SELECT account_id, risk_score, risk_band, reason_codes, model_version FROM {} "
                     "WHERE score_date = %s ORDER BY risk_score DESC, account_id LIMIT %s").format(
         sql.Identifier(settings.db_schema, "risk_scores"))
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(query, (score_date, limit))
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def top_movers(settings: Settings, score_date: date, limit: int = 10) -> list[dict[str, Any]]:
+    """The `limit` accounts whose score changed most since the previous scored night, largest change
+    first: the `score_movers` SQL function analysts call (sql/050_views.sql), so both agree."""
+    query = sql.SQL("SELECT account_id, previous_date, previous_score, risk_score, change, previous_band,"
+                    " risk_band, reason_codes FROM {}(%s, %s)").format(
+        sql.Identifier(settings.db_schema, "score_movers"))
     with connect(settings) as conn, conn.cursor() as cur:
         cur.execute(query, (score_date, limit))
         names = [d.name for d in cur.description]

@@ -1,5 +1,6 @@
-"""Prefect task for nightly monitoring: drift (PSI) against the model's reference, band changes,
-realised performance, a Prefect event for automations when something needs a person."""
+"""Prefect task for nightly monitoring: drift (PSI) against the model's reference, band changes and
+top movers since the previous night, realised performance, a Prefect event for automations when
+something needs a person."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from flows.context import settings_and_spec
 from riskmodel.batch import SequenceBatch
 from riskmodel.input_counts import InputCounts
 from riskmodel.monitor import feature_values, monitor
+from riskmodel.served import top_movers
 from riskmodel.settings import Settings
 from riskmodel.sources import read_accounts
 from riskmodel.spec import FeatureSpec
@@ -47,8 +49,8 @@ def accounts_table_ids(settings: Settings, spec: FeatureSpec) -> pl.Series | Non
 @task(name="monitor", retries=1, retry_delay_seconds=5, timeout_seconds=1800, cache_policy=NO_CACHE)
 def monitor_task(score_date: date, version: str, sha256: str, shards: list[str], score_files: list[str],
                  out_dir: str) -> dict[str, Any]:
-    """PSI of scores and feature groups, band counts vs last night, realised performance (over the
-    horizon the model was trained for); alerts."""
+    """PSI of scores and feature groups, band counts and top movers vs last night, realised
+    performance (over the horizon the model was trained for); alerts."""
     model = cached_model(version, sha256)
     settings, spec = settings_and_spec(model.manifest.get("training_window", {}).get("horizon_days"))
     scores = pl.concat([pl.read_parquet(f, columns=["risk_score", "risk_band"]) for f in score_files])
@@ -63,6 +65,9 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
                   f"{score_date}")
     publish_table(f"monitoring-{score_date}", report.rows(),
                   f"Drift (PSI vs training reference), band counts and realised performance, {score_date}")
+    movers = top_movers(settings, score_date)
+    publish_table(f"movers-{score_date}", movers,
+                  f"Accounts whose score moved most since the previous night, {score_date}")
     publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
                    Path(out_dir) / "plots", f"Score distribution for {score_date} against the reference")
     if report.alerts:
@@ -75,5 +80,6 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
                             "alerts": report.alerts, "score_psi": report.score_psi})
     counts = scores.group_by("risk_band").len().sort("risk_band")
     return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
-            "alerts": report.alerts, "score_psi": report.score_psi, "realised": report.realised,
+            "alerts": report.alerts, "score_psi": report.score_psi,
+            "score_reference": report.score_reference, "realised": report.realised, "movers": movers,
             "inputs": inputs.to_dict()}

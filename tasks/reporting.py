@@ -7,6 +7,7 @@ server) and also written next to the run's other outputs so the CLI can point at
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -43,10 +44,16 @@ class Progress:
 
 
 def _clean(value: Any) -> Any:
+    """A JSON-ready table cell: non-finite floats empty, numpy scalars plain, dates ISO text,
+    lists joined with "; "."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item"):
         return value.item()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return "; ".join(str(v) for v in value)
     return value
 
 

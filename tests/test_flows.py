@@ -14,7 +14,7 @@ import pytest
 from prefect.utilities.callables import parameter_schema
 
 from flows.backfill import backfill
-from flows.nightly_scoring import nightly_scoring
+from flows.nightly_scoring import drift_line, nightly_scoring
 from flows.params import BackfillParams, RetrainParams, ScoreParams
 from flows.retrain import retrain
 from riskmodel import registry
@@ -161,6 +161,16 @@ def test_backfill_scores_missing_dates_and_skips_scored_ones(bank: Settings, tra
                              " riskflow.extract_watermarks w WHERE r.score_date BETWEEN %s AND %s",
                              (start, end)).fetchall()
     assert marks == [(True,)], "runs that did not extract record the lake's watermark"
+    rerun = nightly_scoring(ScoreParams(score_date=end, extract=False))
+    movers = rerun["movers"]
+    assert movers and all(m["previous_date"] == end - timedelta(days=1) for m in movers)
+    changes = [abs(m["change"]) for m in movers]
+    assert changes == sorted(changes, reverse=True) and changes[0] > 0
+    previous = dict((r[0], r[1]) for r in _scores(bank, end - timedelta(days=1)))
+    tonight = dict((r[0], r[1]) for r in _scores(bank, end))
+    biggest = max(set(previous) & set(tonight), key=lambda a: (abs(tonight[a] - previous[a]), a))
+    assert abs(tonight[biggest] - previous[biggest]) == pytest.approx(changes[0])
+    assert "score PSI" in drift_line(rerun["score_psi"], rerun["score_reference"])
 
 
 def test_nightly_drops_partitions_past_retention(bank: Settings, trained: dict,

@@ -10,6 +10,7 @@ import pytest
 
 from riskmodel.db import connect
 from riskmodel.schema import init_database
+from riskmodel.served import top_movers
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 from riskmodel.writeback import write_scores
@@ -82,6 +83,12 @@ def test_movers_against_the_previous_scored_night(scored: Settings) -> None:
                          " FROM riskflow.score_movers(%s, 1)", (D2,))
     assert top == [("a2", -0.1)]
     assert _query(scored, "SELECT count(*) FROM riskflow.score_movers(%s)", (D1,)) == [(0,)]
+    summary = top_movers(scored, D3, limit=2)
+    assert [(m["account_id"], m["previous_date"], round(m["change"], 4), m["previous_band"], m["risk_band"],
+             m["reason_codes"]) for m in summary] == [("a1", D2, 0.78, "low", "high", ["recent_burst"]),
+                                                      ("a4", D2, -0.15, "low", "low", [])]
+    assert (summary[0]["previous_score"], summary[0]["risk_score"]) == (0.12, 0.90)
+    assert top_movers(scored, D1) == []
 
 
 def test_account_history_in_date_order_with_changes(scored: Settings) -> None:

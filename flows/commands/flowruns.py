@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run_score(args: argparse.Namespace) -> int:
     """Run `nightly_scoring` once and print its summary."""
-    from flows.nightly_scoring import input_line, nightly_scoring
+    from flows.nightly_scoring import drift_line, input_line, movers_table, nightly_scoring, realised_line
     from flows.params import ScoreParams
 
     summary = nightly_scoring(ScoreParams(score_date=args.date, device=args.device,
@@ -70,7 +70,10 @@ def run_score(args: argparse.Namespace) -> int:
     rows = [{"stage": k, "seconds": round(v, 2)} for k, v in summary["timings_s"].items()]
     text = (f"scored {summary['accounts_scored']} accounts for {summary['score_date']} with "
             f"{summary['model_version']}; bands {summary['bands']}; alerts: "
-            f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n{table(rows)}")
+            f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n"
+            f"drift: {drift_line(summary['score_psi'], summary['score_reference'])}\n"
+            f"realised performance: {realised_line(summary['realised'])}\n{table(rows)}\n"
+            f"top movers since the previous night:\n{movers_table(summary['movers'])}")
     emit(args.json, summary, text)
     return 0
 
