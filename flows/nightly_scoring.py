@@ -143,7 +143,8 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         t = time.perf_counter()
         monitor = monitor_task(score_date, champion["version"], champion["sha256"],
                                [s["shard"] for s in result["shards"]],
-                               [s["path"] for s in result["shards"]], str(run_dir))
+                               [s["path"] for s in result["shards"]],
+                               str(settings.reports / f"night-{score_date}"))
         timings["monitor"] = time.perf_counter() - t
         t = time.perf_counter()
         retention = retention_task(score_date)
@@ -160,7 +161,8 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "shadow_error": shadow_error,
         "extract": extract, "alerts": monitor["alerts"], "score_psi": monitor["score_psi"],
         "score_reference": monitor["score_reference"], "realised": monitor["realised"],
-        "movers": monitor["movers"], "timings_s": timings,
+        "movers": monitor["movers"], "score_distribution": monitor["score_distribution"],
+        "timings_s": timings,
         "sequence_builds": result["builds"], "inputs": monitor["inputs"], "retention": retention,
     }
     publish_table(f"nightly-timings-{score_date}",
@@ -174,7 +176,8 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- bands: {summary['bands']}",
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
-                   f"- drift: {drift_line(monitor['score_psi'], monitor['score_reference'])}",
+                   f"- drift: {drift_line(monitor['score_psi'], monitor['score_reference'])}; "
+                   f"score distribution `{monitor['score_distribution']}`",
                    f"- realised performance: {realised_line(monitor['realised'])}",
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"
                    + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),

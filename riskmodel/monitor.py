@@ -276,8 +276,9 @@ def realised_performance(settings: Settings, spec: FeatureSpec, score_date: dt.d
 
 
 def score_distribution_png(scores: np.ndarray, reference: dict[str, Any] | None = None,
-                           title: str = "Score distribution") -> bytes:
-    """A PNG bar chart of tonight's score shares per reference bin (and the reference's), via Agg."""
+                           title: str = "Score distribution", night: str = WINDOW) -> bytes:
+    """A PNG bar chart of tonight's score shares per reference bin next to the reference's shares
+    (those of its `night`, the one the PSI was measured against, else of its whole window), via Agg."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,9 +290,12 @@ def score_distribution_png(scores: np.ndarray, reference: dict[str, Any] | None 
     x = np.arange(current.size)
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
     try:
-        if "fractions" in ref:
-            ax.bar(x - 0.2, ref["fractions"], width=0.4, label="reference (model's test window)",
-                   color="#999999")
+        nights = ref.get("nights", {})
+        shares = nights[night] if night in nights else ref.get("fractions")
+        if shares is not None:
+            label = (f"reference: night {night} of the model's test window" if night in nights
+                     else "reference (model's test window)")
+            ax.bar(x - 0.2, shares, width=0.4, label=label, color="#999999")
         ax.bar(x + 0.2, current, width=0.4, label="tonight", color="#c0392b")
         ax.set_xticks(x, [f"{edges[i]:.2g}–{edges[i + 1]:.2g}" for i in range(current.size)],
                       rotation=45, ha="right", fontsize=7)
@@ -374,7 +378,7 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
         if not realised["positives"]:
             notes.append(f"no matured positive among the {realised['accounts']} accounts scored {served}: "
                          f"realised performance not measurable")
-    image = score_distribution_png(scores, reference or None,
+    image = score_distribution_png(scores, reference or None, night=found.score_reference,
                                    title=f"Scores {score_date} (PSI {score_psi:.3f})")
     return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image, notes,
                          found.score_reference)

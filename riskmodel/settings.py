@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         "key, secret, region; values are secret: never shown in logs or errors.",
     )
     model_dir: Path | None = Field(None, description="Model artifacts folder.")
+    report_dir: Path | None = Field(
+        None, description="Images the reports point to: each retrain's ROC, precision-recall and "
+        "calibration curves, each night's score distribution.")
     db_schema: str = Field(
         "riskflow",
         validation_alias=AliasChoices("RISKFLOW_SCHEMA", "schema", "db_schema"),
@@ -141,6 +144,11 @@ class Settings(BaseSettings):
     def models(self) -> Path:
         """Folder holding one sub-folder per model version."""
         return self.model_dir or self.home / "models"
+
+    @cached_property
+    def reports(self) -> Path:
+        """Folder of report images: `<model version>/` per retrain, `night-<date>/` per scored night."""
+        return self.report_dir or self.home / "reports"
 
     @cached_property
     def tz(self) -> ZoneInfo:

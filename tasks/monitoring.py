@@ -50,7 +50,8 @@ def accounts_table_ids(settings: Settings, spec: FeatureSpec) -> pl.Series | Non
 def monitor_task(score_date: date, version: str, sha256: str, shards: list[str], score_files: list[str],
                  out_dir: str) -> dict[str, Any]:
     """PSI of scores and feature groups, band counts and top movers vs last night, realised
-    performance (over the horizon the model was trained for); alerts."""
+    performance (over the horizon the model was trained for); alerts. The score-distribution image
+    is written into `out_dir`."""
     model = cached_model(version, sha256)
     settings, spec = settings_and_spec(model.manifest.get("training_window", {}).get("horizon_days"))
     scores = pl.concat([pl.read_parquet(f, columns=["risk_score", "risk_band"]) for f in score_files])
@@ -68,8 +69,8 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     movers = top_movers(settings, score_date)
     publish_table(f"movers-{score_date}", movers,
                   f"Accounts whose score moved most since the previous night, {score_date}")
-    publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
-                   Path(out_dir) / "plots", f"Score distribution for {score_date} against the reference")
+    image = publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
+                           Path(out_dir), f"Score distribution for {score_date} against the reference")[0]
     if report.alerts:
         logger = get_run_logger()
         for alert in report.alerts:
@@ -82,4 +83,4 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
             "alerts": report.alerts, "score_psi": report.score_psi,
             "score_reference": report.score_reference, "realised": report.realised, "movers": movers,
-            "inputs": inputs.to_dict()}
+            "score_distribution": str(image), "inputs": inputs.to_dict()}

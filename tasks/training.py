@@ -6,6 +6,7 @@ Models travel between tasks as artifact folders on disk (path + sha256), probabi
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -162,7 +163,8 @@ def champion_task(test: list[str], champion_test: list[str], out_dir: str) -> st
 @task(name="evaluate", timeout_seconds=3600, cache_policy=NO_CACHE)
 def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str], split: str,
                   seed: int, out_dir: str) -> dict[str, Any]:
-    """Side-by-side metrics with bootstrap intervals, per planted pattern; table and plot artifacts."""
+    """Side-by-side metrics with bootstrap intervals, per planted pattern; table and plot artifacts.
+    The result's "curves" are the plots' paths under `out_dir`, for `register_task` to keep."""
     with _stage("evaluate"):
         settings, spec = settings_and_spec()
         labels = np.load(labels_path, allow_pickle=False)
@@ -175,9 +177,9 @@ def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str]
                       "value [95% bootstrap interval]")
         images = {"ROC": roc_png(labels, probs), "Precision-recall": pr_png(labels, probs),
                   "Calibration": calibration_png(labels, probs)}
-        publish_images("retrain-curves", images,
-                       Path(out_dir) / "plots", "ROC, precision-recall and calibration on the test window")
-        return report.to_dict()
+        paths = publish_images("retrain-curves", images, Path(out_dir) / "plots",
+                               "ROC, precision-recall and calibration on the test window")
+        return report.to_dict() | {"curves": [str(p) for p in paths]}
 
 
 @task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -185,7 +187,8 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
                   train_start: date, train_end: date, policy: str, margin: float,
                   test_probs_path: str, test: list[str], horizon_days: int | None = None) -> dict[str, Any]:
     """Register the challenger (artifact + sha256) and promote it if the policy says so; the
-    manifest's `training` records the horizon and reporting lag its labels used."""
+    manifest's `training` records the horizon and reporting lag its labels used. The evaluation's
+    curves are copied to the reports folder of the new version (result "curves")."""
     with _stage("register"):
         settings, spec = settings_and_spec(horizon_days)
         model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
@@ -196,7 +199,7 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             train_end=train_end, evaluation=evaluation["evaluation"],
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
             promote_margin=margin if policy == "if_better" else float("inf"), blend=model.blend,
-            metrics={k: v for k, v in evaluation.items() if k != "evaluation"},
+            metrics={k: v for k, v in evaluation.items() if k not in ("evaluation", "curves")},
             reference=drift_reference(test_probs, test),
             training=candidate["training"] | {"horizon_days": spec.horizon_days,
                                               "reporting_lag_days": spec.reporting_lag_days})
@@ -204,5 +207,9 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             registry.promote(settings, registration.version)
             registration = registry.Registration(**{**asdict(registration), "status": "champion",
                                                     "reason": "promote_policy=always"})
+        curves = settings.reports / registration.version
+        curves.mkdir(parents=True, exist_ok=True)
+        kept = [str(shutil.copy2(p, curves / Path(p).name)) for p in evaluation.get("curves", [])]
         return {"version": registration.version, "sha256": registration.sha256,
-                "status": registration.status, "reason": registration.reason, "path": str(registration.path)}
+                "status": registration.status, "reason": registration.reason, "path": str(registration.path),
+                "curves": kept}

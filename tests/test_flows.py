@@ -79,6 +79,11 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert trained["blend_weight"] == manifest["blend"]["weight"]
     assert (champion.path / "baseline.txt").is_file()
     assert manifest["reference"]["score"]["edges"]
+    curves = [Path(p) for p in trained["curves"]]
+    assert sorted(p.name for p in curves) == ["calibration.png", "precision-recall.png", "roc.png"]
+    assert all(p.parent == bank.reports / trained["version"] and p.read_bytes().startswith(b"\x89PNG")
+               for p in curves)
+    assert "curves" not in manifest["metrics"]
     assert registry.champion_version(bank) == trained["version"]
     assert manifest["training_window"]["horizon_days"] == HORIZON
     assert manifest["model"]["max_embedded_cardinality"] == EMBED_CAP
@@ -101,6 +106,8 @@ def test_nightly_scores_every_active_account_once_and_rerun_is_identical(
     with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
         first = nightly_scoring(ScoreParams(score_date=day))
     task_logs = [r.getMessage() for r in caplog.records if r.name == "prefect.task_runs"]
+    image = Path(first["score_distribution"])
+    assert image.parent == bank.reports / f"night-{day}" and image.read_bytes().startswith(b"\x89PNG")
     assert any(m.startswith("Finished in state Completed") for m in task_logs)
     assert not any("running in a worker thread" in m for m in task_logs)
     with connect(bank) as conn:

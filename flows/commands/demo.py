@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     aps = {k: f"{v['average_precision']:.3f}" for k, v in trained["evaluation"].items()}
     steps.append(f"train: model {trained['version']} is {trained['status']} ({trained['reason']}); "
                  f"test AP {aps['model']} (LSTM alone {aps.get('lstm', aps['model'])}, "
-                 f"LightGBM alone {aps['baseline']}; LSTM weight in the blend {trained['blend_weight']})")
+                 f"LightGBM alone {aps['baseline']}; LSTM weight in the blend {trained['blend_weight']}); "
+                 f"ROC, precision-recall and calibration curves in {settings.reports / trained['version']}")
     scored = nightly_scoring(ScoreParams(score_date=end))
     steps.append(f"score: {scored['accounts_scored']} accounts for {end}, bands {scored['bands']}")
     top = top_accounts(settings, end, 10)

@@ -71,7 +71,8 @@ def run_score(args: argparse.Namespace) -> int:
     text = (f"scored {summary['accounts_scored']} accounts for {summary['score_date']} with "
             f"{summary['model_version']}; bands {summary['bands']}; alerts: "
             f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n"
-            f"drift: {drift_line(summary['score_psi'], summary['score_reference'])}\n"
+            f"drift: {drift_line(summary['score_psi'], summary['score_reference'])}; "
+            f"score distribution {summary['score_distribution']}\n"
             f"realised performance: {realised_line(summary['realised'])}\n{table(rows)}\n"
             f"top movers since the previous night:\n{movers_table(summary['movers'])}")
     emit(args.json, summary, text)
@@ -113,6 +114,7 @@ def run_train(args: argparse.Namespace) -> int:
     text = (f"model {result['version']} registered as {result['status']} ({result['reason']})\n"
             f"split: {result['split']}\nbaseline training cutoffs: {len(result['baseline_train'])} "
             f"({result['baseline_train'][0]} to {result['baseline_train'][-1]})\n"
-            f"{blend_line(result['blend_weight'])}{table(result['evaluation_rows'])}")
+            f"{blend_line(result['blend_weight'])}{table(result['evaluation_rows'])}\n"
+            f"curves: {', '.join(result['curves']) or 'none'}")
     emit(args.json, result, text)
     return 0
