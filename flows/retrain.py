@@ -85,6 +85,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     logger.info("registered %s as %s: %s", registered["version"], registered["status"], registered["reason"])
     return {**registered, "split": split.describe(), "baseline_train": [d.isoformat() for d in baseline_days],
             "blend_weight": served.get("blend_weight"), "evaluation": evaluation["evaluation"],
+            "test_rows": evaluation["rows"], "test_positives": evaluation["positives"],
+            "intervals": evaluation["intervals"],
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
             "evaluation_rows": rows, "training": model["training"] | {"history": None}}
 

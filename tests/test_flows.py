@@ -84,6 +84,10 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert all(p.parent == bank.reports / trained["version"] and p.read_bytes().startswith(b"\x89PNG")
                for p in curves)
     assert "curves" not in manifest["metrics"]
+    assert (trained["test_rows"], trained["test_positives"]) == (manifest["metrics"]["rows"],
+                                                                 manifest["metrics"]["positives"])
+    served_ap = trained["intervals"]["model"]["average_precision"]
+    assert served_ap["lo"] <= evaluation["model"]["average_precision"] <= served_ap["hi"]
     assert registry.champion_version(bank) == trained["version"]
     assert manifest["training_window"]["horizon_days"] == HORIZON
     assert manifest["model"]["max_embedded_cardinality"] == EMBED_CAP

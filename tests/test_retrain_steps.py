@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from flows.cli import build_parser
-from flows.commands.flowruns import blend_line
+from flows.commands.flowruns import blend_line, evaluation_window_line
 from flows.params import RetrainParams
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
@@ -87,6 +87,13 @@ def test_the_train_report_names_the_blend_weight_only_for_a_blended_model() -> N
     assert blend_line(None) == ""
     assert "LSTM weight in the served blend: 0.3" in blend_line(0.3)
     assert "LightGBM alone" in blend_line(0.0) and blend_line(0.0).endswith("\n")
+
+
+def test_the_train_report_says_how_many_positives_the_test_window_held() -> None:
+    result = {"test_rows": 11952, "test_positives": 7,
+              "intervals": {"model": {"average_precision": {"value": 0.2396, "lo": 0.0512, "hi": 0.5871}}}}
+    assert evaluation_window_line(result) == ("test window: 11952 rows, 7 positives; served model AP 0.240 "
+                                        "[0.051, 0.587] (95% account bootstrap)\n")
 
 
 def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:

@@ -60,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
     trained = retrain(RetrainParams(as_of=end, train_days=min(150, args.days - 60), epochs=args.epochs,
                                     max_train_minutes=args.max_train_minutes, seed=args.seed))
     aps = {k: f"{v['average_precision']:.3f}" for k, v in trained["evaluation"].items()}
+    served_ap = trained["intervals"]["model"]["average_precision"]
     steps.append(f"train: model {trained['version']} is {trained['status']} ({trained['reason']}); "
-                 f"test AP {aps['model']} (LSTM alone {aps.get('lstm', aps['model'])}, "
+                 f"test AP {aps['model']} [{served_ap['lo']:.3f}, {served_ap['hi']:.3f}] on "
+                 f"{trained['test_positives']} positives (LSTM alone {aps.get('lstm', aps['model'])}, "
                  f"LightGBM alone {aps['baseline']}; LSTM weight in the blend {trained['blend_weight']}); "
                  f"ROC, precision-recall and calibration curves in {settings.reports / trained['version']}")
     scored = nightly_scoring(ScoreParams(score_date=end))

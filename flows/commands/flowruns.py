@@ -99,6 +99,13 @@ def blend_line(weight: float | None) -> str:
     return f"LSTM weight in the served blend: {weight:.1f} (chosen on validation; 0 = LightGBM alone)\n"
 
 
+def evaluation_window_line(result: dict) -> str:
+    """The test window's size and the served model's AP with its interval: how far to trust the table."""
+    ap = result["intervals"]["model"]["average_precision"]
+    return (f"test window: {result['test_rows']} rows, {result['test_positives']} positives; served model AP "
+            f"{ap['value']:.3f} [{ap['lo']:.3f}, {ap['hi']:.3f}] (95% account bootstrap)\n")
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the retrain flow and print the evaluation table."""
     from flows.retrain import retrain
@@ -114,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
     text = (f"model {result['version']} registered as {result['status']} ({result['reason']})\n"
             f"split: {result['split']}\nbaseline training cutoffs: {len(result['baseline_train'])} "
             f"({result['baseline_train'][0]} to {result['baseline_train'][-1]})\n"
-            f"{blend_line(result['blend_weight'])}{table(result['evaluation_rows'])}\n"
+            f"{evaluation_window_line(result)}{blend_line(result['blend_weight'])}{table(result['evaluation_rows'])}\n"
             f"curves: {', '.join(result['curves']) or 'none'}")
     emit(args.json, result, text)
     return 0
