@@ -77,7 +77,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
                                    str(run_dir))
         registered = register_task(served, evaluation, champion, start, max(split.test),
                                    params.promote_policy, params.min_ap_margin, served["test_probs"],
-                                   parts["test"], params.horizon_days)
+                                   parts["valid"], parts["test"], params.horizon_days)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}

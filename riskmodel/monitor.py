@@ -4,11 +4,11 @@ previous night, and realised performance once labels have matured.
 Reference distributions are built at training time by `reference_distributions` and stored in
 the model manifest: fixed bins (quantile edges for numeric values, top ids for categorical
 ones) so that tonight's population is binned exactly like the reference population. The
-retrain builds the reference from the model's out-of-time test window (full base rate; the
-training shards have most negatives sampled away), see `tasks.training.drift_reference`.
+retrain builds the reference from the model's validation and out-of-time test windows (full base
+rate; the training shards have most negatives sampled away), see `tasks.training.drift_reference`.
 
-The reference also keeps each of the window's nights (cutoffs) binned the same way, and tonight
-counts as drifted only when it is unlike the whole window and unlike every one of those nights:
+The reference also keeps each of those windows' nights (cutoffs) binned the same way, and tonight
+counts as drifted only when it is unlike them pooled and unlike every one of those nights:
 features with a payroll or weekly cycle (the largest amount of the last 7 days peaks after pay
 day) differ from the pooled window on some nights of every month without the population moving.
 """
@@ -38,7 +38,7 @@ EPSILON = 1e-4
 # reference keeps at most this many of the latest nights (a month covers pay-day cycles).
 MIN_NIGHT_ROWS = 1000
 MAX_NIGHTS = 31
-WINDOW = "test window"
+WINDOW = "reference window"
 CATEGORICAL_PARTS = ("cat", "static_cat")
 OTHER = -1
 
@@ -119,7 +119,7 @@ def concat_values(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 def reference_from_values(scores: np.ndarray, values: dict[str, np.ndarray], names: dict[str, list[str]],
                           bins: int = 10) -> dict[str, Any]:
-    """The drift reference from `feature_values` output (the retrain passes its test window's)."""
+    """The drift reference from `feature_values` output, without nights (see `add_nights`)."""
     columns = {}
     for key, v in values.items():
         part = key.split(":", 1)[0]
@@ -165,7 +165,7 @@ def add_nights(reference: dict[str, Any], scores: np.ndarray, batch: SequenceBat
 
 def closest_psi(ref: dict[str, Any], current: np.ndarray) -> tuple[float, str]:
     """The smallest PSI of tonight's shares `current` against the reference's whole window and each
-    of its nights, and which one that was ("test window" or the night's date)."""
+    of its nights, and which one that was (`WINDOW` or the night's date)."""
     options = {WINDOW: ref["fractions"], **ref.get("nights", {})}
     return min((psi(shares, current), name) for name, shares in options.items())
 
@@ -293,8 +293,8 @@ def score_distribution_png(scores: np.ndarray, reference: dict[str, Any] | None 
         nights = ref.get("nights", {})
         shares = nights[night] if night in nights else ref.get("fractions")
         if shares is not None:
-            label = (f"reference: night {night} of the model's test window" if night in nights
-                     else "reference (model's test window)")
+            label = (f"reference: night {night} of the model's validation/test windows" if night in nights
+                     else "reference (model's validation and test windows)")
             ax.bar(x - 0.2, shares, width=0.4, label=label, color="#999999")
         ax.bar(x + 0.2, current, width=0.4, label="tonight", color="#c0392b")
         ax.set_xticks(x, [f"{edges[i]:.2g}–{edges[i + 1]:.2g}" for i in range(current.size)],

@@ -46,11 +46,21 @@ def _stage(name: str) -> Iterator[None]:
     get_run_logger().info("stage %s: %.1f s", name, time.monotonic() - started)
 
 
-def drift_reference(probs: np.ndarray, test: list[str], max_rows: int = 50_000) -> dict[str, Any]:
-    """Reference distributions for monitoring from the test window (an even sample of its rows)."""
-    batch = SequenceBatch.concat([SequenceBatch.load(Path(p)) for p in test])
-    keep = np.linspace(0, len(batch) - 1, num=min(len(batch), max_rows)).astype(np.int64)
-    return reference_distributions(np.asarray(probs)[keep], batch.subset(keep))
+def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000) -> dict[str, Any]:
+    """Reference distributions for monitoring from an even sample of `max_rows` rows of `shards`
+    (whose rows `probs` scores, in order), each night of them kept apart too (`add_nights`).
+    Shards are sampled as they are read, so the whole window is never in memory at once."""
+    probs = np.asarray(probs)
+    keep = np.linspace(0, len(probs) - 1, num=min(len(probs), max_rows)).astype(np.int64)
+    parts, start = [], 0
+    for path in shards:
+        batch = SequenceBatch.load(Path(path))
+        mine = keep[(keep >= start) & (keep < start + len(batch))]
+        parts.append(batch.subset(mine - start))
+        start += len(batch)
+    if start != len(probs):
+        raise ValueError(f"drift reference: {len(probs)} scores for {start} shard rows")
+    return reference_distributions(probs[keep], SequenceBatch.concat(parts))
 
 
 @task(name="fit-model", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)
@@ -185,14 +195,17 @@ def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str]
 @task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champion: str | None,
                   train_start: date, train_end: date, policy: str, margin: float,
-                  test_probs_path: str, test: list[str], horizon_days: int | None = None) -> dict[str, Any]:
+                  test_probs_path: str, valid: list[str], test: list[str],
+                  horizon_days: int | None = None) -> dict[str, Any]:
     """Register the challenger (artifact + sha256) and promote it if the policy says so; the
     manifest's `training` records the horizon and reporting lag its labels used. The evaluation's
-    curves are copied to the reports folder of the new version (result "curves")."""
+    curves are copied to the reports folder of the new version (result "curves"). The drift reference
+    comes from the validation and the test window: their nights are what monitoring compares with."""
     with _stage("register"):
         settings, spec = settings_and_spec(horizon_days)
         model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
         test_probs = np.load(test_probs_path, allow_pickle=False)
+        valid_probs, _ = retrain.model_proba(model, [Path(p) for p in valid], device=settings.device)
         registration = registry.register_model(
             settings, net=model.net, calibrator=model.calibrator, bands=model.bands,
             features=model.manifest["features"], spec_hash=spec.fingerprint(), train_start=train_start,
@@ -200,7 +213,7 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
             promote_margin=margin if policy == "if_better" else float("inf"), blend=model.blend,
             metrics={k: v for k, v in evaluation.items() if k not in ("evaluation", "curves")},
-            reference=drift_reference(test_probs, test),
+            reference=drift_reference(np.concatenate([valid_probs, test_probs]), [*valid, *test]),
             training=candidate["training"] | {"horizon_days": spec.horizon_days,
                                               "reporting_lag_days": spec.reporting_lag_days})
         if policy == "always" and registration.status != "champion":
