@@ -77,9 +77,9 @@ def input_line(inputs: dict) -> str:
             f"unseen or null categories {unseen or 'none'}")
 
 
-def drift_line(score_psi: float, reference: str) -> str:
+def drift_line(score_psi: float | None, reference: str) -> str:
     """Tonight's score PSI and the reference night it was closest to, as one readable line."""
-    if math.isnan(score_psi):
+    if score_psi is None or math.isnan(score_psi):
         return "not computed (the model's manifest has no reference distributions)"
     return f"score PSI {score_psi:.3f} (closest reference: {reference})"
 
@@ -91,15 +91,21 @@ def realised_line(realised: dict | None) -> str:
     served, n, positives = realised["served_date"], realised["accounts"], realised["positives"]
     if not positives:
         return f"not measurable: no matured positive among the {n} accounts scored {served}"
-    return (f"AP {realised['average_precision']:.3f}, ROC-AUC {realised['roc_auc']:.3f} of the scores "
-            f"served {served} ({positives} of {n} accounts positive)")
+    def measured(key: str) -> str:
+        value, bounds = realised.get(key), realised.get(f"{key}_interval")
+        if value is None:
+            return "n/a"
+        return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
+
+    return (f"AP {measured('average_precision')}, ROC-AUC {measured('roc_auc')} of the scores served "
+            f"{served} ({positives} of {n} accounts positive; 95% bootstrap intervals)")
 
 
 def movers_table(movers: list[dict]) -> str:
     """The night's top movers as a text table (or a line saying there is no previous night)."""
     if not movers:
         return "no previous scored night to compare with"
-    return table([{"account_id": m["account_id"],
+    return f"previous scored night: {movers[0]['previous_date']}\n" + table([{"account_id": m["account_id"],
                    "previous": f"{m['previous_score']:.4f} {m['previous_band']}",
                    "tonight": f"{m['risk_score']:.4f} {m['risk_band']}", "change": f"{m['change']:+.4f}",
                    "reasons": "; ".join(m["reason_codes"])} for m in movers])
@@ -159,7 +165,8 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "shadow_model": models["challenger"]["version"] if models["challenger"] else None,
         "shadow_rows": shadow["write"]["rows"] if shadow else 0,
         "shadow_error": shadow_error,
-        "extract": extract, "alerts": monitor["alerts"], "score_psi": monitor["score_psi"],
+        "extract": extract, "alerts": monitor["alerts"], "monitoring_notes": monitor["notes"],
+        "score_psi": monitor["score_psi"],
         "score_reference": monitor["score_reference"], "realised": monitor["realised"],
         "movers": monitor["movers"], "score_distribution": monitor["score_distribution"],
         "timings_s": timings,
@@ -179,6 +186,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- drift: {drift_line(monitor['score_psi'], monitor['score_reference'])}; "
                    f"score distribution `{monitor['score_distribution']}`",
                    f"- realised performance: {realised_line(monitor['realised'])}",
+                   *(f"- note: {n}" for n in monitor["notes"]),
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"
                    + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),
                    f"- retention: dropped {len(retention['dropped'])} table(s) dated before "

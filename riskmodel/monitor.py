@@ -27,12 +27,13 @@ from psycopg import sql
 from riskmodel.batch import SequenceBatch
 from riskmodel.db import connect
 from riskmodel.errors import ConfigError
-from riskmodel.metrics import average_precision, roc_auc
+from riskmodel.metrics import average_precision, bootstrap_metrics, roc_auc
 from riskmodel.reasons import GROUP_LABELS, feature_groups
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 
 PSI_ALERT = 0.25
+REALISED_BOOT = 200
 EPSILON = 1e-4
 # A reference night needs this many rows for its bin shares to be worth comparing with, and the
 # reference keeps at most this many of the latest nights (a month covers pay-day cycles).
@@ -141,6 +142,22 @@ def _fractions(ref: dict[str, Any], values: np.ndarray) -> np.ndarray:
     return numeric_fractions(values, ref["edges"])
 
 
+def reference_rows(cutoffs: np.ndarray, max_rows: int) -> np.ndarray:
+    """Sorted indices of an even sample of about `max_rows` rows with the cutoffs `cutoffs`, each
+    night sampled evenly on its own: the latest `MAX_NIGHTS` nights get at least `MIN_NIGHT_ROWS`
+    rows each (or all they have), so `add_nights` keeps them however many nights share the sample."""
+    days = np.unique(cutoffs)
+    quota = max_rows // max(days.size, 1)
+    picks = [np.zeros(0, np.int64)]
+    for i, day in enumerate(days):
+        rows = np.flatnonzero(cutoffs == day)
+        floor = MIN_NIGHT_ROWS if i >= days.size - MAX_NIGHTS else 0
+        want = min(rows.size, max(quota, floor))
+        if want:
+            picks.append(rows[np.linspace(0, rows.size - 1, num=want).astype(np.int64)])
+    return np.sort(np.concatenate(picks))
+
+
 def add_nights(reference: dict[str, Any], scores: np.ndarray, batch: SequenceBatch) -> dict[str, Any]:
     """Add to each distribution of `reference` (built from `scores` and `batch`) a "nights" map: per
     cutoff of `batch` with at least `MIN_NIGHT_ROWS` rows (the latest `MAX_NIGHTS`), its shares in the
@@ -241,7 +258,10 @@ def realised_performance(settings: Settings, spec: FeatureSpec, score_date: dt.d
 
     A label is an event of a positive type in (S, S+H], reported by the end of D; that window
     has closed, so the labels are mature. Accounts already reported bad by the end of S are left
-    out, as training leaves them out of its snapshots. None when nothing was served on S.
+    out, as training leaves them out of its snapshots. None when nothing was served on S. Each
+    metric comes with its 95% bootstrap interval ("roc_auc_interval", "average_precision_interval";
+    None without positives): one night holds few matured positives, so the interval says how far the
+    value can be trusted.
     """
     w = label_window(settings, spec, score_date)
     ev = spec.events
@@ -269,10 +289,14 @@ def realised_performance(settings: Settings, spec: FeatureSpec, score_date: dt.d
     scores = np.array([r[0] for r in rows], np.float64)
     labels = np.array([r[1] for r in rows], np.float64)
     auc = roc_auc(labels, scores)
+    measurable = bool(labels.sum()) and not math.isnan(auc)
+    boot = bootstrap_metrics(labels, {"served": scores}, n_boot=REALISED_BOOT)["served"] if measurable else {}
     return {"served_date": w["served_date"], "label_window": [w["start"], w["end"]],
             "known_by": w["known_by"], "accounts": int(labels.size), "positives": int(labels.sum()),
             "roc_auc": None if math.isnan(auc) else auc,
-            "average_precision": average_precision(labels, scores) if labels.sum() else None}
+            "average_precision": average_precision(labels, scores) if labels.sum() else None,
+            **{f"{key}_interval": [boot[key]["lo"], boot[key]["hi"]] if boot else None
+               for key in ("roc_auc", "average_precision")}}
 
 
 def score_distribution_png(scores: np.ndarray, reference: dict[str, Any] | None = None,
@@ -327,8 +351,8 @@ class MonitorReport:
     def rows(self) -> list[dict[str, Any]]:
         """One row per metric, for a table artifact."""
         psi_value = None if math.isnan(self.score_psi) else round(self.score_psi, 4)
-        closest = [f"vs {self.score_reference}"] if self.score_reference else []
-        out = [{"metric": "psi:score", "value": psi_value, "note": "; ".join(closest + self.notes)}]
+        out = [{"metric": "psi:score", "value": psi_value,
+                "note": f"vs {self.score_reference}" if self.score_reference else ""}]
         out += [{"metric": f"psi:{k}", "value": round(v["psi"], 4),
                  "note": f"{v['column']} vs {v.get('reference', WINDOW)}"}
                 for k, v in sorted(self.group_psi.items(), key=lambda kv: -kv[1]["psi"])]
@@ -336,9 +360,12 @@ class MonitorReport:
                  "note": f"previous {b['previous']} ({b['change']:+d})"} for b in self.bands]
         if self.realised:
             for key in ("roc_auc", "average_precision"):
+                bounds = self.realised.get(f"{key}_interval")
+                span = f"95% interval [{bounds[0]:.3f}, {bounds[1]:.3f}], " if bounds else ""
                 out.append({"metric": f"realised:{key}", "value": self.realised[key],
-                            "note": f"served {self.realised['served_date']}, "
+                            "note": f"{span}served {self.realised['served_date']}, "
                                     f"{self.realised['positives']}/{self.realised['accounts']} positive"})
+        out += [{"metric": "note", "value": None, "note": note} for note in self.notes]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,8 +379,10 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
             values: dict[str, np.ndarray], reference: dict[str, Any],
             psi_alert: float = PSI_ALERT) -> MonitorReport:
     """Everything above for night `score_date`: drift vs the manifest reference, band changes,
-    realised performance, alerts (PSI > `psi_alert` against the closest reference night, realised AP
-    or ROC-AUC below the settings' `realised_ap_floor` / `realised_auc_floor`) and the image."""
+    realised performance, alerts (PSI > `psi_alert` against the closest reference night; realised AP
+    or ROC-AUC below the settings' `realised_ap_floor` / `realised_auc_floor` with its whole 95%
+    interval, on at least `realised_min_positives` matured positives, so a night with a handful of
+    positives does not alert on noise) and the image."""
     notes: list[str] = []
     if "edges" in (reference or {}).get("score", reference or {}):
         found = drift(reference, scores, values)
@@ -373,8 +402,22 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
         served = realised["served_date"]
         for key, name, floor in (("average_precision", "average precision", settings.realised_ap_floor),
                                  ("roc_auc", "ROC-AUC", settings.realised_auc_floor)):
-            if realised[key] is not None and realised[key] < floor:
-                alerts.append(f"realised {name} {realised[key]:.3f} < floor {floor} (scores served {served})")
+            value, bounds = realised[key], realised.get(f"{key}_interval")
+            if value is None or value >= floor:
+                continue
+            finite = bounds is not None and all(math.isfinite(b) for b in bounds)
+            measured = (f"realised {name} {value:.3f} [{bounds[0]:.3f}, {bounds[1]:.3f}]" if finite
+                        else f"realised {name} {value:.3f}")
+            positives = realised["positives"]
+            if finite and bounds[1] < floor and positives >= settings.realised_min_positives:
+                alerts.append(f"{measured} < floor {floor} (scores served {served})")
+            else:
+                why = ("its interval could not be measured" if not finite
+                       else "its interval reaches it" if bounds[1] >= floor
+                       else f"{positives} positives are fewer than the {settings.realised_min_positives} "
+                            f"an alert needs")
+                notes.append(f"{measured} is below the floor {floor} but {why} ({positives} positives "
+                             f"among {realised['accounts']} accounts scored {served}): not an alert")
         if not realised["positives"]:
             notes.append(f"no matured positive among the {realised['accounts']} accounts scored {served}: "
                          f"realised performance not measurable")

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         0.55, ge=0.0, le=1.0,
         description="Alert when the realised ROC-AUC of matured scores falls below this.",
     )
+    realised_min_positives: int = Field(
+        30, ge=1, le=10**9,
+        description="Matured positives a served night needs before its realised performance may alert; "
+        "with fewer, a value below the floor is only noted.",
+    )
     reason_min_band: Literal["low", "medium", "high"] = Field(
         "medium", description="Reason codes for accounts in this band or above."
     )

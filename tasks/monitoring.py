@@ -4,6 +4,7 @@ something needs a person."""
 
 from __future__ import annotations
 
+import math
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
                   f"Accounts whose score moved most since the previous night, {score_date}")
     image = publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
                            Path(out_dir), f"Score distribution for {score_date} against the reference")[0]
+    score_psi = None if math.isnan(report.score_psi) else report.score_psi
     if report.alerts:
         logger = get_run_logger()
         for alert in report.alerts:
@@ -78,9 +80,10 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
         emit_event(event=DRIFT_EVENT,
                    resource={"prefect.resource.id": f"riskflow.monitor.{spec.name}"},
                    payload={"score_date": score_date.isoformat(), "model_version": version,
-                            "alerts": report.alerts, "score_psi": report.score_psi})
+                            "alerts": report.alerts, "score_psi": score_psi})
     counts = scores.group_by("risk_band").len().sort("risk_band")
     return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
-            "alerts": report.alerts, "score_psi": report.score_psi,
+            "alerts": report.alerts, "notes": report.notes,
+            "score_psi": score_psi,
             "score_reference": report.score_reference, "realised": report.realised, "movers": movers,
             "score_distribution": str(image), "inputs": inputs.to_dict()}

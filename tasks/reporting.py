@@ -46,10 +46,10 @@ class Progress:
 def _clean(value: Any) -> Any:
     """A JSON-ready table cell: non-finite floats empty, numpy scalars plain, dates ISO text,
     lists joined with "; "."""
+    if hasattr(value, "item"):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "item"):
-        return value.item()
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, list | tuple):

@@ -27,7 +27,7 @@ from riskmodel.batch import SequenceBatch
 from riskmodel.blend import BOOSTER_FILE
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
-from riskmodel.monitor import reference_distributions
+from riskmodel.monitor import reference_distributions, reference_rows
 from riskmodel.train import TrainConfig
 from tasks.reporting import Progress, publish_images, publish_table
 
@@ -47,19 +47,21 @@ def _stage(name: str) -> Iterator[None]:
 
 
 def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000) -> dict[str, Any]:
-    """Reference distributions for monitoring from an even sample of `max_rows` rows of `shards`
-    (whose rows `probs` scores, in order), each night of them kept apart too (`add_nights`).
-    Shards are sampled as they are read, so the whole window is never in memory at once."""
+    """Reference distributions for monitoring from a sample of about `max_rows` rows of `shards`
+    (whose rows `probs` scores, in order) taken evenly within each night (`reference_rows`), each
+    night kept apart too (`add_nights`). Shards are sampled as they are read, so the whole window
+    is never in memory at once."""
     probs = np.asarray(probs)
-    keep = np.linspace(0, len(probs) - 1, num=min(len(probs), max_rows)).astype(np.int64)
+    cutoffs = np.concatenate([np.load(Path(p), allow_pickle=False)["cutoff"] for p in shards])
+    if cutoffs.size != probs.size:
+        raise ValueError(f"drift reference: {probs.size} scores for {cutoffs.size} shard rows")
+    keep = reference_rows(cutoffs, max_rows)
     parts, start = [], 0
     for path in shards:
         batch = SequenceBatch.load(Path(path))
         mine = keep[(keep >= start) & (keep < start + len(batch))]
         parts.append(batch.subset(mine - start))
         start += len(batch)
-    if start != len(probs):
-        raise ValueError(f"drift reference: {len(probs)} scores for {start} shard rows")
     return reference_distributions(probs[keep], SequenceBatch.concat(parts))
 
 
@@ -192,6 +194,18 @@ def evaluate_task(test: list[str], labels_path: str, probs_paths: dict[str, str]
         return report.to_dict() | {"curves": [str(p) for p in paths]}
 
 
+def keep_curves(paths: list[str], folder: Path) -> list[str]:
+    """Copy the evaluation's plots into `folder`; their new paths. Best effort: the model is already
+    registered when this runs, so a full or read-only disk is logged, never raised (a retry of the
+    registration would register the model again)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return [str(shutil.copy2(p, folder / Path(p).name)) for p in paths]
+    except OSError as exc:
+        get_run_logger().warning("could not keep the evaluation curves in %s: %s", folder, exc)
+        return []
+
+
 @task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champion: str | None,
                   train_start: date, train_end: date, policy: str, margin: float,
@@ -220,9 +234,6 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             registry.promote(settings, registration.version)
             registration = registry.Registration(**{**asdict(registration), "status": "champion",
                                                     "reason": "promote_policy=always"})
-        curves = settings.reports / registration.version
-        curves.mkdir(parents=True, exist_ok=True)
-        kept = [str(shutil.copy2(p, curves / Path(p).name)) for p in evaluation.get("curves", [])]
         return {"version": registration.version, "sha256": registration.sha256,
                 "status": registration.status, "reason": registration.reason, "path": str(registration.path),
-                "curves": kept}
+                "curves": keep_curves(evaluation.get("curves", []), settings.reports / registration.version)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,6 +16,7 @@ from riskmodel.batch import SequenceBatch
 from riskmodel.db import connect
 from riskmodel.metrics import roc_auc
 from riskmodel.monitor import (
+    MAX_NIGHTS,
     MIN_NIGHT_ROWS,
     WINDOW,
     Drift,
@@ -29,10 +31,12 @@ from riskmodel.monitor import (
     realised_performance,
     reference_distributions,
     reference_from_values,
+    reference_rows,
 )
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 from riskmodel.writeback import write_scores
+from tasks.training import drift_reference
 
 NAMES = {"num": ["amount"], "cat": ["mcc", "channel", "country", "merchant_id"],
          "time": ["log_gap", "log_age", "hour", "dow"], "static_num": ["credit_limit"],
@@ -117,6 +121,30 @@ def test_a_cycle_seen_in_the_reference_nights_is_not_drift_but_a_new_shift_is() 
     assert "nights" not in one_night["score"] and "nights" not in one_night["columns"]["agg:amount_sum_7d"]
 
 
+def test_reference_rows_keep_enough_of_each_recent_night() -> None:
+    cutoffs = np.repeat(np.arange(np.datetime64("2026-01-01"), np.datetime64("2026-02-10")), 1200)
+    rows = reference_rows(cutoffs, max_rows=20_000)
+    assert np.all(np.diff(rows) > 0)
+    days, counts = np.unique(cutoffs[rows], return_counts=True)
+    assert days.size == 40
+    assert counts[-MAX_NIGHTS:].min() >= MIN_NIGHT_ROWS and counts[:-MAX_NIGHTS].max() == 20_000 // 40
+
+
+def test_drift_reference_samples_shards_of_any_size_row_for_row(tmp_path: Path) -> None:
+    first = dt.date(2026, 5, 18)
+    scores, batch = _nights([_population(1500, seed=12), _population(2500, seed=13, shift=1.0)], first)
+    paths = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for path, part in zip(paths, (np.arange(1500), np.arange(1500, 4000)), strict=True):
+        batch.subset(part).save(path)
+    reference = drift_reference(scores, [str(p) for p in paths], max_rows=2000)
+    keep = reference_rows(batch.cutoff, 2000)
+    expected = reference_distributions(scores[keep], batch.subset(keep))
+    assert reference == expected
+    assert set(reference["score"]["nights"]) == {str(first), str(first + dt.timedelta(days=7))}
+    with pytest.raises(ValueError, match="3999 scores for 4000 shard rows"):
+        drift_reference(scores[:-1], [str(p) for p in paths])
+
+
 def test_psi_basics() -> None:
     assert psi([0.5, 0.5], [0.5, 0.5]) == 0.0
     assert psi([0.5, 0.5, 0.0], [0.0, 0.5, 0.5]) > 1.0
@@ -175,18 +203,42 @@ def test_realised_performance_uses_only_matured_reported_labels(initialised: Set
     labels = np.array([k in ("1", "6") for k in scores], float)
     assert got["roc_auc"] == pytest.approx(roc_auc(labels, np.array(list(scores.values()))))
     assert got["roc_auc"] == pytest.approx(7 / 12)
+    lo, hi = got["roc_auc_interval"]
+    assert 0.0 <= lo < 7 / 12 < hi <= 1.0
     strict = monitor(initialised.model_copy(update={"realised_ap_floor": 0.0, "realised_auc_floor": 0.6}),
                      demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={})
-    assert strict.alerts == [f"realised ROC-AUC {7 / 12:.3f} < floor 0.6 (scores served {served})"]
-    lenient = monitor(initialised.model_copy(update={"realised_ap_floor": 0.0, "realised_auc_floor": 0.5}),
-                      demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={})
-    assert lenient.alerts == []
+    assert strict.alerts == [], "2 positives among 8 accounts cannot tell 0.58 from 0.6"
+    assert any(n.startswith(f"realised ROC-AUC {7 / 12:.3f} [") and "not an alert" in n for n in strict.notes)
     later = d + dt.timedelta(days=30)
     _write(initialised, served + dt.timedelta(days=30), {"21": 0.4, "22": 0.3, "23": 0.2})
     none_matured = monitor(initialised, demo_spec, score_date=later, scores=np.array([0.5]), values={},
                            reference={})
     assert none_matured.realised["positives"] == 0 and none_matured.alerts == []
     assert any("no matured positive among the 3 accounts" in n for n in none_matured.notes)
+
+
+def test_realised_performance_alerts_when_its_whole_interval_is_below_the_floor(
+        initialised: Settings, demo_spec: FeatureSpec) -> None:
+    d = dt.date(2026, 6, 30)
+    w = label_window(initialised, demo_spec, d)
+    served = w["served_date"]
+    inverted = {str(k): (0.05 if k < 40 else 0.9) - k / 1000 for k in range(200)}
+    _write(initialised, served, inverted)
+    with connect(initialised, admin=True) as conn:
+        for acct in range(40):
+            conn.execute("INSERT INTO bank.risk_events (account_id, event_ts, reported_at, event_type)"
+                         " VALUES (%s, %s, %s, 'fraud')", (acct, w["start"] + dt.timedelta(days=2),
+                                                          w["start"] + dt.timedelta(days=3)))
+    report = monitor(initialised, demo_spec, score_date=d, scores=np.array([0.5]), values={}, reference={})
+    assert report.realised["positives"] == 40 and report.realised["roc_auc"] == 0.0
+    assert report.realised["roc_auc_interval"][1] < initialised.realised_auc_floor
+    assert any(a.startswith("realised ROC-AUC 0.000 [0.000, 0.000] < floor") for a in report.alerts)
+    assert report.realised["average_precision"] > initialised.realised_ap_floor
+    assert not any(a.startswith("realised average precision") for a in report.alerts)
+    scarce = monitor(initialised.model_copy(update={"realised_min_positives": 41}), demo_spec, score_date=d,
+                     scores=np.array([0.5]), values={}, reference={})
+    assert scarce.alerts == []
+    assert any("40 positives are fewer than the 41 an alert needs" in n for n in scarce.notes)
 
 
 def test_monitor_report_alerts_and_image(initialised: Settings, demo_spec: FeatureSpec) -> None:

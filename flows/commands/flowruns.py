@@ -73,8 +73,10 @@ def run_score(args: argparse.Namespace) -> int:
             f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n"
             f"drift: {drift_line(summary['score_psi'], summary['score_reference'])}; "
             f"score distribution {summary['score_distribution']}\n"
-            f"realised performance: {realised_line(summary['realised'])}\n{table(rows)}\n"
-            f"top movers since the previous night:\n{movers_table(summary['movers'])}")
+            f"realised performance: {realised_line(summary['realised'])}\n"
+            + "".join(f"note: {n}\n" for n in summary["monitoring_notes"])
+            + f"{table(rows)}\n"
+            f"top movers since the previous scored night:\n{movers_table(summary['movers'])}")
     emit(args.json, summary, text)
     return 0
 
