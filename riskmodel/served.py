@@ -26,10 +26,7 @@ def top_accounts(settings: Settings, score_date: date, limit: int = 10) -> list[
     query = sql.SQL("SELECT account_id, risk_score, risk_band, reason_codes, model_version FROM {} "
                     "WHERE score_date = %s ORDER BY risk_score DESC, account_id LIMIT %s").format(
         sql.Identifier(settings.db_schema, "risk_scores"))
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(query, (score_date, limit))
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return _dict_rows(settings, query, (score_date, limit))
 
 
 def top_movers(settings: Settings, score_date: date, limit: int = 10) -> list[dict[str, Any]]:
@@ -38,7 +35,12 @@ def top_movers(settings: Settings, score_date: date, limit: int = 10) -> list[di
     query = sql.SQL("SELECT account_id, previous_date, previous_score, risk_score, change, previous_band,"
                     " risk_band, reason_codes FROM {}(%s, %s)").format(
         sql.Identifier(settings.db_schema, "score_movers"))
+    return _dict_rows(settings, query, (score_date, limit))
+
+
+def _dict_rows(settings: Settings, query: sql.Composed, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The rows of `query` as dicts keyed by column name."""
     with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(query, (score_date, limit))
+        cur.execute(query, params)
         names = [d.name for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
