@@ -191,7 +191,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),
                    f"- retention: dropped {len(retention['dropped'])} table(s) dated before "
                    f"{retention['cutoff']}, kept {len(retention['skipped'])} in use",
-                   "", "## Top movers since the previous night", "",
+                   "", "## Top movers since the previous scored night", "",
                    "```", movers_table(monitor["movers"]), "```"]),
         f"Summary of the nightly run for {score_date}")
     logger.info("scored %s accounts for %s with %s", summary["accounts_scored"], score_date,

@@ -40,7 +40,7 @@ EPSILON = 1e-4
 # reference keeps at most this many of the latest nights (a month covers pay-day cycles).
 MIN_NIGHT_ROWS = 1000
 MAX_NIGHTS = 31
-WINDOW = "reference window"
+WINDOW = "all reference nights pooled"
 CATEGORICAL_PARTS = ("cat", "static_cat")
 OTHER = -1
 
