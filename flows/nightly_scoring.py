@@ -91,6 +91,7 @@ def realised_line(realised: dict | None) -> str:
     served, n, positives = realised["served_date"], realised["accounts"], realised["positives"]
     if not positives:
         return f"not measurable: no matured positive among the {n} accounts scored {served}"
+
     def measured(key: str) -> str:
         value, bounds = realised.get(key), realised.get(f"{key}_interval")
         if value is None:
@@ -105,10 +106,10 @@ def movers_table(movers: list[dict]) -> str:
     """The night's top movers as a text table (or a line saying there is no previous night)."""
     if not movers:
         return "no previous scored night to compare with"
-    return f"previous scored night: {movers[0]['previous_date']}\n" + table([{"account_id": m["account_id"],
-                   "previous": f"{m['previous_score']:.4f} {m['previous_band']}",
-                   "tonight": f"{m['risk_score']:.4f} {m['risk_band']}", "change": f"{m['change']:+.4f}",
-                   "reasons": "; ".join(m["reason_codes"])} for m in movers])
+    rows = [{"account_id": m["account_id"], "previous": f"{m['previous_score']:.4f} {m['previous_band']}",
+             "tonight": f"{m['risk_score']:.4f} {m['risk_band']}", "change": f"{m['change']:+.4f}",
+             "reasons": "; ".join(m["reason_codes"])} for m in movers]
+    return f"previous scored night: {movers[0]['previous_date']}\n{table(rows)}"
 
 
 @flow(name="nightly-scoring", log_prints=False, task_runner=SettingsTaskRunner())
