@@ -102,6 +102,15 @@ def realised_line(realised: dict | None) -> str:
             f"{served} ({positives} of {n} accounts positive; 95% bootstrap intervals)")
 
 
+def monitoring_lines(summary: dict) -> list[str]:
+    """The night's drift, realised performance and monitoring notes as report lines, for the CLI
+    report and the summary artifact alike."""
+    return [f"drift: {drift_line(summary['score_psi'], summary['score_reference'])}; "
+            f"score distribution {summary['score_distribution']}",
+            f"realised performance: {realised_line(summary['realised'])}",
+            *(f"note: {n}" for n in summary["monitoring_notes"])]
+
+
 def movers_table(movers: list[dict]) -> str:
     """The night's top movers as a text table (or a line saying there is no previous night)."""
     if not movers:
@@ -184,10 +193,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    f"- bands: {summary['bands']}",
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",
-                   f"- drift: {drift_line(monitor['score_psi'], monitor['score_reference'])}; "
-                   f"score distribution `{monitor['score_distribution']}`",
-                   f"- realised performance: {realised_line(monitor['realised'])}",
-                   *(f"- note: {n}" for n in monitor["notes"]),
+                   *(f"- {line}" for line in monitoring_lines(summary)),
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"
                    + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),
                    f"- retention: dropped {len(retention['dropped'])} table(s) dated before "

@@ -120,12 +120,6 @@ def fit_weighted_blend(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarr
     return replace(blend, weight=weight)
 
 
-def choose_weight(lstm_valid_logits: np.ndarray, gbdt_valid_probs: np.ndarray,
-                  valid_labels: np.ndarray) -> float:
-    """The LSTM's weight `fit_weighted_blend` chooses for these validation outputs."""
-    return fit_weighted_blend(lstm_valid_logits, gbdt_valid_probs, valid_labels).weight
-
-
 def blend_probs(test: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
                 valid_labels: np.ndarray) -> tuple[np.ndarray, float]:
     """(blended values of two models' test probabilities, the LSTM's weight): standardised on their

@@ -340,23 +340,22 @@ class MonitorReport:
     """Tonight's monitoring results; `alerts` is non-empty when something needs a person."""
 
     score_date: dt.date
-    score_psi: float
-    group_psi: dict[str, dict[str, Any]]
+    drift: Drift
     bands: list[dict[str, Any]]
     realised: dict[str, Any] | None
     alerts: list[str] = field(default_factory=list)
     image_png: bytes = b""
     notes: list[str] = field(default_factory=list)
-    score_reference: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per metric, for a table artifact."""
-        psi_value = None if math.isnan(self.score_psi) else round(self.score_psi, 4)
+        found = self.drift
+        psi_value = None if math.isnan(found.score_psi) else round(found.score_psi, 4)
         out = [{"metric": "psi:score", "value": psi_value,
-                "note": f"vs {self.score_reference}" if self.score_reference else ""}]
+                "note": f"vs {found.score_reference}" if found.score_reference else ""}]
         out += [{"metric": f"psi:{k}", "value": round(v["psi"], 4),
                  "note": f"{v['column']} vs {v.get('reference', WINDOW)}"}
-                for k, v in sorted(self.group_psi.items(), key=lambda kv: -kv[1]["psi"])]
+                for k, v in sorted(found.groups.items(), key=lambda kv: -kv[1]["psi"])]
         out += [{"metric": f"band:{b['band']}", "value": b["accounts"],
                  "note": f"previous {b['previous']} ({b['change']:+d})"} for b in self.bands]
         if self.realised:
@@ -371,9 +370,40 @@ class MonitorReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly content (without the image)."""
-        return {"score_date": self.score_date, "score_psi": self.score_psi,
-                "score_reference": self.score_reference, "group_psi": self.group_psi, "bands": self.bands,
-                "realised": self.realised, "alerts": self.alerts, "notes": self.notes}
+        return {"score_date": self.score_date, "score_psi": self.drift.score_psi,
+                "score_reference": self.drift.score_reference, "group_psi": self.drift.groups,
+                "bands": self.bands, "realised": self.realised, "alerts": self.alerts, "notes": self.notes}
+
+
+def _realised_checks(settings: Settings, realised: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(alerts, notes) for realised performance: a metric alerts when its value and its whole 95%
+    interval are below the settings' floor on at least `realised_min_positives` positives; a value
+    below the floor without that evidence is noted with the reason."""
+    alerts: list[str] = []
+    notes: list[str] = []
+    served, positives = realised["served_date"], realised["positives"]
+    for key, name, floor in (("average_precision", "average precision", settings.realised_ap_floor),
+                             ("roc_auc", "ROC-AUC", settings.realised_auc_floor)):
+        value, bounds = realised[key], realised.get(f"{key}_interval")
+        if value is None or value >= floor:
+            continue
+        finite = bounds is not None and all(math.isfinite(b) for b in bounds)
+        measured = f"realised {name} {value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if finite else "")
+        if not finite:
+            why = "its interval could not be measured"
+        elif bounds[1] >= floor:
+            why = "its interval reaches it"
+        elif positives < settings.realised_min_positives:
+            why = f"{positives} positives are fewer than the {settings.realised_min_positives} an alert needs"
+        else:
+            alerts.append(f"{measured} < floor {floor} (scores served {served})")
+            continue
+        notes.append(f"{measured} is below the floor {floor} but {why} ({positives} positives "
+                     f"among {realised['accounts']} accounts scored {served}): not an alert")
+    if not positives:
+        notes.append(f"no matured positive among the {realised['accounts']} accounts scored {served}: "
+                     f"realised performance not measurable")
+    return alerts, notes
 
 
 def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, scores: np.ndarray,
@@ -390,39 +420,19 @@ def monitor(settings: Settings, spec: FeatureSpec, *, score_date: dt.date, score
     else:
         found = Drift(math.nan, "", {})
         notes.append("the model manifest has no reference distributions: drift not computed")
-    score_psi, groups = found.score_psi, found.groups
     bands = band_changes(settings, score_date)
     realised = realised_performance(settings, spec, score_date)
     alerts = []
-    if score_psi > psi_alert:
-        alerts.append(f"score PSI {score_psi:.3f} > {psi_alert} (closest reference: {found.score_reference})")
+    if found.score_psi > psi_alert:
+        alerts.append(f"score PSI {found.score_psi:.3f} > {psi_alert} "
+                      f"(closest reference: {found.score_reference})")
     alerts += [f"feature group {g['label']} PSI {g['psi']:.3f} > {psi_alert} (column {g['column']}, "
                f"closest reference: {g['reference']})"
-               for g in groups.values() if g["psi"] > psi_alert]
+               for g in found.groups.values() if g["psi"] > psi_alert]
     if realised:
-        served = realised["served_date"]
-        for key, name, floor in (("average_precision", "average precision", settings.realised_ap_floor),
-                                 ("roc_auc", "ROC-AUC", settings.realised_auc_floor)):
-            value, bounds = realised[key], realised.get(f"{key}_interval")
-            if value is None or value >= floor:
-                continue
-            finite = bounds is not None and all(math.isfinite(b) for b in bounds)
-            measured = (f"realised {name} {value:.3f} [{bounds[0]:.3f}, {bounds[1]:.3f}]" if finite
-                        else f"realised {name} {value:.3f}")
-            positives = realised["positives"]
-            if finite and bounds[1] < floor and positives >= settings.realised_min_positives:
-                alerts.append(f"{measured} < floor {floor} (scores served {served})")
-            else:
-                why = ("its interval could not be measured" if not finite
-                       else "its interval reaches it" if bounds[1] >= floor
-                       else f"{positives} positives are fewer than the {settings.realised_min_positives} "
-                            f"an alert needs")
-                notes.append(f"{measured} is below the floor {floor} but {why} ({positives} positives "
-                             f"among {realised['accounts']} accounts scored {served}): not an alert")
-        if not realised["positives"]:
-            notes.append(f"no matured positive among the {realised['accounts']} accounts scored {served}: "
-                         f"realised performance not measurable")
+        realised_alerts, realised_notes = _realised_checks(settings, realised)
+        alerts += realised_alerts
+        notes += realised_notes
     image = score_distribution_png(scores, reference or None, night=found.score_reference,
-                                   title=f"Scores {score_date} (PSI {score_psi:.3f})")
-    return MonitorReport(score_date, score_psi, groups, bands, realised, alerts, image, notes,
-                         found.score_reference)
+                                   title=f"Scores {score_date} (PSI {found.score_psi:.3f})")
+    return MonitorReport(score_date, found, bands, realised, alerts, image, notes)

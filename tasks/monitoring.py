@@ -72,7 +72,7 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
                   f"Accounts whose score moved most since the previous night, {score_date}")
     image = publish_images(f"score-distribution-{score_date}", {"Score distribution": report.image_png},
                            Path(out_dir), f"Score distribution for {score_date} against the reference")[0]
-    score_psi = None if math.isnan(report.score_psi) else report.score_psi
+    score_psi = None if math.isnan(report.drift.score_psi) else report.drift.score_psi
     if report.alerts:
         logger = get_run_logger()
         for alert in report.alerts:
@@ -85,5 +85,5 @@ def monitor_task(score_date: date, version: str, sha256: str, shards: list[str],
     return {"band_counts": dict(zip(counts["risk_band"].to_list(), counts["len"].to_list(), strict=True)),
             "alerts": report.alerts, "notes": report.notes,
             "score_psi": score_psi,
-            "score_reference": report.score_reference, "realised": report.realised, "movers": movers,
+            "score_reference": report.drift.score_reference, "realised": report.realised, "movers": movers,
             "score_distribution": str(image), "inputs": inputs.to_dict()}

@@ -103,6 +103,8 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
                 "test_labels": _save_probs(out / "labels-test.npy", labels),
                 "test_logits": _save_probs(out / f"{name}-test-logits.npy", logits),
                 "valid_logits": _save_probs(out / f"{name}-valid-logits.npy", fitted.result.valid_logits),
+                "valid_probs": _save_probs(out / f"{name}-valid.npy",
+                                           fitted.calibrator.apply(fitted.result.valid_logits)),
                 "valid_labels": _save_probs(out / f"{name}-valid-labels.npy", fitted.result.valid_labels)}
 
 
@@ -112,8 +114,9 @@ def blend_task(name: str, lstm: dict[str, Any], baseline: dict[str, Any], out_di
     (`baseline_task`'s), calibrated and banded on validation; saved as a candidate like the LSTM."""
     with _stage(f"blend {name}"):
         model = registry.load_artifact(Path(lstm["path"]), lstm["sha256"])
+        valid_logits, gbdt_valid = np.load(lstm["valid_logits"]), np.load(baseline["valid_probs"])
         blend, calibrator, bands = retrain.fit_served_blend(
-            np.load(lstm["valid_logits"]), np.load(lstm["valid_labels"]), np.load(baseline["valid_probs"]),
+            valid_logits, np.load(lstm["valid_labels"]), gbdt_valid,
             Path(baseline["booster"]).read_text(), baseline["best_iteration"], model.bands)
         probs = calibrator.apply(blend.combine(np.load(lstm["test_logits"]), np.load(baseline["test_probs"])))
         folder = Path(out_dir) / f"{name}-blend"
@@ -123,7 +126,9 @@ def blend_task(name: str, lstm: dict[str, Any], baseline: dict[str, Any], out_di
             train_end=date.min, evaluation={}, training=lstm["training"], blend=blend)
         sha, _ = registry.save_artifact(folder, model.net, manifest, blend)
         return {**lstm, "path": str(folder), "sha256": sha, "blend_weight": blend.weight,
-                "test_probs": _save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs)}
+                "test_probs": _save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs),
+                "valid_probs": _save_probs(Path(out_dir) / f"{name}-blend-valid.npy",
+                                           calibrator.apply(blend.combine(valid_logits, gbdt_valid)))}
 
 
 @task(name="downsample-negatives", cache_policy=NO_CACHE)
@@ -214,12 +219,13 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
     """Register the challenger (artifact + sha256) and promote it if the policy says so; the
     manifest's `training` records the horizon and reporting lag its labels used. The evaluation's
     curves are copied to the reports folder of the new version (result "curves"). The drift reference
-    comes from the validation and the test window: their nights are what monitoring compares with."""
+    comes from the validation and the test window (the candidate's "valid_probs" and the test
+    probabilities): their nights are what monitoring compares with."""
     with _stage("register"):
         settings, spec = settings_and_spec(horizon_days)
         model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
         test_probs = np.load(test_probs_path, allow_pickle=False)
-        valid_probs, _ = retrain.model_proba(model, [Path(p) for p in valid], device=settings.device)
+        valid_probs = np.load(candidate["valid_probs"], allow_pickle=False)
         registration = registry.register_model(
             settings, net=model.net, calibrator=model.calibrator, bands=model.bands,
             features=model.manifest["features"], spec_hash=spec.fingerprint(), train_start=train_start,

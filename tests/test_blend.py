@@ -10,7 +10,7 @@ import torch
 from model_helpers import order_batch
 
 from riskmodel.bands import BandPolicy
-from riskmodel.blend import BLEND_WEIGHTS, BOOSTER_FILE, choose_weight, fit_blend, log_odds
+from riskmodel.blend import BLEND_WEIGHTS, BOOSTER_FILE, fit_blend, fit_weighted_blend, log_odds
 from riskmodel.calibrate import Calibrator
 from riskmodel.errors import ConfigError, ModelIntegrityError
 from riskmodel.evaluate import train_baseline
@@ -47,11 +47,11 @@ def test_the_blend_weight_follows_the_model_that_ranks_validation_better() -> No
     signal = labels * 2.0 + rng.normal(0.0, 1.0, labels.size)
     noise = rng.normal(0.0, 1.0, labels.size)
     probs = lambda logits: 1.0 / (1.0 + np.exp(-logits))  # noqa: E731
-    assert choose_weight(signal, probs(noise), labels) == 1.0
-    assert choose_weight(noise, probs(signal), labels) == 0.0
-    assert choose_weight(signal, probs(signal), labels) == 0.5
+    assert fit_weighted_blend(signal, probs(noise), labels).weight == 1.0
+    assert fit_weighted_blend(noise, probs(signal), labels).weight == 0.0
+    assert fit_weighted_blend(signal, probs(signal), labels).weight == 0.5
     other = labels * 2.0 + rng.normal(0.0, 1.0, labels.size)
-    assert 0.0 < choose_weight(signal, probs(other), labels) < 1.0
+    assert 0.0 < fit_weighted_blend(signal, probs(other), labels).weight < 1.0
     assert sorted(BLEND_WEIGHTS) == [k / 10 for k in range(11)]
 
 

@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run_score(args: argparse.Namespace) -> int:
     """Run `nightly_scoring` once and print its summary."""
-    from flows.nightly_scoring import drift_line, input_line, movers_table, nightly_scoring, realised_line
+    from flows.nightly_scoring import input_line, monitoring_lines, movers_table, nightly_scoring
     from flows.params import ScoreParams
 
     summary = nightly_scoring(ScoreParams(score_date=args.date, device=args.device,
@@ -71,12 +71,9 @@ def run_score(args: argparse.Namespace) -> int:
     text = (f"scored {summary['accounts_scored']} accounts for {summary['score_date']} with "
             f"{summary['model_version']}; bands {summary['bands']}; alerts: "
             f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n"
-            f"drift: {drift_line(summary['score_psi'], summary['score_reference'])}; "
-            f"score distribution {summary['score_distribution']}\n"
-            f"realised performance: {realised_line(summary['realised'])}\n"
-            + "".join(f"note: {n}\n" for n in summary["monitoring_notes"])
-            + f"{table(rows)}\n"
-            f"top movers since the previous scored night:\n{movers_table(summary['movers'])}")
+            + "".join(f"{line}\n" for line in monitoring_lines(summary))
+            + f"{table(rows)}\ntop movers since the previous scored night:\n"
+            + movers_table(summary["movers"]))
     emit(args.json, summary, text)
     return 0
 
