@@ -75,9 +75,11 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
                 settings, champion, split, run_dir, as_of, params.horizon_days), str(run_dir / "probs"))
         evaluation = evaluate_task(parts["test"], model["test_labels"], probs, split.kind, params.seed,
                                    str(run_dir))
+        training_nights = parts["baseline_train"] if split.kind == "out_of_time" else None
         registered = register_task(served, evaluation, champion, start, max(split.test),
                                    params.promote_policy, params.min_ap_margin, served["test_probs"],
-                                   parts["valid"], parts["test"], params.horizon_days)
+                                   parts["valid"], parts["test"], params.horizon_days, training_nights,
+                                   params.baseline_negative_keep)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}

@@ -7,10 +7,12 @@ ones) so that tonight's population is binned exactly like the reference populati
 retrain builds the reference from the model's validation and out-of-time test windows (full base
 rate; the training shards have most negatives sampled away), see `tasks.training.drift_reference`.
 
-The reference also keeps each of those windows' nights (cutoffs) binned the same way, and tonight
-counts as drifted only when it is unlike them pooled and unlike every one of those nights:
-features with a payroll or weekly cycle (the largest amount of the last 7 days peaks after pay
-day) differ from the pooled window on some nights of every month without the population moving.
+The reference also keeps each of those windows' nights (cutoffs) binned the same way, and for the
+features also the nights of the training snapshots (`add_training_nights`); tonight counts as
+drifted only when it is unlike the window pooled and unlike every one of those nights: features
+with a payroll or weekly cycle (the largest amount of the last 7 days peaks after pay day) differ
+from the pooled window on some nights of every month without the population moving, and the
+training nights, every few days over months, meet each phase of that cycle.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ EPSILON = 1e-4
 # reference keeps at most this many of the latest nights (a month covers pay-day cycles).
 MIN_NIGHT_ROWS = 1000
 MAX_NIGHTS = 31
+# Training snapshots keep a tenth of a night's negatives, so their nights are smaller; PSI's noise
+# at 300 rows (about 9/300 for 10 bins) stays far below the alert level.
+MIN_TRAINING_NIGHT_ROWS = 300
+TRAINING_NIGHT = "{} (training)"
 WINDOW = "all reference nights pooled"
 CATEGORICAL_PARTS = ("cat", "static_cat")
 OTHER = -1
@@ -178,6 +184,29 @@ def add_nights(reference: dict[str, Any], scores: np.ndarray, batch: SequenceBat
         for key, values in feature_values(batch.subset(rows)).items():
             column = reference["columns"][key]
             column["nights"][name] = _fractions(column, values).tolist()
+    return reference
+
+
+def population_rows(label: np.ndarray, negative_keep: float, seed: int = 0) -> np.ndarray:
+    """Rows of a training snapshot whose class mix is the population's: every negative (the snapshot
+    kept `negative_keep` of them) and, seeded, that share of the positives (it kept them all)."""
+    label = np.asarray(label)
+    positive = label > 0.5
+    thinned = np.random.default_rng(seed).random(label.size) < negative_keep
+    return np.flatnonzero(~positive | thinned)
+
+
+def add_training_nights(reference: dict[str, Any], batch: SequenceBatch) -> dict[str, Any]:
+    """Add each night of `batch` (training snapshots thinned by `population_rows`) with at least
+    `MIN_TRAINING_NIGHT_ROWS` rows (the latest `MAX_NIGHTS`) to the columns' "nights" as
+    "<date> (training)". The score gets none: the model was fitted on these rows."""
+    days, counts = np.unique(batch.cutoff, return_counts=True)
+    for day in [d for d, c in zip(days, counts, strict=True) if c >= MIN_TRAINING_NIGHT_ROWS][-MAX_NIGHTS:]:
+        name = TRAINING_NIGHT.format(day)
+        for key, values in feature_values(batch.subset(np.flatnonzero(batch.cutoff == day))).items():
+            column = reference["columns"].get(key)
+            if column is not None:
+                column.setdefault("nights", {})[name] = _fractions(column, values).tolist()
     return reference
 
 

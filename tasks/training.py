@@ -27,7 +27,7 @@ from riskmodel.batch import SequenceBatch
 from riskmodel.blend import BOOSTER_FILE
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
-from riskmodel.monitor import reference_distributions, reference_rows
+from riskmodel.monitor import add_training_nights, population_rows, reference_distributions, reference_rows
 from riskmodel.train import TrainConfig
 from tasks.reporting import Progress, publish_images, publish_table
 
@@ -46,23 +46,39 @@ def _stage(name: str) -> Iterator[None]:
     get_run_logger().info("stage %s: %.1f s", name, time.monotonic() - started)
 
 
-def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000) -> dict[str, Any]:
-    """Reference distributions for monitoring from a sample of about `max_rows` rows of `shards`
-    (whose rows `probs` scores, in order) taken evenly within each night (`reference_rows`), each
-    night kept apart too (`add_nights`). Shards are sampled as they are read, so the whole window
-    is never in memory at once."""
-    probs = np.asarray(probs)
-    cutoffs = np.concatenate([np.load(Path(p), allow_pickle=False)["cutoff"] for p in shards])
-    if cutoffs.size != probs.size:
-        raise ValueError(f"drift reference: {probs.size} scores for {cutoffs.size} shard rows")
-    keep = reference_rows(cutoffs, max_rows)
+def _sample_shards(shards: list[str], rows: np.ndarray) -> SequenceBatch:
+    """Rows `rows` (sorted, numbered across `shards` in order) as one batch, read shard by shard so
+    the whole window is never in memory at once."""
     parts, start = [], 0
     for path in shards:
         batch = SequenceBatch.load(Path(path))
-        mine = keep[(keep >= start) & (keep < start + len(batch))]
+        mine = rows[(rows >= start) & (rows < start + len(batch))]
         parts.append(batch.subset(mine - start))
         start += len(batch)
-    return reference_distributions(probs[keep], SequenceBatch.concat(parts))
+    return SequenceBatch.concat(parts)
+
+
+def _shard_column(shards: list[str], name: str) -> np.ndarray:
+    return np.concatenate([np.load(Path(p), allow_pickle=False)[name] for p in shards])
+
+
+def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000,
+                    training: list[str] | None = None, negative_keep: float = 1.0) -> dict[str, Any]:
+    """Reference distributions for monitoring from a sample of about `max_rows` rows of `shards`
+    (whose rows `probs` scores, in order) taken evenly within each night (`reference_rows`), each
+    night kept apart too (`add_nights`); with `training` (snapshots that kept `negative_keep` of
+    their negatives), their nights as well, in the population's class mix (`add_training_nights`)."""
+    probs = np.asarray(probs)
+    cutoffs = _shard_column(shards, "cutoff")
+    if cutoffs.size != probs.size:
+        raise ValueError(f"drift reference: {probs.size} scores for {cutoffs.size} shard rows")
+    keep = reference_rows(cutoffs, max_rows)
+    reference = reference_distributions(probs[keep], _sample_shards(shards, keep))
+    if training:
+        mix = population_rows(_shard_column(training, "label"), negative_keep)
+        rows = mix[reference_rows(_shard_column(training, "cutoff")[mix], max_rows)]
+        reference = add_training_nights(reference, _sample_shards(training, rows))
+    return reference
 
 
 @task(name="fit-model", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)
@@ -215,12 +231,14 @@ def keep_curves(paths: list[str], folder: Path) -> list[str]:
 def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champion: str | None,
                   train_start: date, train_end: date, policy: str, margin: float,
                   test_probs_path: str, valid: list[str], test: list[str],
-                  horizon_days: int | None = None) -> dict[str, Any]:
+                  horizon_days: int | None = None, training_nights: list[str] | None = None,
+                  negative_keep: float = 1.0) -> dict[str, Any]:
     """Register the challenger (artifact + sha256) and promote it if the policy says so; the
     manifest's `training` records the horizon and reporting lag its labels used. The evaluation's
     curves are copied to the reports folder of the new version (result "curves"). The drift reference
     comes from the validation and the test window (the candidate's "valid_probs" and the test
-    probabilities): their nights are what monitoring compares with."""
+    probabilities) and, for the features, from the `training_nights` shards (which kept
+    `negative_keep` of their negatives): their nights are what monitoring compares with."""
     with _stage("register"):
         settings, spec = settings_and_spec(horizon_days)
         model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
@@ -233,7 +251,8 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
             promote_margin=margin if policy == "if_better" else float("inf"), blend=model.blend,
             metrics={k: v for k, v in evaluation.items() if k not in ("evaluation", "curves")},
-            reference=drift_reference(np.concatenate([valid_probs, test_probs]), [*valid, *test]),
+            reference=drift_reference(np.concatenate([valid_probs, test_probs]), [*valid, *test],
+                                      training=training_nights, negative_keep=negative_keep),
             training=candidate["training"] | {"horizon_days": spec.horizon_days,
                                               "reporting_lag_days": spec.reporting_lag_days})
         if policy == "always" and registration.status != "champion":

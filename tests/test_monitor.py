@@ -18,6 +18,8 @@ from riskmodel.metrics import roc_auc
 from riskmodel.monitor import (
     MAX_NIGHTS,
     MIN_NIGHT_ROWS,
+    MIN_TRAINING_NIGHT_ROWS,
+    TRAINING_NIGHT,
     WINDOW,
     Drift,
     band_changes,
@@ -27,6 +29,7 @@ from riskmodel.monitor import (
     feature_values,
     label_window,
     monitor,
+    population_rows,
     psi,
     realised_performance,
     reference_distributions,
@@ -143,6 +146,45 @@ def test_drift_reference_samples_shards_of_any_size_row_for_row(tmp_path: Path) 
     assert set(reference["score"]["nights"]) == {str(first), str(first + dt.timedelta(days=7))}
     with pytest.raises(ValueError, match="3999 scores for 4000 shard rows"):
         drift_reference(scores[:-1], [str(p) for p in paths])
+
+
+def test_population_rows_restore_the_class_mix_of_a_sampled_snapshot() -> None:
+    label = np.r_[np.ones(4000), np.zeros(6000)].astype(np.float32)
+    rows = population_rows(label, negative_keep=0.25)
+    assert np.all(np.diff(rows) > 0)
+    assert np.array_equal(rows[label[rows] == 0], np.arange(4000, 10_000))
+    assert 900 < int(label[rows].sum()) < 1100
+    assert np.array_equal(rows, population_rows(label, negative_keep=0.25))
+
+
+def test_training_nights_cover_a_cycle_the_windows_missed_for_features_only(tmp_path: Path) -> None:
+    first = dt.date(2026, 5, 18)
+    scores, window = _nights([_population(3000, seed=20), _population(3000, seed=21)], first)
+    path = tmp_path / "window.npz"
+    window.save(path)
+    _, training = _nights([_population(800, seed=22), _population(800, seed=23, shift=1.0),
+                           _population(MIN_TRAINING_NIGHT_ROWS - 50, seed=24, shift=2.0)],
+                          first - dt.timedelta(days=63))
+    training.label = np.zeros(len(training), np.float32)
+    training.label[::2] = 1.0
+    train_path = tmp_path / "training.npz"
+    training.save(train_path)
+    reference = json.loads(json.dumps(drift_reference(scores, [str(path)], training=[str(train_path)],
+                                                      negative_keep=0.5)))
+    pay_day = TRAINING_NIGHT.format(first - dt.timedelta(days=56))
+    assert set(reference["columns"]["agg:amount_sum_7d"]["nights"]) == {
+        str(first), str(first + dt.timedelta(days=7)), TRAINING_NIGHT.format(first - dt.timedelta(days=63)),
+        pay_day}
+    assert set(reference["score"]["nights"]) == {str(first), str(first + dt.timedelta(days=7))}
+    tonight_scores, tonight = _population(3000, seed=25, shift=1.0)
+    found = monitor_drift(reference, tonight_scores, tonight)
+    amount = found.groups["amount_pattern"]
+    assert amount["psi"] < 0.1 and amount["reference"] == pay_day
+    assert found.score_psi > 0.25
+    without = json.loads(json.dumps(drift_reference(scores, [str(path)])))
+    assert monitor_drift(without, tonight_scores, tonight).groups["amount_pattern"]["psi"] > 0.25
+    new_scores, new = _population(3000, seed=26, shift=2.0)
+    assert monitor_drift(reference, new_scores, new).groups["amount_pattern"]["psi"] > 0.25
 
 
 def test_psi_basics() -> None:
