@@ -21,6 +21,7 @@ from flows.output import table
 from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import yesterday
+from riskmodel.reports import night_folder
 from riskmodel.settings import Settings, load_settings
 from tasks.data import extract_task, lake_watermark_task, scoring_shards_task
 from tasks.monitoring import monitor_task
@@ -160,7 +161,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         monitor = monitor_task(score_date, champion["version"], champion["sha256"],
                                [s["shard"] for s in result["shards"]],
                                [s["path"] for s in result["shards"]],
-                               str(settings.reports / f"night-{score_date}"))
+                               str(night_folder(settings.reports, score_date)))
         timings["monitor"] = time.perf_counter() - t
         t = time.perf_counter()
         retention = retention_task(score_date)
@@ -196,8 +197,9 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                    *(f"- {line}" for line in monitoring_lines(summary)),
                    f"- shadow challenger: {summary['shadow_model'] or 'none'}"
                    + (f" (failed: {summary['shadow_error']})" if summary["shadow_error"] else ""),
-                   f"- retention: dropped {len(retention['dropped'])} table(s) dated before "
-                   f"{retention['cutoff']}, kept {len(retention['skipped'])} in use",
+                   f"- retention: dropped {len(retention['dropped'])} table(s) and "
+                   f"{len(retention['report_folders'])} report folder(s) dated before "
+                   f"{retention['cutoff']}, kept {len(retention['skipped'])} table(s) in use",
                    "", "## Top movers since the previous scored night", "",
                    "```", movers_table(monitor["movers"]), "```"]),
         f"Summary of the nightly run for {score_date}")

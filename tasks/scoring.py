@@ -21,6 +21,7 @@ from riskmodel import registry, writeback
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.reasons import at_or_above, reason_codes
+from riskmodel.reports import drop_expired_nights
 from riskmodel.score import ScoreReport, score_batch
 from tasks.models import cached_model, remember_model
 
@@ -99,9 +100,11 @@ def write_scores_task(score_files: list[str], score_date: date, version: str, sh
 
 @task(name="retention", retries=1, retry_delay_seconds=10, timeout_seconds=600, cache_policy=NO_CACHE)
 def retention_task(score_date: date) -> dict:
-    """Drop score partitions (and their audit rows) older than `retention_days` before the night
-    just scored; a date another run is writing is kept for a later night."""
+    """Drop score partitions (and their audit rows) and night report folders older than
+    `retention_days` before the night just scored; a date another run is writing is kept for a later
+    night."""
     settings, _ = settings_and_spec()
     report = writeback.drop_expired_partitions(settings, score_date, settings.retention_days)
     return {"cutoff": report.cutoff.isoformat(), "dropped": report.dropped, "skipped": report.skipped,
-            "audit_rows": report.audit_rows}
+            "audit_rows": report.audit_rows,
+            "report_folders": drop_expired_nights(settings.reports, report.cutoff)}

@@ -22,6 +22,7 @@ from riskmodel.blend import BLEND_WEIGHTS
 from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.monitor import WINDOW
+from riskmodel.reports import night_folder
 from riskmodel.settings import Settings
 from riskmodel.writeback import write_scores
 from tasks.data import training_shards_task
@@ -113,7 +114,7 @@ def test_nightly_scores_every_active_account_once_and_rerun_is_identical(
         first = nightly_scoring(ScoreParams(score_date=day))
     task_logs = [r.getMessage() for r in caplog.records if r.name == "prefect.task_runs"]
     image = Path(first["score_distribution"])
-    assert image.parent == bank.reports / f"night-{day}" and image.read_bytes().startswith(b"\x89PNG")
+    assert image.parent == night_folder(bank.reports, day) and image.read_bytes().startswith(b"\x89PNG")
     assert any(m.startswith("Finished in state Completed") for m in task_logs)
     assert not any("running in a worker thread" in m for m in task_logs)
     with connect(bank) as conn:
@@ -195,10 +196,19 @@ def test_nightly_drops_partitions_past_retention(bank: Settings, trained: dict,
     for _ in range(2):
         write_scores(bank, score_date=old, scores=frame, model_version="old", model_sha256="0" * 64,
                      run_id=uuid.uuid4(), watermark=None)
+    expired = night_folder(bank.reports, old)
+    kept = night_folder(bank.reports, END - timedelta(days=20))
+    other = bank.reports / "night-notes"
+    for folder in (expired, kept, other):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "score_distribution.png").write_bytes(b"png")
     monkeypatch.setenv("RISKFLOW_RETENTION_DAYS", "20")
     summary = nightly_scoring(ScoreParams(score_date=END, extract=False))
     assert summary["retention"]["cutoff"] == (END - timedelta(days=20)).isoformat()
     assert summary["retention"]["dropped"] == ["risk_scores_p20260605"]
+    assert summary["retention"]["report_folders"] == [expired.name]
+    assert not expired.exists() and kept.is_dir() and other.is_dir()
+    assert night_folder(bank.reports, END).is_dir()
     with connect(bank) as conn:
         left = conn.execute("SELECT count(*) FROM riskflow.risk_scores WHERE score_date = %s",
                             (old,)).fetchone()[0]
