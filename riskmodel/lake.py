@@ -167,7 +167,7 @@ def scan_transactions(settings: Settings, start: date, end: date) -> pl.LazyFram
     files = [_partition_key(store, d) for d in _dates(store) if start <= d <= end]
     if not files:
         raise ConfigError(f"lake {store.url}: no partitions between {start} and {end}; "
-                          f"run `riskflow extract --date {end}` first")
+                          f"run `riskflow extract --date {end}` first (`--full` re-reads all history)")
     if store.local:
         return pl.scan_parquet(files, hive_partitioning=True, hive_schema={TXN_DATE: pl.Date})
     partitioning = ds.partitioning(pa.schema([(TXN_DATE, pa.date32())]), flavor="hive")
@@ -348,6 +348,10 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         scratch = Path(scratch_dir)
         _clean_staging(store)
         mark = None if full else _watermark(conn, settings, source)
+        if mark is not None and not _dates(store):
+            log.warning("extract %s -> %s: the lake holds no partition but the database's watermark is %s "
+                        "(lake emptied or moved): extracting all history again", source, store.url, mark[0])
+            mark = None
         backfill = mark is not None and run_date < mark[1]
         if mark is None:
             first_day = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -117,6 +118,17 @@ def test_deleted_source_day_is_removed_from_the_lake(bank: tuple[Settings, list[
     report = extract(settings, demo_spec, END)
     assert report.dates_removed == [END]
     assert not partition_path(settings, END).exists()
+
+
+def test_an_emptied_lake_is_extracted_again_in_full(bank: tuple[Settings, list[tuple]],
+                                                    demo_spec: FeatureSpec) -> None:
+    settings, rows = bank
+    extract(settings, demo_spec, END)
+    before = lake_digest(settings)
+    shutil.rmtree(lake_root(settings))
+    report = extract(settings, demo_spec, END)
+    assert report.rows_read == len(rows) and report.read_from is None
+    assert lake_digest(settings) == before
 
 
 def test_crash_between_write_and_rename_leaves_old_partitions_whole(
