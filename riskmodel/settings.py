@@ -24,9 +24,35 @@ from pydantic_settings import (
 DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
 
 
+SCHEMA_ENV = "RISKFLOW_SCHEMA"
+# The schema field's other names: its TOML key and keyword, never environment variables.
+SCHEMA_NAMES = ("schema", "db_schema")
+
+
 def config_file() -> Path:
     """The TOML settings file riskflow reads (it need not exist)."""
     return Path(os.environ.get("RISKFLOW_CONFIG", "riskflow.toml"))
+
+
+class PrefixedEnvSource(PydanticBaseSettingsSource):
+    """The environment source, less the schema when `RISKFLOW_SCHEMA` is not set: pydantic-settings
+    reads a field's aliases as bare variable names too, so an unrelated `SCHEMA` or `DB_SCHEMA` would
+    otherwise move riskflow's tables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        """Field lookups go to the wrapped source."""
+        return self.env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        values = self.env()
+        if not any(name.upper() == SCHEMA_ENV for name in os.environ):
+            for key in (SCHEMA_ENV, *SCHEMA_NAMES):
+                values.pop(key, None)
+        return values
 
 
 class Settings(BaseSettings):
@@ -52,7 +78,7 @@ class Settings(BaseSettings):
         "calibration curves, each night's score distribution.")
     db_schema: str = Field(
         "riskflow",
-        validation_alias=AliasChoices("RISKFLOW_SCHEMA", "schema", "db_schema"),
+        validation_alias=AliasChoices(SCHEMA_ENV, *SCHEMA_NAMES),
         description="Schema of the tables riskflow owns.",
     )
     spec: Path = Field(DEMO_SPEC, description="Feature spec TOML file.")
@@ -129,7 +155,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
-        return (init_settings, env_settings, toml)
+        return (init_settings, PrefixedEnvSource(settings_cls, env_settings), toml)
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
         """A copy with `update` applied; derived values (`lake`, `models`, `tz`) are recomputed for it,

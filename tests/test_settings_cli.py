@@ -32,6 +32,21 @@ def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert s.lake == str(Path(".riskflow") / "lake")
 
 
+def test_only_the_prefixed_variable_sets_the_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RISKFLOW_SCHEMA", raising=False)
+    monkeypatch.setenv("RISKFLOW_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("SCHEMA", "other_app")
+    monkeypatch.setenv("DB_SCHEMA", "other_app")
+    assert Settings().db_schema == "riskflow"
+    toml = tmp_path / "riskflow.toml"
+    toml.write_text('schema = "from_toml"\n')
+    monkeypatch.setenv("RISKFLOW_CONFIG", str(toml))
+    assert Settings().db_schema == "from_toml"
+    monkeypatch.setenv("RISKFLOW_SCHEMA", "from_env")
+    assert Settings().db_schema == "from_env"
+    assert Settings(db_schema="keyword").db_schema == "keyword"
+
+
 def test_unknown_timezone_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RISKFLOW_TIMEZONE", "Mars/Olympus")
     with pytest.raises(ValueError, match="Mars/Olympus"):
@@ -51,6 +66,15 @@ def test_configured_url_never_starts_embedded_server(database_url: str, tmp_path
     assert json.loads(out.stdout)["schema"] == "riskflow"
     assert not (home / "pg").exists()
     assert "embedded" not in out.stderr
+
+
+def test_config_names_the_embedded_server_without_starting_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    out = _cli(["config", "--json"], {"RISKFLOW_HOME": str(home)}, Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["database_url"] is None and shown["embedded_postgres"] == str((home / "pg").resolve())
+    assert not (home / "pg").exists()
 
 
 def test_unreachable_database_is_one_line_exit_2(tmp_path: Path) -> None:

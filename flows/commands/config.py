@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     values = settings.model_dump(mode="json")
     url = settings.database_url
     values["database_url"] = redact(url.get_secret_value()) if url else None
+    values["embedded_postgres"] = None if url else str((settings.home / "pg").resolve())
     values["lake"] = settings.lake
     values["models"] = str(settings.models)
     values["config_file"] = str(config_file())
