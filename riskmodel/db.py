@@ -46,11 +46,16 @@ def _embedded_url(pgdata: Path) -> str:
     return url
 
 
+def embedded_pgdata(settings: Settings) -> Path:
+    """The folder of the embedded Postgres riskflow starts when no database URL is configured."""
+    return (settings.home / "pg").resolve()
+
+
 def database_url(settings: Settings) -> str:
     """The configured URL, or that of an embedded Postgres under `home/pg` (started or reused)."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    return _embedded_url((settings.home / "pg").resolve())
+    return _embedded_url(embedded_pgdata(settings))
 
 
 def sqlalchemy_url(url: str) -> str:

@@ -333,6 +333,8 @@ def _store_error(settings: Settings, store: LakeStore, exc: Exception) -> Config
 def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool = False,
             before_rename: BeforeRename | None = None, lock_timeout_s: float = 600.0) -> ExtractReport:
     """Bring the lake up to local date `run_date`: quality-check, quarantine, rewrite changed days.
+    A lake found empty while the database keeps a watermark is rebuilt from all history up to the
+    later of `run_date` and the watermark's date (the report's `run_date` says which).
 
     `before_rename(day, staged_file)` runs just before each partition is committed (tests use it
     to simulate a crash there)."""
@@ -349,8 +351,10 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         _clean_staging(store)
         mark = None if full else _watermark(conn, settings, source)
         if mark is not None and not _dates(store):
-            log.warning("extract %s -> %s: the lake holds no partition but the database's watermark is %s "
-                        "(lake emptied or moved): extracting all history again", source, store.url, mark[0])
+            run_date = max(run_date, mark[1])
+            log.warning("extract %s -> %s: the lake holds no partition but the database has a watermark "
+                        "(%s; lake emptied or moved, or a source with no rows): extracting all history "
+                        "to %s again", source, store.url, mark[0], run_date)
             mark = None
         backfill = mark is not None and run_date < mark[1]
         if mark is None:

@@ -8,7 +8,8 @@ retrain builds the reference from the model's validation and out-of-time test wi
 rate; the training shards have most negatives sampled away), see `tasks.training.drift_reference`.
 
 The reference also keeps each of those windows' nights (cutoffs) binned the same way, and for the
-features also the nights of the training snapshots (`add_training_nights`); tonight counts as
+features also the nights of the training snapshots of an out-of-time retrain
+(`add_training_nights`); tonight counts as
 drifted only when it is unlike the window pooled and unlike every one of those nights: features
 with a payroll or weekly cycle (the largest amount of the last 7 days peaks after pay day) differ
 from the pooled window on some nights of every month without the population moving, and the

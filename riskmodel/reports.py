@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 
 log = logging.getLogger("riskflow.reports")
@@ -19,6 +20,7 @@ def night_folder(reports: Path, day: dt.date) -> Path:
 
 
 def _night_of(path: Path) -> dt.date | None:
+    """The date of a `night-<date>/` folder; None for anything else."""
     if not path.is_dir() or not path.name.startswith(NIGHT_PREFIX):
         return None
     try:
@@ -27,16 +29,17 @@ def _night_of(path: Path) -> dt.date | None:
         return None
 
 
-def drop_expired_nights(reports: Path, cutoff: dt.date) -> list[str]:
-    """Delete the `night-<date>/` folders of `reports` dated before `cutoff`; their names, sorted.
-    Model-version folders and anything else there are left alone; a folder that cannot be removed
-    is logged and kept (the scores are what matters, not their pictures)."""
+def drop_expired_nights(reports: Path, cutoff: dt.date, keep: Collection[dt.date] = ()) -> list[str]:
+    """Delete the `night-<date>/` folders of `reports` dated before `cutoff`, except the dates in
+    `keep` (whose partitions a running write held, so it may still be writing its images); their
+    names, sorted. Model-version folders and anything else there are left alone; a folder that
+    cannot be removed is logged and kept (the scores are what matters, not their pictures)."""
     if not reports.is_dir():
         return []
     dropped = []
     for path in sorted(reports.iterdir()):
         day = _night_of(path)
-        if day is None or day >= cutoff:
+        if day is None or day >= cutoff or day in keep:
             continue
         try:
             shutil.rmtree(path)

@@ -7,13 +7,13 @@ Environment variables always win over the file.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,9 +24,8 @@ from pydantic_settings import (
 DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
 
 
-SCHEMA_ENV = "RISKFLOW_SCHEMA"
-# The schema field's other names: its TOML key and keyword, never environment variables.
-SCHEMA_NAMES = ("schema", "db_schema")
+SCHEMA_VARIABLE = "RISKFLOW_SCHEMA"
+SCHEMA_KEY = "schema"
 
 
 def config_file() -> Path:
@@ -34,25 +33,37 @@ def config_file() -> Path:
     return Path(os.environ.get("RISKFLOW_CONFIG", "riskflow.toml"))
 
 
-class PrefixedEnvSource(PydanticBaseSettingsSource):
-    """The environment source, less the schema when `RISKFLOW_SCHEMA` is not set: pydantic-settings
-    reads a field's aliases as bare variable names too, so an unrelated `SCHEMA` or `DB_SCHEMA` would
-    otherwise move riskflow's tables."""
+def _schema_from_environment(values: dict[str, Any]) -> dict[str, Any]:
+    variables = {name.upper(): value for name, value in os.environ.items()}
+    if SCHEMA_VARIABLE in variables:
+        values["db_schema"] = variables[SCHEMA_VARIABLE]
+    return values
 
-    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+
+def _schema_from_file(values: dict[str, Any]) -> dict[str, Any]:
+    if SCHEMA_KEY in values:
+        values["db_schema"] = values.pop(SCHEMA_KEY)
+    return values
+
+
+class SchemaNamedSource(PydanticBaseSettingsSource):
+    """A settings source that files the schema's documented name (`RISKFLOW_SCHEMA`, TOML key
+    `schema`) under the field's own, `db_schema`. The field has no aliases: pydantic-settings reads
+    every alias as a bare environment variable too, so an unrelated `SCHEMA` or `DB_SCHEMA` would
+    move riskflow's tables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource,
+                 rename: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         super().__init__(settings_cls)
-        self.env = env
+        self.inner, self.rename = inner, rename
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         """Field lookups go to the wrapped source."""
-        return self.env.get_field_value(field, field_name)
+        return self.inner.get_field_value(field, field_name)
 
     def __call__(self) -> dict[str, Any]:
-        values = self.env()
-        if not any(name.upper() == SCHEMA_ENV for name in os.environ):
-            for key in (SCHEMA_ENV, *SCHEMA_NAMES):
-                values.pop(key, None)
-        return values
+        """The wrapped source's values with the schema under `db_schema`."""
+        return self.rename(self.inner())
 
 
 class Settings(BaseSettings):
@@ -77,10 +88,7 @@ class Settings(BaseSettings):
         None, description="Images the reports point to: each retrain's ROC, precision-recall and "
         "calibration curves, each night's score distribution.")
     db_schema: str = Field(
-        "riskflow",
-        validation_alias=AliasChoices(SCHEMA_ENV, *SCHEMA_NAMES),
-        description="Schema of the tables riskflow owns.",
-    )
+        "riskflow", description="Schema of the tables riskflow owns (RISKFLOW_SCHEMA, TOML key schema).")
     spec: Path = Field(DEMO_SPEC, description="Feature spec TOML file.")
     timezone: str = Field("UTC", description="Business time zone for score and lake dates.")
 
@@ -155,7 +163,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
-        return (init_settings, PrefixedEnvSource(settings_cls, env_settings), toml)
+        return (init_settings, SchemaNamedSource(settings_cls, env_settings, _schema_from_environment),
+                SchemaNamedSource(settings_cls, toml, _schema_from_file))
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Settings:
         """A copy with `update` applied; derived values (`lake`, `models`, `tz`) are recomputed for it,

@@ -512,13 +512,14 @@ def stored_checksum(settings: Settings, score_date: dt.date, table: ScoreTable =
 
 @dataclass(frozen=True)
 class RetentionReport:
-    """What `drop_expired_partitions` did: tables dropped, tables skipped (a writer held the date),
-    audit rows deleted, and the first date kept."""
+    """What `drop_expired_partitions` did: tables dropped, tables skipped (a writer held the date)
+    and their dates, audit rows deleted, and the first date kept."""
 
     cutoff: dt.date
     dropped: list[str]
     skipped: list[str]
     audit_rows: int
+    skipped_days: list[dt.date] = field(default_factory=list)
 
 
 def _expired_tables(conn: psycopg.Connection, schema: str, table: str,
@@ -550,6 +551,7 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
     schema = settings.db_schema
     dropped: list[str] = []
     skipped: list[str] = []
+    skipped_days: list[dt.date] = []
     with connect(settings) as conn:
         for table in SCORE_TABLES:
             parent = sql.Identifier(schema, table)
@@ -571,6 +573,7 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
                 except DatabaseError as exc:
                     log.warning("retention: kept %s.%s for now: %s", schema, name, exc)
                     skipped.append(name)
+                    skipped_days.append(day)
                     continue
                 dropped.append(name)
         audit_rows = conn.execute(
@@ -579,7 +582,7 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
         conn.commit()
     log.info("retention: dropped %d table(s) and %d audit row(s) dated before %s", len(dropped),
              audit_rows, cutoff)
-    return RetentionReport(cutoff, dropped, skipped, audit_rows)
+    return RetentionReport(cutoff, dropped, skipped, audit_rows, sorted(set(skipped_days)))
 
 
 def _partition_day(table: str, name: str) -> dt.date | None:

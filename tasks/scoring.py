@@ -107,4 +107,4 @@ def retention_task(score_date: date) -> dict:
     report = writeback.drop_expired_partitions(settings, score_date, settings.retention_days)
     return {"cutoff": report.cutoff.isoformat(), "dropped": report.dropped, "skipped": report.skipped,
             "audit_rows": report.audit_rows,
-            "report_folders": drop_expired_nights(settings.reports, report.cutoff)}
+            "report_folders": drop_expired_nights(settings.reports, report.cutoff, report.skipped_days)}

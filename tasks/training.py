@@ -59,6 +59,7 @@ def _sample_shards(shards: list[str], rows: np.ndarray) -> SequenceBatch:
 
 
 def _shard_column(shards: list[str], name: str) -> np.ndarray:
+    """One array of `shards` (e.g. "cutoff"), concatenated in shard order, read without the rest."""
     return np.concatenate([np.load(Path(p), allow_pickle=False)[name] for p in shards])
 
 

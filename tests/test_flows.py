@@ -21,7 +21,7 @@ from riskmodel import registry
 from riskmodel.blend import BLEND_WEIGHTS
 from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
-from riskmodel.monitor import WINDOW
+from riskmodel.monitor import TRAINING_NIGHT, WINDOW
 from riskmodel.reports import night_folder
 from riskmodel.settings import Settings
 from riskmodel.writeback import write_scores
@@ -52,7 +52,8 @@ def bank(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
 def trained(bank: Settings) -> dict:
     """The first retrain's result (becomes champion)."""
     return retrain(RetrainParams(as_of=END, train_days=150, epochs=2, max_train_minutes=2.0, seed=1,
-                                 horizon_days=HORIZON, max_embedded_cardinality=EMBED_CAP))
+                                 horizon_days=HORIZON, max_embedded_cardinality=EMBED_CAP,
+                                 baseline_negative_keep=0.25))
 
 
 def _scores(settings: Settings, day: date) -> list[tuple]:
@@ -81,6 +82,10 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert trained["blend_weight"] == manifest["blend"]["weight"]
     assert (champion.path / "baseline.txt").is_file()
     assert manifest["reference"]["score"]["edges"]
+    training_nights = {TRAINING_NIGHT.format(day) for day in dense}
+    column_nights = set(manifest["reference"]["columns"]["agg:amount_max_7d"]["nights"])
+    assert len(column_nights & training_nights) >= len(dense) // 2
+    assert not set(manifest["reference"]["score"]["nights"]) & training_nights
     curves = [Path(p) for p in trained["curves"]]
     assert sorted(p.name for p in curves) == ["calibration.png", "precision-recall.png", "roc.png"]
     assert all(p.parent == bank.reports / trained["version"] and p.read_bytes().startswith(b"\x89PNG")

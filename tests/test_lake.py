@@ -129,6 +129,10 @@ def test_an_emptied_lake_is_extracted_again_in_full(bank: tuple[Settings, list[t
     report = extract(settings, demo_spec, END)
     assert report.rows_read == len(rows) and report.read_from is None
     assert lake_digest(settings) == before
+    shutil.rmtree(lake_root(settings))
+    older = extract(settings, demo_spec, END - timedelta(days=10))
+    assert older.run_date == END and older.rows_read == len(rows) and not any(older.quarantined.values())
+    assert lake_digest(settings) == before
 
 
 def test_crash_between_write_and_rename_leaves_old_partitions_whole(

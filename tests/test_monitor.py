@@ -22,6 +22,7 @@ from riskmodel.monitor import (
     TRAINING_NIGHT,
     WINDOW,
     Drift,
+    add_training_nights,
     band_changes,
     categorical_fractions,
     concat_values,
@@ -185,6 +186,26 @@ def test_training_nights_cover_a_cycle_the_windows_missed_for_features_only(tmp_
     assert monitor_drift(without, tonight_scores, tonight).groups["amount_pattern"]["psi"] > 0.25
     new_scores, new = _population(3000, seed=26, shift=2.0)
     assert monitor_drift(reference, new_scores, new).groups["amount_pattern"]["psi"] > 0.25
+
+
+def test_training_nights_sample_several_shards_row_for_row(tmp_path: Path) -> None:
+    first = dt.date(2026, 5, 18)
+    scores, window = _nights([_population(1200, seed=30), _population(1200, seed=31)], first)
+    window.save(tmp_path / "window.npz")
+    _, training = _nights([_population(900, seed=32), _population(1100, seed=33, shift=1.0)],
+                          first - dt.timedelta(days=28))
+    training.label = (np.arange(len(training)) % 7 == 0).astype(np.float32)
+    paths = [tmp_path / "t0.npz", tmp_path / "t1.npz", tmp_path / "t2.npz"]
+    for path, part in zip(paths, np.array_split(np.arange(len(training)), [700, 1500]), strict=True):
+        training.subset(part).save(path)
+    got = drift_reference(scores, [str(tmp_path / "window.npz")], max_rows=1500,
+                          training=[str(p) for p in paths], negative_keep=0.4)
+    mix = population_rows(training.label, 0.4)
+    rows = mix[reference_rows(training.cutoff[mix], 1500)]
+    expected = add_training_nights(drift_reference(scores, [str(tmp_path / "window.npz")], max_rows=1500),
+                                   training.subset(rows))
+    assert got == expected
+    assert sum(name.endswith("(training)") for name in got["columns"]["agg:amount_sum_7d"]["nights"]) == 2
 
 
 def test_psi_basics() -> None:

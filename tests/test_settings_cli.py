@@ -34,6 +34,7 @@ def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_only_the_prefixed_variable_sets_the_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RISKFLOW_SCHEMA", raising=False)
+    monkeypatch.delenv("RISKFLOW_DB_SCHEMA", raising=False)
     monkeypatch.setenv("RISKFLOW_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv("SCHEMA", "other_app")
     monkeypatch.setenv("DB_SCHEMA", "other_app")
@@ -42,6 +43,8 @@ def test_only_the_prefixed_variable_sets_the_schema(tmp_path: Path, monkeypatch:
     toml.write_text('schema = "from_toml"\n')
     monkeypatch.setenv("RISKFLOW_CONFIG", str(toml))
     assert Settings().db_schema == "from_toml"
+    monkeypatch.setenv("RISKFLOW_DB_SCHEMA", "field_name")
+    assert Settings().db_schema == "field_name"
     monkeypatch.setenv("RISKFLOW_SCHEMA", "from_env")
     assert Settings().db_schema == "from_env"
     assert Settings(db_schema="keyword").db_schema == "keyword"

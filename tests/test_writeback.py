@@ -231,6 +231,7 @@ def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
     assert report.dropped == ["risk_scores_p20260618_stage", "risk_scores_p20260620",
                               "risk_scores_shadow_p20260621"]
     assert report.skipped == ["risk_scores_p20260622"] and report.audit_rows == 20
+    assert report.skipped_days == [DAY - dt.timedelta(days=8)]
     with connect(initialised) as conn:
         dates = [r[0] for r in conn.execute(
             "SELECT DISTINCT score_date FROM riskflow.risk_scores ORDER BY 1").fetchall()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from flows.output import emit, table
-from riskmodel.db import redact
+from riskmodel.db import embedded_pgdata, redact
 from riskmodel.settings import config_file, load_settings
 
 
@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     values = settings.model_dump(mode="json")
     url = settings.database_url
     values["database_url"] = redact(url.get_secret_value()) if url else None
-    values["embedded_postgres"] = None if url else str((settings.home / "pg").resolve())
+    values["embedded_postgres"] = None if url else str(embedded_pgdata(settings))
     values["lake"] = settings.lake
     values["models"] = str(settings.models)
     values["config_file"] = str(config_file())
