@@ -5,12 +5,15 @@ re-scored in fp32 and, if the two disagree by more than `bf16_tolerance` in prob
 whole batch is scored in fp32 instead (logged). When the GPU runs out of memory the batch
 size is halved and the same rows are retried, so the result does not depend on the batch
 size. `oom_hook(batch_size)` is called before every forward so tests can inject OOMs.
+One loaded model may score several shards at once from threads (the nightly's thread runner):
+it is moved to its device once, never while another thread runs it (`ready_on`).
 Needs only torch and numpy: it runs on a bare GPU box.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("riskflow.score")
 
 OomHook = Callable[[int], None]
+_PLACING = threading.Lock()
 
 
 @dataclass
@@ -58,6 +62,21 @@ def set_threads(threads: int) -> None:
         raise ConfigError(f"torch_threads={threads} must be >= 0")
     if threads:
         torch.set_num_threads(threads)
+
+
+def _on(param: torch.Tensor, device: torch.device) -> bool:
+    return param.device.type == device.type and device.index in (None, param.device.index)
+
+
+def ready_on(net: RiskLSTM, device: torch.device) -> None:
+    """Put `net` in eval mode on `device`, moving it only when it is elsewhere. `Module.to` rebuilds
+    an LSTM's flat-weight list even when nothing moves, and a forward running in another thread
+    then fails ("zip() argument 2 is longer than argument 1"); so a model already there is left be."""
+    with _PLACING:
+        if net.training:
+            net.eval()
+        if not all(_on(p, device) for p in net.parameters()):
+            net.to(device)
 
 
 def _run(net: RiskLSTM, batch: SequenceBatch, device: torch.device, batch_size: int, bf16: bool,
@@ -102,8 +121,7 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
     rep = report or ScoreReport(device=str(dev), precision="bf16" if use_bf16 else "fp32",
                                 batch_size=batch_size)
     rep.device, rep.precision = str(dev), "bf16" if use_bf16 else "fp32"
-    net.eval()
-    net.to(dev)
+    ready_on(net, dev)
     with torch.inference_mode():
         logits = _run(net, batch, dev, batch_size, use_bf16, oom_hook, rep)
         if use_bf16 and len(batch):

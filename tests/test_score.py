@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,28 @@ def test_inference_modules_import_with_torch_and_numpy_only() -> None:
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "imported"
+
+
+def test_one_model_scores_shards_from_several_threads() -> None:
+    model = _model()
+    batches = [order_batch(120, seed=20 + k) for k in range(4)]
+    expected = [score_batch(model, b, device="cpu", batch_size=16) for b in batches]
+    flat_refs = model.net.lstm._flat_weight_refs
+    score_batch(model, batches[0], device="cpu", batch_size=16)
+    assert model.net.lstm._flat_weight_refs is flat_refs, "scoring again must not re-place the model"
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for _ in range(15):
+                got = score_batch(model, batches[k], device="cpu", batch_size=16)
+                np.testing.assert_allclose(got, expected[k], rtol=0, atol=1e-6)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
