@@ -65,6 +65,7 @@ def set_threads(threads: int) -> None:
 
 
 def _on(param: torch.Tensor, device: torch.device) -> bool:
+    """Whether `param` lives on `device` ("cuda" matches any CUDA index)."""
     return param.device.type == device.type and device.index in (None, param.device.index)
 
 
