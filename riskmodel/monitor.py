@@ -174,25 +174,33 @@ def reference_rows(cutoffs: np.ndarray, max_rows: int) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
+def _recent_nights(cutoff: np.ndarray, min_rows: int) -> list[np.datetime64]:
+    """The latest `MAX_NIGHTS` cutoffs that have at least `min_rows` rows, oldest first."""
+    days, counts = np.unique(cutoff, return_counts=True)
+    return [d for d, c in zip(days, counts, strict=True) if c >= min_rows][-MAX_NIGHTS:]
+
+
+def _add_column_shares(reference: dict[str, Any], batch: SequenceBatch, name: str) -> None:
+    """Store the shares of `batch` (one night's rows) as night `name` of each reference column."""
+    for key, values in feature_values(batch).items():
+        column = reference["columns"].get(key)
+        if column is not None:
+            column.setdefault("nights", {})[name] = _night_shares(column, values)
+
+
 def add_nights(reference: dict[str, Any], scores: np.ndarray, batch: SequenceBatch) -> dict[str, Any]:
     """Add to each distribution of `reference` (built from `scores` and `batch`) a "nights" map: per
     cutoff of `batch` with at least `MIN_NIGHT_ROWS` rows (the latest `MAX_NIGHTS`), its shares in the
     same bins. Nothing is added when the batch holds fewer than two such nights."""
-    days, counts = np.unique(batch.cutoff, return_counts=True)
-    nights = [d for d, c in zip(days, counts, strict=True) if c >= MIN_NIGHT_ROWS][-MAX_NIGHTS:]
+    nights = _recent_nights(batch.cutoff, MIN_NIGHT_ROWS)
     if len(nights) < 2:
         return reference
     score_ref = reference["score"]
     score_ref["nights"] = {}
-    for column in reference["columns"].values():
-        column["nights"] = {}
     for day in nights:
         rows = np.flatnonzero(batch.cutoff == day)
-        name = str(day)
-        score_ref["nights"][name] = _night_shares(score_ref, np.asarray(scores)[rows])
-        for key, values in feature_values(batch.subset(rows)).items():
-            column = reference["columns"][key]
-            column["nights"][name] = _night_shares(column, values)
+        score_ref["nights"][str(day)] = _night_shares(score_ref, np.asarray(scores)[rows])
+        _add_column_shares(reference, batch.subset(rows), str(day))
     return reference
 
 
@@ -209,13 +217,9 @@ def add_training_nights(reference: dict[str, Any], batch: SequenceBatch) -> dict
     """Add each night of `batch` (training snapshots thinned by `population_rows`) with at least
     `MIN_TRAINING_NIGHT_ROWS` rows (the latest `MAX_NIGHTS`) to the columns' "nights" as
     "<date> (training)". The score gets none: the model was fitted on these rows."""
-    days, counts = np.unique(batch.cutoff, return_counts=True)
-    for day in [d for d, c in zip(days, counts, strict=True) if c >= MIN_TRAINING_NIGHT_ROWS][-MAX_NIGHTS:]:
-        name = TRAINING_NIGHT.format(day)
-        for key, values in feature_values(batch.subset(np.flatnonzero(batch.cutoff == day))).items():
-            column = reference["columns"].get(key)
-            if column is not None:
-                column.setdefault("nights", {})[name] = _night_shares(column, values)
+    for day in _recent_nights(batch.cutoff, MIN_TRAINING_NIGHT_ROWS):
+        _add_column_shares(reference, batch.subset(np.flatnonzero(batch.cutoff == day)),
+                           TRAINING_NIGHT.format(day))
     return reference
 
 

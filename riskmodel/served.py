@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from riskmodel.db import connect
 from riskmodel.settings import Settings
@@ -40,7 +41,5 @@ def top_movers(settings: Settings, score_date: date, limit: int = 10) -> list[di
 
 def _dict_rows(settings: Settings, query: sql.Composed, params: tuple[Any, ...]) -> list[dict[str, Any]]:
     """The rows of `query` as dicts keyed by column name."""
-    with connect(settings) as conn, conn.cursor() as cur:
-        cur.execute(query, params)
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    with connect(settings) as conn, conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
