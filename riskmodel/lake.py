@@ -18,6 +18,12 @@ streams. Peak memory is about one range plus the prefetched chunks (without a ti
 the spill budget). Only when the whole batch passed the bad-row threshold are the staged
 partitions committed, so a failed run changes no partition.
 
+Every local date from the lake's first to the last extracted one has a partition: a date the
+source holds no rows for gets an empty one, so a missing partition always means a lost one.
+An extract that finds dates missing between the lake's first partition and its watermark date
+(a partial restore, a deleted folder, an expired object) warns and reads the source again from
+the earliest of them.
+
 Commit, per partition, never exposing half of one:
 - local folder: staged under `transactions/_staging/<run>/` in the lake itself, fsynced, then
   renamed over `part-0.parquet` (atomic on one filesystem);
@@ -48,6 +54,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from psycopg import sql
 
 from riskmodel import quality
@@ -79,7 +86,8 @@ BeforeRename = Callable[[date, Path], None]
 
 @dataclass
 class ExtractReport:
-    """What one extract did: the dates rewritten or removed, rows kept and quarantined, the watermark."""
+    """What one extract did: the dates rewritten, those left without rows, rows kept and quarantined,
+    the watermark, and the dates found missing (lost) and read again."""
 
     run_id: uuid.UUID
     run_date: date
@@ -88,7 +96,8 @@ class ExtractReport:
     rows_read: int
     rows_written: int
     dates_written: list[date] = field(default_factory=list)
-    dates_removed: list[date] = field(default_factory=list)
+    dates_empty: list[date] = field(default_factory=list)
+    dates_missing: list[date] = field(default_factory=list)
     quarantined: dict[str, int] = field(default_factory=dict)
     watermark: datetime | None = None
     seconds: float = 0.0
@@ -98,7 +107,8 @@ class ExtractReport:
         return {"run_id": str(self.run_id), "run_date": self.run_date, "source": self.source,
                 "read_from": self.read_from, "rows_read": self.rows_read,
                 "rows_written": self.rows_written, "dates_written": len(self.dates_written),
-                "dates_removed": len(self.dates_removed), "quarantined": self.quarantined,
+                "dates_empty": len(self.dates_empty), "dates_missing": len(self.dates_missing),
+                "quarantined": self.quarantined,
                 "watermark": self.watermark, "seconds": round(self.seconds, 3)}
 
 
@@ -111,6 +121,7 @@ class _Staged:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(quality.RULES, 0))
     good_rows: int = 0
     watermark: datetime | None = None
+    empty: pl.DataFrame | None = None
 
 
 def lake_root(settings: Settings) -> Path:
@@ -159,15 +170,22 @@ def lake_dates(settings: Settings) -> list[date]:
 
 def scan_transactions(settings: Settings, start: date, end: date) -> pl.LazyFrame:
     """Lazy frame of lake rows with local dates in [start, end], with a `txn_date` Date column last.
+    ConfigError when a date between the window's first and last partitions has none (lost).
 
     Partitions come in date order, each in its stored (account, ts) order. A local lake is read by
     Polars directly; an object store through a pyarrow dataset over the fsspec filesystem, so any
     fsspec URL with its storage options works the same way."""
     store = lake_store(settings)
-    files = [_partition_key(store, d) for d in _dates(store) if start <= d <= end]
-    if not files:
+    dates = [d for d in _dates(store) if start <= d <= end]
+    if not dates:
         raise ConfigError(f"lake {store.url}: no partitions between {start} and {end}; "
                           f"run `riskflow extract --date {end}` first (`--full` re-reads all history)")
+    lost = missing_dates(dates, dates[-1])
+    if lost:
+        raise ConfigError(f"lake {store.url}: no partition for {len(lost)} dates between {dates[0]} and "
+                          f"{dates[-1]} ({_listed(lost)}); "
+                          f"run `riskflow extract --date {end}`, which reads missing dates again")
+    files = [_partition_key(store, d) for d in dates]
     if store.local:
         return pl.scan_parquet(files, hive_partitioning=True, hive_schema={TXN_DATE: pl.Date})
     partitioning = ds.partitioning(pa.schema([(TXN_DATE, pa.date32())]), flavor="hive")
@@ -289,9 +307,38 @@ class _Stager:
         staged.watermark = latest if staged.watermark is None else max(staged.watermark, latest)
         bounds = good.select(pl.col(TXN_DATE).rle().struct.unnest())
         data, offset = good.drop(TXN_DATE), 0
+        if staged.empty is None:
+            staged.empty = data.clear()
         for day, length in zip(bounds["value"].to_list(), bounds["len"].to_list(), strict=True):
             staged.files[day] = _stage(data.slice(offset, length), self.folder, day, self.fsync)
             offset += length
+
+
+def missing_dates(present: list[date], last: date) -> list[date]:
+    """Dates from the first of `present` (ascending) to `last` that have no partition."""
+    if not present:
+        return []
+    have = set(present)
+    return [d for d in _days(present[0], last) if d not in have]
+
+
+def _listed(days: list[date], shown: int = 5) -> str:
+    return ", ".join(d.isoformat() for d in days[:shown]) + (" ..." if len(days) > shown else "")
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=k) for k in range((last - first).days + 1)]
+
+
+def _empty_partition(store: LakeStore, staged: _Staged, present: list[date]) -> pl.DataFrame | None:
+    """A zero-row frame with the lake's columns: from this run's rows, else a partition already there."""
+    if staged.empty is not None or not present:
+        return staged.empty
+    key = _partition_key(store, present[-1])
+    schema = pq.read_schema(key, filesystem=None if store.local else store.fs)
+    frame = pl.from_arrow(schema.empty_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def _commit(store: LakeStore, day: date, staged: Path) -> None:
@@ -302,17 +349,6 @@ def _commit(store: LakeStore, day: date, staged: Path) -> None:
         return
     store.fs.put_file(str(staged), key)
     staged.unlink()
-
-
-def _remove_partition(store: LakeStore, day: date) -> None:
-    key = _partition_key(store, day)
-    if not store.local:
-        store.fs.rm_file(key)
-        return
-    path = Path(key)
-    path.unlink(missing_ok=True)
-    if path.parent.is_dir() and not any(path.parent.iterdir()):
-        path.parent.rmdir()
 
 
 def _clean_staging(store: LakeStore) -> None:
@@ -350,17 +386,26 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         scratch = Path(scratch_dir)
         _clean_staging(store)
         mark = None if full else _watermark(conn, settings, source)
-        if mark is not None and not _dates(store):
+        present = _dates(store)
+        lost = missing_dates(present, mark[1]) if mark is not None else []
+        if mark is not None and not present:
             run_date = max(run_date, mark[1])
             log.warning("extract %s -> %s: the lake holds no partition but the database has a watermark "
                         "(%s; lake emptied or moved, or a source with no rows): extracting all history "
                         "to %s again", source, store.url, mark[0], run_date)
             mark = None
+        elif lost:
+            run_date = max(run_date, mark[1])
+            log.warning("extract %s -> %s: %d dates between the lake's first partition and %s have no "
+                        "partition (lost, or days without rows from before riskflow wrote empty ones): "
+                        "%s; reading the source again from %s to %s", source, store.url, len(lost),
+                        mark[1], _listed(lost), lost[0], run_date)
         backfill = mark is not None and run_date < mark[1]
         if mark is None:
             first_day = None
         else:
             first_day = min(mark[1] + timedelta(days=1), run_date) - timedelta(days=settings.late_days)
+            first_day = min([first_day, *lost[:1]])
         lo = quality.local_midnight(first_day, tz) if first_day else None
         hi = quality.local_midnight(run_date + timedelta(days=1), tz) if backfill else None
         spill = KeySpill(scratch / "spill", TXN_DATE, SPILL_BUDGET_BYTES)
@@ -387,19 +432,22 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
             _clean_staging(store)
             raise
         report = ExtractReport(run_id, run_date, source, first_day, spill.rows, staged.good_rows,
-                               quarantined=staged.counts)
+                               quarantined=staged.counts, dates_missing=lost)
         days = sorted(staged.files)
         start = first_day if first_day is not None else (days[0] if days else run_date)
+        empty = _empty_partition(store, staged, present)
+        if empty is not None:
+            for day in _days(start, run_date):
+                if day not in staged.files:
+                    staged.files[day] = _stage(empty, folder, day, store.local)
+                    report.dates_empty.append(day)
         try:
-            for day in days:
+            for day in sorted(staged.files):
                 if before_rename is not None:
                     before_rename(day, staged.files[day])
                 _commit(store, day, staged.files[day])
-                report.dates_written.append(day)
-            for day in _dates(store):
-                if start <= day <= run_date and day not in staged.files:
-                    _remove_partition(store, day)
-                    report.dates_removed.append(day)
+                if day not in report.dates_empty:
+                    report.dates_written.append(day)
         except OSError as exc:
             raise _store_error(settings, store, exc) from None
         if store.local:

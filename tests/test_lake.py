@@ -116,8 +116,41 @@ def test_deleted_source_day_is_removed_from_the_lake(bank: tuple[Settings, list[
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         conn.execute("DELETE FROM bank.transactions WHERE ts >= %s", (datetime(2026, 6, 30, tzinfo=UTC),))
     report = extract(settings, demo_spec, END)
-    assert report.dates_removed == [END]
-    assert not partition_path(settings, END).exists()
+    assert report.dates_empty == [END] and END not in report.dates_written
+    emptied = pl.read_parquet(partition_path(settings, END))
+    day_before = pl.read_parquet(partition_path(settings, END - timedelta(days=1)))
+    assert emptied.height == 0 and emptied.schema == day_before.schema
+    assert scan_transactions(settings, END, END).collect().height == 0
+
+
+def test_lost_partitions_are_found_and_read_again(bank: tuple[Settings, list[tuple]],
+                                                  demo_spec: FeatureSpec) -> None:
+    settings, rows = bank
+    extract(settings, demo_spec, END)
+    before = lake_digest(settings)
+    lost = [END - timedelta(days=30), END - timedelta(days=12)]
+    for day in lost:
+        shutil.rmtree(partition_path(settings, day).parent)
+    with pytest.raises(ConfigError, match=r"no partition for 2 dates .*2026-05-31, 2026-06-18"):
+        scan_transactions(settings, END - timedelta(days=39), END)
+    report = extract(settings, demo_spec, END - timedelta(days=5))
+    assert report.dates_missing == lost and report.read_from == lost[0] and report.run_date == END
+    assert lake_digest(settings) == before
+    assert scan_transactions(settings, END - timedelta(days=39), END).collect().height == len(rows)
+    assert extract(settings, demo_spec, END).dates_missing == []
+
+
+def test_days_without_rows_get_empty_partitions(bank: tuple[Settings, list[tuple]],
+                                                demo_spec: FeatureSpec) -> None:
+    settings, _ = bank
+    quiet = END - timedelta(days=20)
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        conn.execute("DELETE FROM bank.transactions WHERE ts >= %s AND ts < %s",
+                     (datetime(2026, 6, 10, tzinfo=UTC), datetime(2026, 6, 11, tzinfo=UTC)))
+    report = extract(settings, demo_spec, END)
+    assert report.dates_empty == [quiet] and len(lake_dates(settings)) == 40
+    again = extract(settings, demo_spec, END)
+    assert again.dates_missing == [] and again.read_from == END - timedelta(days=settings.late_days)
 
 
 def test_an_emptied_lake_is_extracted_again_in_full(bank: tuple[Settings, list[tuple]],

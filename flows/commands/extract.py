@@ -28,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     rows = [{"rule": r, "quarantined": n} for r, n in report.quarantined.items()]
     text = (f"extract {report.source} -> {settings.lake}: {report.rows_read} rows read, "
             f"{report.rows_written} written to {len(report.dates_written)} dates "
-            f"(from {report.read_from or 'the beginning'}), {len(report.dates_removed)} dates removed, "
-            f"{report.seconds:.2f}s\n" + table(rows))
+            f"(from {report.read_from or 'the beginning'}), {len(report.dates_empty)} dates without rows, "
+            f"{report.seconds:.2f}s\n"
+            + (f"{len(report.dates_missing)} dates had lost their partition and were read again "
+               f"(first {report.dates_missing[0]})\n" if report.dates_missing else "")
+            + table(rows))
     emit(args.json, payload, text)
     return 0
