@@ -69,6 +69,18 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
             "builds": [{"shards": b["shards"], "worker": b["worker"]} for b in built]}
 
 
+def scoring_line(shards: list[dict]) -> str:
+    """How the shards were scored: device, precision, and whether the LSTM ran at all."""
+    if not shards:
+        return "no shard to score"
+    first = shards[0]
+    if not first["lstm_ran"]:
+        return "LightGBM alone: the served blend gives the LSTM weight 0, so the network was not run"
+    retries = sum(s["oom_retries"] for s in shards)
+    return (f"LSTM on {first['device']} in {first['precision']}, batch {first['batch_size']}"
+            + (f", {retries} out-of-memory back-offs" if retries else ""))
+
+
 def input_line(inputs: dict) -> str:
     """One readable line of the inputs the night handled rather than quarantined."""
     idle = inputs["accounts_without_events"]
@@ -180,7 +192,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         "score_psi": monitor["score_psi"],
         "score_reference": monitor["score_reference"], "realised": monitor["realised"],
         "movers": monitor["movers"], "score_distribution": monitor["score_distribution"],
-        "timings_s": timings,
+        "timings_s": timings, "scoring": scoring_line(result["shards"]),
         "sequence_builds": result["builds"], "inputs": monitor["inputs"], "retention": retention,
     }
     publish_table(f"nightly-timings-{score_date}",
@@ -190,7 +202,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
         f"nightly-summary-{score_date}",
         "\n".join([f"# Nightly scores for {score_date}",
                    f"- model: `{champion['version']}`",
-                   f"- accounts scored: {summary['accounts_scored']}",
+                   f"- accounts scored: {summary['accounts_scored']} ({summary['scoring']})",
                    f"- bands: {summary['bands']}",
                    f"- inputs handled: {input_line(monitor['inputs'])}",
                    f"- alerts: {summary['alerts'] or 'none'}",

@@ -70,16 +70,25 @@ class LoadedModel:
     path: Path | None = None
     blend: Blend | None = None
 
+    @property
+    def runs_lstm(self) -> bool:
+        """Whether serving needs the network: not when the blend gives the LSTM weight 0 (validation
+        chose LightGBM alone), where its logits would only be multiplied by zero."""
+        return self.blend is None or self.blend.weight > 0
+
     def served_logits(self, lstm_logits: np.ndarray, sources: Sequence[Path | SequenceBatch]) -> np.ndarray:
         """What the calibrator maps to probabilities for the rows of shards or batches: the blend of
         the LSTM's logits with LightGBM when the model has one, else the LSTM's logits."""
         return lstm_logits if self.blend is None else self.blend.logits(lstm_logits, sources)
 
-    def predict_logits(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
-        """Uncalibrated scores (`served_logits`) for every account of `batch`."""
+    def predict_logits(self, batch: SequenceBatch, device: str = "auto", **scoring: Any) -> np.ndarray:
+        """Uncalibrated scores (`served_logits`) for every account of `batch`; the network runs only
+        when they depend on it (`runs_lstm`). `scoring` goes to `riskmodel.score.score_logits`."""
         from riskmodel.score import score_logits
 
-        return self.served_logits(score_logits(self.net, batch, device=device), [batch])
+        lstm = (score_logits(self.net, batch, device=device, **scoring) if self.runs_lstm
+                else np.zeros(len(batch), np.float32))
+        return self.served_logits(lstm, [batch])
 
     def predict_proba(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
         """Calibrated probabilities (float64) for every account of `batch`."""

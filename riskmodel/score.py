@@ -36,13 +36,15 @@ _PLACING = threading.Lock()
 
 @dataclass
 class ScoreReport:
-    """How a scoring call ran: device, precision, final batch size, OOM back-offs, bf16 check."""
+    """How a scoring call ran: device, precision, final batch size, OOM back-offs, bf16 check, and
+    whether the network ran at all (a blend that gives it weight 0 serves LightGBM alone)."""
 
     device: str
     precision: str
     batch_size: int
     oom_retries: int = 0
     bf16_max_abs_diff: float | None = None
+    lstm_ran: bool = True
 
 
 def choose_device(device: str = "auto") -> torch.device:
@@ -142,7 +144,8 @@ def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto
                 batch_size: int = 4096, oom_hook: OomHook | None = None, threads: int = 0,
                 report: ScoreReport | None = None) -> np.ndarray:
     """Calibrated probabilities (float64) of a registered model (blended with LightGBM when it is a
-    blend) for every account in `batch`."""
-    logits = score_logits(model.net, batch, device=device, batch_size=batch_size, oom_hook=oom_hook,
-                          threads=threads, report=report)
-    return model.calibrator.apply(model.served_logits(logits, [batch]))
+    blend) for every account in `batch`; the network is skipped when the blend does not use it."""
+    if report is not None:
+        report.lstm_ran = model.runs_lstm
+    return model.calibrator.apply(model.predict_logits(batch, device=device, batch_size=batch_size,
+                                                       oom_hook=oom_hook, threads=threads, report=report))

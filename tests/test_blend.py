@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from riskmodel.evaluate import train_baseline
 from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
 from riskmodel.registry import load_artifact, save_artifact
 from riskmodel.retrain import fit_served_blend
+from riskmodel.score import ScoreReport, score_batch
 
 
 def _net() -> RiskLSTM:
@@ -55,7 +57,8 @@ def test_the_blend_weight_follows_the_model_that_ranks_validation_better() -> No
     assert sorted(BLEND_WEIGHTS) == [k / 10 for k in range(11)]
 
 
-def test_blended_artifact_scores_like_its_parts_and_refuses_a_changed_booster(tmp_path: Path) -> None:
+def test_blended_artifact_scores_like_its_parts_skips_an_unused_lstm_and_refuses_a_changed_booster(
+        tmp_path: Path) -> None:
     train, valid, test = (order_batch(400, seq_len=8, seed=s) for s in (1, 2, 3))
     baseline = train_baseline([train], [valid], seed=1, rounds=20, threads=1)
     net = _net()
@@ -77,6 +80,18 @@ def test_blended_artifact_scores_like_its_parts_and_refuses_a_changed_booster(tm
     expected = blend.combine(test_logits, baseline.predict([test]))
     assert np.allclose(loaded.predict_logits(test, device="cpu"), expected)
     assert np.allclose(loaded.predict_proba(test, device="cpu"), calibrator.apply(expected))
+
+    forwards: list[int] = []
+    loaded.net.register_forward_hook(lambda _m, _a, kwargs, _out: forwards.append(len(kwargs["lengths"])),
+                                     with_kwargs=True)
+    for weight in (0.0, 0.3):
+        loaded.blend = replace(blend, weight=weight)
+        report = ScoreReport(device="cpu", precision="fp32", batch_size=64)
+        probs = score_batch(loaded, test, device="cpu", batch_size=64, report=report)
+        weighted = replace(blend, weight=weight).combine(test_logits, baseline.predict([test]))
+        assert np.allclose(probs, calibrator.apply(weighted), atol=1e-6)
+        assert report.lstm_ran == (weight > 0) and (sum(forwards) == len(test)) == (weight > 0)
+        forwards.clear()
 
     booster = tmp_path / "b" / BOOSTER_FILE
     booster.write_text(booster.read_text().replace("learning_rate", "learning_rate ", 1))

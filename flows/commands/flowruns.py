@@ -69,7 +69,7 @@ def run_score(args: argparse.Namespace) -> int:
                                           extract=not args.no_extract, shadow=not args.no_shadow))
     rows = [{"stage": k, "seconds": round(v, 2)} for k, v in summary["timings_s"].items()]
     text = (f"scored {summary['accounts_scored']} accounts for {summary['score_date']} with "
-            f"{summary['model_version']}; bands {summary['bands']}; alerts: "
+            f"{summary['model_version']} ({summary['scoring']}); bands {summary['bands']}; alerts: "
             f"{summary['alerts'] or 'none'}\ninputs: {input_line(summary['inputs'])}\n"
             + "".join(f"{line}\n" for line in monitoring_lines(summary))
             + f"{table(rows)}\ntop movers since the previous scored night:\n"
