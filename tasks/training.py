@@ -190,7 +190,7 @@ def champion_task(test: list[str], champion_test: list[str], out_dir: str) -> st
             [Path(p) for p in champion_test])
         if not (np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])):
             raise registry.RegistryError("champion's test rows do not align with the challenger's")
-        probs, _ = retrain.model_proba(champion, [Path(p) for p in champion_test])
+        probs = retrain.model_proba(champion, [Path(p) for p in champion_test])
         return _save_probs(Path(out_dir) / "champion-test.npy", probs)
 
 

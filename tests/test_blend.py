@@ -17,7 +17,7 @@ from riskmodel.errors import ConfigError, ModelIntegrityError
 from riskmodel.evaluate import train_baseline
 from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
 from riskmodel.registry import load_artifact, save_artifact
-from riskmodel.retrain import fit_served_blend
+from riskmodel.retrain import fit_served_blend, model_proba
 from riskmodel.score import ScoreReport, score_batch
 
 
@@ -81,6 +81,8 @@ def test_blended_artifact_scores_like_its_parts_skips_an_unused_lstm_and_refuses
     assert np.allclose(loaded.predict_logits(test, device="cpu"), expected)
     assert np.allclose(loaded.predict_proba(test, device="cpu"), calibrator.apply(expected))
 
+    shard = tmp_path / "test-shard.npz"
+    test.save(shard)
     forwards: list[int] = []
     loaded.net.register_forward_hook(lambda _m, _a, kwargs, _out: forwards.append(len(kwargs["lengths"])),
                                      with_kwargs=True)
@@ -91,6 +93,9 @@ def test_blended_artifact_scores_like_its_parts_skips_an_unused_lstm_and_refuses
         weighted = replace(blend, weight=weight).combine(test_logits, baseline.predict([test]))
         assert np.allclose(probs, calibrator.apply(weighted), atol=1e-6)
         assert report.lstm_ran == (weight > 0) and (sum(forwards) == len(test)) == (weight > 0)
+        forwards.clear()
+        assert np.allclose(model_proba(loaded, [shard], device="cpu"), probs, atol=1e-6)
+        assert (sum(forwards) == len(test)) == (weight > 0)
         forwards.clear()
 
     booster = tmp_path / "b" / BOOSTER_FILE
