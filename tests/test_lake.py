@@ -151,6 +151,13 @@ def test_days_without_rows_get_empty_partitions(bank: tuple[Settings, list[tuple
     assert report.dates_empty == [quiet] and len(lake_dates(settings)) == 40
     again = extract(settings, demo_spec, END)
     assert again.dates_missing == [] and again.read_from == END - timedelta(days=settings.late_days)
+    later = END + timedelta(days=2)
+    quiet_run = extract(settings.model_copy(update={"late_days": 0}), demo_spec, later)
+    assert quiet_run.rows_read == 0 and quiet_run.dates_empty == [END + timedelta(days=1), later]
+    window = scan_transactions(settings, quiet, later).collect()
+    assert window.height == scan_transactions(settings, quiet, END).collect().height
+    assert pl.read_parquet(partition_path(settings, later)).schema == \
+        pl.read_parquet(partition_path(settings, END)).schema
 
 
 def test_an_emptied_lake_is_extracted_again_in_full(bank: tuple[Settings, list[tuple]],

@@ -129,6 +129,9 @@ def test_late_postings_replace_a_partition_and_deleted_days_go(
         {k: v for k, v in before.items() if k not in changed}
     day = scan_transactions(s3, END - timedelta(days=1), END - timedelta(days=1)).collect()
     assert 800001 in day["txn_id"].to_list()
+    quiet = extract(s3.model_copy(update={"late_days": 0}), demo_spec, END + timedelta(days=1))
+    assert quiet.rows_read == 0 and quiet.dates_empty == [END + timedelta(days=1)]
+    assert scan_transactions(s3, END - timedelta(days=1), END + timedelta(days=1)).collect().equals(day)
 
 
 def test_crash_before_commit_leaves_the_old_partition_readable(
