@@ -102,7 +102,8 @@ def _fit_and_score(parts: dict[str, list[Path]], features: dict,
     budget = steps.model_budget_minutes(params.max_train_minutes, params.run_ablation)
     config = TrainConfig(epochs=params.epochs, max_train_minutes=budget, seed=seed, device="cpu")
     fitted = steps.fit_model(parts["train"], parts["valid"], features=features, hidden=params.hidden_size,
-                             config=config, max_embedded_cardinality=params.max_embedded_cardinality)
+                             config=config, max_embedded_cardinality=params.max_embedded_cardinality,
+                             aggregate_dropout=params.aggregate_dropout)
     probs, _ = steps.predict_proba(fitted.net, fitted.calibrator, parts["test"], device="cpu")
     valid = fitted.calibrator.apply(fitted.result.valid_logits)
     return probs, valid, {k: v for k, v in fitted.summary.items() if k != "history"}

@@ -34,6 +34,10 @@ class RetrainParams(BaseModel):
     max_embedded_cardinality: int = Field(
         1000, ge=2, le=10**9,
         description="Event categoricals with more values than this (merchant ids) get no embedding.")
+    aggregate_dropout: float = Field(
+        0.5, ge=0.0, lt=1.0,
+        description="Share of training rows whose aggregates the LSTM does not see (set to the training "
+        "mean), so it learns from the events too; scoring always sees them.")
     max_train_minutes: float = Field(
         16.0, gt=0, le=24 * 60,
         description="Time budget for LSTM training, shared equally by the challenger and the ablation.")

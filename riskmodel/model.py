@@ -4,8 +4,8 @@ Read top to bottom: `ModelConfig` says how big everything is; `RiskLSTM.forward`
 categorical event columns (all but very high-cardinality ones such as merchant ids, whose
 per-value vectors only memorised the training window), concatenates numeric and time features,
 runs the LSTM, reads the output at the LAST REAL step of each left-aligned sequence, joins
-static features and standardised aggregates, and maps the result through a small MLP to one
-logit per account.
+static features and standardised aggregates (hidden for a share of the rows while training:
+`aggregate_dropout`), and maps the result through a small MLP to one logit per account.
 Only torch and numpy are needed, so the model runs on a bare GPU box.
 """
 
@@ -23,8 +23,9 @@ from riskmodel.batch import SequenceBatch
 INPUT_KEYS = ("num", "cat", "time", "lengths", "static_num", "static_cat", "agg")
 
 
-# What a manifest without these keys was trained with: an embedding for every event categorical.
-LEGACY_FIELDS: dict[str, Any] = {"max_embedded_cardinality": 2**62}
+# What a manifest without these keys was trained with: an embedding for every event categorical,
+# aggregates never hidden.
+LEGACY_FIELDS: dict[str, Any] = {"max_embedded_cardinality": 2**62, "aggregate_dropout": 0.0}
 
 
 @dataclass
@@ -45,6 +46,11 @@ class ModelConfig:
     # Event categoricals with more values than this (merchant ids) get no embedding: one vector per
     # merchant memorised the training window's merchants and cost 0.02-0.04 test AP at scale M.
     max_embedded_cardinality: int = 1000
+    # Share of training rows whose aggregates are hidden (set to the training mean, a whole row at a
+    # time), so the LSTM must learn from the events: with every row's aggregates in view the head
+    # leaned on them, early stopping came before the sequence part had learned, and the model ranked
+    # no better than an MLP on the aggregates alone. Training only; scoring always sees them.
+    aggregate_dropout: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for the manifest."""
@@ -158,6 +164,9 @@ class RiskLSTM(nn.Module):
         pooled = last_real_step(outputs, lengths)
         static_cat = self._known(static_cat, self.static_cat_max)
         agg_z = (signed_log1p(agg) - self.agg_mean) / self.agg_std
+        if self.training and self.config.aggregate_dropout > 0:
+            shown = torch.rand(agg_z.shape[0], 1, device=agg_z.device) >= self.config.aggregate_dropout
+            agg_z = agg_z * shown
         parts = ([pooled] + [emb(static_cat[:, j]) for j, emb in enumerate(self.static_emb)]
                  + [static_num.to(pooled.dtype), agg_z.to(pooled.dtype)])
         return self.head(torch.cat(parts, dim=1)).squeeze(1)

@@ -162,15 +162,15 @@ class Fitted:
 
 
 def fit_model(train: Sequence[Path], valid: Sequence[Path], *, features: dict[str, Any], hidden: int,
-              config: TrainConfig, bands: BandPolicy | None = None,
-              max_embedded_cardinality: int, on_progress: ProgressFn | None = None) -> Fitted:
+              config: TrainConfig, bands: BandPolicy | None = None, max_embedded_cardinality: int,
+              aggregate_dropout: float = 0.0, on_progress: ProgressFn | None = None) -> Fitted:
     """Train on `train`, early-stop and calibrate on `valid`, fit band thresholds on `valid`."""
     first = SequenceBatch.load(Path(train[0]))
     state = FeatureState.from_dict(features)
     model_config = ModelConfig.for_batch(
         first, cat_cardinalities=state.cat_cardinalities,
         static_cat_cardinalities=state.static_cat_cardinalities, hidden=hidden,
-        max_embedded_cardinality=max_embedded_cardinality)
+        max_embedded_cardinality=max_embedded_cardinality, aggregate_dropout=aggregate_dropout)
     result = train_model(list(train), list(valid), model_config=model_config, config=config,
                          on_progress=on_progress)
     calibrator = fit_calibrator(result.valid_logits, result.valid_labels)

@@ -102,7 +102,8 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
                              seed=params["seed"], device=params.get("device", "auto"))
         fitted = retrain.fit_model([Path(p) for p in train], [Path(p) for p in valid], features=features,
                                    hidden=params["hidden_size"], config=config, on_progress=on_progress,
-                                   max_embedded_cardinality=params["max_embedded_cardinality"])
+                                   max_embedded_cardinality=params["max_embedded_cardinality"],
+                                   aggregate_dropout=params["aggregate_dropout"])
         progress.update(1.0, f"{name}: done ({fitted.summary['stopped']})")
         bar.close()
         logits, labels = retrain.lstm_logits(fitted.net, [Path(p) for p in test], device=config.device)

@@ -87,6 +87,31 @@ def test_a_column_above_the_embedding_cap_does_not_reach_the_score() -> None:
     assert not torch.allclose(*scores[40])
 
 
+def test_aggregate_dropout_hides_whole_rows_of_aggregates_in_training_only() -> None:
+    torch.manual_seed(0)
+    batch = order_batch(400, seq_len=6)
+    shifted = SequenceBatch.concat([batch])
+    shifted.agg = batch.agg * 3.0 + 5.0
+    net = RiskLSTM(ModelConfig.for_batch(batch, [6], [4], hidden=8, dropout=0.0, aggregate_dropout=0.5))
+    net.set_agg_stats(batch.agg)
+    with torch.no_grad():
+        net.eval()
+        assert not torch.allclose(net(**batch_tensors(batch)), net(**batch_tensors(shifted)))
+        net.train()
+        torch.manual_seed(1)
+        first = net(**batch_tensors(batch))
+        torch.manual_seed(1)
+        second = net(**batch_tensors(shifted))
+    same = torch.isclose(first, second)
+    assert 0.35 < same.float().mean().item() < 0.65, "about half the rows must ignore their aggregates"
+    mean_agg = SequenceBatch.concat([batch])
+    mean_agg.agg[:] = np.sign(net.agg_mean.numpy()) * np.expm1(np.abs(net.agg_mean.numpy()))
+    with torch.no_grad():
+        net.eval()
+        hidden = net(**batch_tensors(mean_agg))
+    assert torch.allclose(first[same], hidden[same], atol=1e-5), "a hidden row sees the training mean"
+
+
 def test_manifests_without_the_cap_rebuild_the_model_they_describe() -> None:
     config = ModelConfig.for_batch(order_batch(3, seq_len=8), [5000], [4], hidden=8)
     assert len(RiskLSTM(config).cat_emb) == 0
