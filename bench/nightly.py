@@ -6,7 +6,8 @@ on the lookback window and capacity bands fitted on its own scores. Rows are acc
 There is no other implementation to compare with, so the row's "baseline" is the 60 s target and
 its "limit" the 30 s goal: a ratio of 1 or more meets them. The flow's per-stage timings are in
 `details`, and `details.scoring` says whether the LSTM ran: a champion whose blend gives it weight 0
-(what a retrain at scale M registers) is scored by LightGBM alone, the registered stand-in by both.
+(what a retrain at scale M registered before aggregate dropout) is scored by LightGBM alone, the
+registered stand-in by both.
 """
 
 from __future__ import annotations

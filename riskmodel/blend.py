@@ -2,8 +2,9 @@
 
 The LSTM's weight is the one of `BLEND_WEIGHTS` whose blend has the best validation AP
 (`fit_weighted_blend`): with LightGBM on weekly snapshots a half-and-half blend beat both models at
-scale M, while with LightGBM on 3-day snapshots validation gives the LSTM 0-0.1 and a fixed half
-fell below LightGBM alone (`riskflow bench --stage model`). `Blend` holds what scoring needs: the
+scale M, while with LightGBM on 3-day snapshots validation gave the LSTM 0-0.1 and a fixed half
+fell below LightGBM alone; with aggregate dropout it gives 0.2-0.5 and the blend beats LightGBM
+(`riskflow bench --stage model`). `Blend` holds what scoring needs: the
 booster as LightGBM's own text format (no pickle), the validation means and spreads, and the
 weight. The calibrator is then fitted on the blended validation values, so a blended model's
 probabilities are calibrated like any other. LightGBM is imported only when a blend is fitted
