@@ -23,7 +23,7 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -76,6 +76,12 @@ class LoadedModel:
         chose LightGBM alone), where its logits would only be multiplied by zero."""
         return self.blend is None or self.blend.weight > 0
 
+    def served_from(self, lstm: Callable[[], np.ndarray], rows: int,
+                    sources: Sequence[Path | SequenceBatch]) -> np.ndarray:
+        """`served_logits` with the LSTM's logits from `lstm()`, called only when the scores depend on
+        them (`runs_lstm`); zeros for the `rows` rows otherwise."""
+        return self.served_logits(lstm() if self.runs_lstm else np.zeros(rows, np.float32), sources)
+
     def served_logits(self, lstm_logits: np.ndarray, sources: Sequence[Path | SequenceBatch]) -> np.ndarray:
         """What the calibrator maps to probabilities for the rows of shards or batches: the blend of
         the LSTM's logits with LightGBM when the model has one, else the LSTM's logits."""
@@ -86,9 +92,8 @@ class LoadedModel:
         when they depend on it (`runs_lstm`). `scoring` goes to `riskmodel.score.score_logits`."""
         from riskmodel.score import score_logits
 
-        lstm = (score_logits(self.net, batch, device=device, **scoring) if self.runs_lstm
-                else np.zeros(len(batch), np.float32))
-        return self.served_logits(lstm, [batch])
+        return self.served_from(lambda: score_logits(self.net, batch, device=device, **scoring), len(batch),
+                                [batch])
 
     def predict_proba(self, batch: SequenceBatch, device: str = "auto") -> np.ndarray:
         """Calibrated probabilities (float64) for every account of `batch`."""

@@ -205,11 +205,9 @@ def model_proba(model: LoadedModel, paths: Sequence[Path], device: str = "auto",
                 threads: int = 1) -> np.ndarray:
     """Calibrated probabilities of a registered model for every row of `paths`, blended with its
     LightGBM part when it has one; the network runs only when they depend on it (`runs_lstm`)."""
-    if model.runs_lstm:
-        logits, _ = lstm_logits(model.net, paths, device, threads)
-    else:
-        logits = np.zeros(len(row_keys(paths)[0]), np.float32)
-    return model.calibrator.apply(model.served_logits(logits, list(paths)))
+    rows = 0 if model.runs_lstm else len(row_keys(paths)[0])
+    return model.calibrator.apply(model.served_from(lambda: lstm_logits(model.net, paths, device, threads)[0],
+                                                    rows, list(paths)))
 
 
 def fit_served_blend(lstm_valid_logits: np.ndarray, valid_labels: np.ndarray, gbdt_valid_probs: np.ndarray,
