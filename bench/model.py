@@ -96,11 +96,9 @@ def _fit_and_score(parts: dict[str, list[Path]], features: dict,
     """Train one LSTM as the retrain does (budget, calibration); its test and validation probabilities."""
     from flows.params import RetrainParams
     from riskmodel import retrain as steps
-    from riskmodel.train import TrainConfig
 
     params = RetrainParams()
-    budget = steps.model_budget_minutes(params.max_train_minutes, params.run_ablation)
-    config = TrainConfig(epochs=params.epochs, max_train_minutes=budget, seed=seed, device="cpu")
+    config = steps.lstm_train_config(params.model_dump(), seed=seed, device="cpu")
     fitted = steps.fit_model(parts["train"], parts["valid"], features=features, hidden=params.hidden_size,
                              config=config, max_embedded_cardinality=params.max_embedded_cardinality,
                              aggregate_dropout=params.aggregate_dropout)

@@ -9,7 +9,7 @@ the account id instead, and the report says so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -140,6 +140,16 @@ def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed
         sample_negatives(batch, keep, [seed, i]).save(target)
         written.append(target)
     return written
+
+
+def lstm_train_config(params: Mapping[str, Any], seed: int | None = None,
+                      device: str | None = None) -> TrainConfig:
+    """How a retrain trains each LSTM, from its parameters (a `RetrainParams` dump): epochs, its share
+    of the time budget, the weight average, the seed (or `seed`) and the device (or `device`)."""
+    budget = model_budget_minutes(params["max_train_minutes"], params.get("run_ablation", False))
+    return TrainConfig(epochs=params["epochs"], max_train_minutes=budget, ema_decay=params["ema_decay"],
+                       seed=params["seed"] if seed is None else seed,
+                       device=device or params.get("device", "auto"))
 
 
 def model_budget_minutes(total_minutes: float, run_ablation: bool) -> float:

@@ -28,7 +28,6 @@ from riskmodel.blend import BOOSTER_FILE
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
 from riskmodel.monitor import add_training_nights, population_rows, reference_distributions, reference_rows
-from riskmodel.train import TrainConfig
 from tasks.reporting import Progress, publish_images, publish_table
 
 
@@ -97,9 +96,7 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
             bar.n = round(100 * done)
             bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
 
-        budget = retrain.model_budget_minutes(params["max_train_minutes"], params.get("run_ablation", False))
-        config = TrainConfig(epochs=params["epochs"], max_train_minutes=budget,
-                             seed=params["seed"], device=params.get("device", "auto"))
+        config = retrain.lstm_train_config(params)
         fitted = retrain.fit_model([Path(p) for p in train], [Path(p) for p in valid], features=features,
                                    hidden=params["hidden_size"], config=config, on_progress=on_progress,
                                    max_embedded_cardinality=params["max_embedded_cardinality"],

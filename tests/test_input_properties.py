@@ -245,6 +245,8 @@ RETRAIN_INVALID: dict[str, st.SearchStrategy[Any]] = {
     "max_embedded_cardinality": _ints_outside(2, 10**9),
     "aggregate_dropout": st.one_of(st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False),
                                    st.floats(min_value=1.0, allow_nan=False, allow_infinity=False)),
+    "ema_decay": st.one_of(st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False),
+                           st.floats(min_value=1.0, allow_nan=False, allow_infinity=False)),
     "max_train_minutes": _floats_outside(0.0, 24 * 60.0, open_low=True),
     "seed": _ints_outside(0, MAX_SEED),
     "promote_policy": words.filter(lambda w: w not in {"if_better", "always", "never"}),

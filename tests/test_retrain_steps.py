@@ -103,5 +103,6 @@ def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:
         defaults.train_days, defaults.cutoff_every_days, defaults.epochs, defaults.hidden_size)
     assert (args.max_train_minutes, args.negative_keep, args.seed, args.max_embedded_cardinality) == (
         defaults.max_train_minutes, defaults.negative_keep, defaults.seed, defaults.max_embedded_cardinality)
-    assert (args.baseline_every, args.baseline_negative_keep, args.aggregate_dropout) == (
-        defaults.baseline_cutoff_every_days, defaults.baseline_negative_keep, defaults.aggregate_dropout)
+    assert (args.baseline_every, args.baseline_negative_keep, args.aggregate_dropout, args.ema_decay) == (
+        defaults.baseline_cutoff_every_days, defaults.baseline_negative_keep, defaults.aggregate_dropout,
+        defaults.ema_decay)

@@ -14,12 +14,14 @@ from riskmodel.batch import SequenceBatch
 from riskmodel.calibrate import Calibrator, fit_calibrator, sigmoid
 from riskmodel.errors import ConfigError
 from riskmodel.metrics import point_metrics, weighted_average_precision
-from riskmodel.model import ModelConfig
+from riskmodel.model import ModelConfig, RiskLSTM
 from riskmodel.retrain import predict_proba
 from riskmodel.train import (
     TrainConfig,
     TrainResult,
+    WeightAverage,
     early_stop_sample,
+    predict_logits,
     train_model,
 )
 
@@ -180,3 +182,38 @@ def test_predict_proba_runs_on_one_thread_and_restores_the_count(trained) -> Non
     assert np.array_equal(labels, result.valid_labels)
     with pytest.raises(ConfigError, match="threads"):
         predict_proba(result.model, calibrator, valid, threads=-1)
+
+
+def test_weight_average_warms_up_then_follows_the_model_slowly() -> None:
+    torch.manual_seed(0)
+    model = RiskLSTM(ModelConfig.for_batch(order_batch(2), [6], [4], **SIZES))
+    average = WeightAverage(model, decay=0.9)
+    start = [p.detach().clone() for p in average.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model)
+    first = (1.0 + 1) / (10.0 + 1)
+    for p0, p in zip(start, average.model.parameters(), strict=True):
+        assert torch.allclose(p, p0 + (1.0 - first), atol=1e-6)
+    for _ in range(200):
+        average.update(model)
+    assert average.steps == 201
+    for p, target in zip(average.model.parameters(), model.parameters(), strict=True):
+        assert torch.allclose(p, target, atol=1e-5)
+    assert torch.equal(average.model.agg_mean, model.agg_mean)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_training_with_a_weight_average_returns_and_judges_the_average(trained) -> None:
+    plain, train, valid = trained
+    config = TrainConfig(**{**FAST.__dict__, "ema_decay": 0.9})
+    result = train_model(train, valid, model_config=plain.config, config=config)
+    again = train_model(train, valid, model_config=plain.config, config=config)
+    assert point_metrics(result.valid_labels, result.valid_logits)["roc_auc"] > 0.9
+    assert not all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(),
+                                                        plain.model.state_dict().values(), strict=True))
+    logits, _ = predict_logits(result.model, valid, torch.device("cpu"))
+    assert np.array_equal(logits, result.valid_logits)
+    assert np.array_equal(result.valid_logits, again.valid_logits)
