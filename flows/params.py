@@ -40,8 +40,8 @@ class RetrainParams(BaseModel):
         "mean), so it learns from the events too; scoring always sees them.")
     ema_decay: float = Field(
         0.999, ge=0.0, lt=1.0,
-        description="Decay of the moving average of the LSTM's weights that validation judges and the "
-        "registry keeps (0 = the raw weights); 0.999 averages over about 1,000 steps.")
+        description="Largest decay of the moving average of the LSTM's weights that validation judges "
+        "and the registry keeps (0 = the raw weights); it warms up as (1+t)/(10+t) over steps t.")
     max_train_minutes: float = Field(
         16.0, gt=0, le=24 * 60,
         description="Time budget for LSTM training, shared equally by the challenger and the ablation.")
