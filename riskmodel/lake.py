@@ -20,9 +20,9 @@ partitions committed, so a failed run changes no partition.
 
 Every local date from the lake's first to the last extracted one has a partition: a date the
 source holds no rows for gets an empty one, so a missing partition always means a lost one.
-An extract that finds dates missing between the lake's first partition and its watermark date
-(a partial restore, a deleted folder, an expired object) warns and reads the source again from
-the earliest of them.
+The database records the lake's first and last extracted dates (`extract_watermarks`), so an
+extract that finds dates missing between them (a partial restore, a deleted folder, an expired
+object, the oldest partitions included) warns and reads the source again from the earliest.
 
 Commit, per partition, never exposing half of one:
 - local folder: staged under `transactions/_staging/<run>/` in the lake itself, fsynced, then
@@ -52,6 +52,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
+import psycopg
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -59,7 +60,7 @@ from psycopg import sql
 
 from riskmodel import quality
 from riskmodel.db import advisory_lock, connect
-from riskmodel.errors import ConfigError, DataQualityError
+from riskmodel.errors import ConfigError, DatabaseError, DataQualityError
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
 from riskmodel.source_stream import extract_query as extract_query
@@ -226,11 +227,25 @@ def _date_groups(spill: KeySpill, tx: TransactionsSpec, min_rows: int, *,
         yield pl.concat(held)
 
 
-def _watermark(conn, settings: Settings, source: str) -> tuple[datetime, date] | None:
-    row = conn.execute(
-        sql.SQL("SELECT watermark, last_date FROM {} WHERE lake = %s AND source = %s").format(
-            sql.Identifier(settings.db_schema, "extract_watermarks")), (settings.lake, source)).fetchone()
-    return (row[0], row[1]) if row else None
+@dataclass(frozen=True)
+class _Mark:
+    """The lake's row in extract_watermarks: source watermark, last and first extracted local dates
+    (`first` is None for rows written before riskflow recorded it)."""
+
+    watermark: datetime
+    last_date: date
+    first_date: date | None
+
+
+def _watermark(conn, settings: Settings, source: str) -> _Mark | None:
+    try:
+        row = conn.execute(
+            sql.SQL("SELECT watermark, last_date, first_date FROM {} WHERE lake = %s AND source = %s").format(
+                sql.Identifier(settings.db_schema, "extract_watermarks")), (settings.lake, source)).fetchone()
+    except psycopg.errors.UndefinedColumn:
+        raise DatabaseError(f"schema {settings.db_schema}: extract_watermarks has no first_date column "
+                            "(created by an older riskflow); run `riskflow db init` once to add it") from None
+    return _Mark(*row) if row else None
 
 
 def lake_watermark(settings: Settings, spec: FeatureSpec) -> datetime | None:
@@ -238,17 +253,21 @@ def lake_watermark(settings: Settings, spec: FeatureSpec) -> datetime | None:
     scores from the lake without extracting first read."""
     with connect(settings) as conn:
         mark = _watermark(conn, settings, spec.transactions.qualified)
-    return mark[0] if mark else None
+    return mark.watermark if mark else None
 
 
-def _set_watermark(conn, settings: Settings, source: str, watermark: datetime, last_date: date) -> None:
+def _set_watermark(conn, settings: Settings, source: str, mark: _Mark, rebuilt: bool) -> None:
+    """Record the run's watermark and last date (never moving back); the first date is kept unless
+    this run rebuilt the lake from all history (or none was recorded yet)."""
     conn.execute(sql.SQL(
-        "INSERT INTO {} (lake, source, watermark, last_date) VALUES (%s, %s, %s, %s) "
+        "INSERT INTO {} (lake, source, watermark, last_date, first_date) VALUES (%s, %s, %s, %s, %s) "
         "ON CONFLICT (lake, source) DO UPDATE SET watermark = GREATEST(EXCLUDED.watermark, {t}.watermark), "
-        "last_date = GREATEST(EXCLUDED.last_date, {t}.last_date), updated_at = now()"
+        "last_date = GREATEST(EXCLUDED.last_date, {t}.last_date), "
+        "first_date = CASE WHEN %s THEN EXCLUDED.first_date "
+        "ELSE COALESCE({t}.first_date, EXCLUDED.first_date) END, updated_at = now()"
     ).format(sql.Identifier(settings.db_schema, "extract_watermarks"),
              t=sql.Identifier("extract_watermarks")),
-        (settings.lake, source, watermark, last_date))
+        (settings.lake, source, mark.watermark, mark.last_date, mark.first_date, rebuilt))
 
 
 def _staging_dir(store: LakeStore, scratch: Path, run_id: uuid.UUID) -> Path:
@@ -314,12 +333,13 @@ class _Stager:
             offset += length
 
 
-def missing_dates(present: list[date], last: date) -> list[date]:
-    """Dates from the first of `present` (ascending) to `last` that have no partition."""
+def missing_dates(present: list[date], last: date, first: date | None = None) -> list[date]:
+    """Dates from `first` (default: the first of `present`, ascending) to `last` without a partition."""
     if not present:
         return []
     have = set(present)
-    return [d for d in _days(present[0], last) if d not in have]
+    start = present[0] if first is None else min(first, present[0])
+    return [d for d in _days(start, last) if d not in have]
 
 
 def _listed(days: list[date], shown: int = 5) -> str:
@@ -387,24 +407,24 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         _clean_staging(store)
         mark = None if full else _watermark(conn, settings, source)
         present = _dates(store)
-        lost = missing_dates(present, mark[1]) if mark is not None else []
+        lost = missing_dates(present, mark.last_date, mark.first_date) if mark is not None else []
         if mark is not None and not present:
-            run_date = max(run_date, mark[1])
+            run_date = max(run_date, mark.last_date)
             log.warning("extract %s -> %s: the lake holds no partition but the database has a watermark "
                         "(%s; lake emptied or moved, or a source with no rows): extracting all history "
-                        "to %s again", source, store.url, mark[0], run_date)
+                        "to %s again", source, store.url, mark.watermark, run_date)
             mark = None
         elif lost:
-            run_date = max(run_date, mark[1])
-            log.warning("extract %s -> %s: %d dates between the lake's first partition and %s have no "
+            run_date = max(run_date, mark.last_date)
+            log.warning("extract %s -> %s: %d dates between the lake's first date (%s) and %s have no "
                         "partition (lost, or days without rows from before riskflow wrote empty ones): "
                         "%s; reading the source again from %s to %s", source, store.url, len(lost),
-                        mark[1], _listed(lost), lost[0], run_date)
-        backfill = mark is not None and run_date < mark[1]
+                        mark.first_date or present[0], mark.last_date, _listed(lost), lost[0], run_date)
+        backfill = mark is not None and run_date < mark.last_date
         if mark is None:
             first_day = None
         else:
-            first_day = min(mark[1] + timedelta(days=1), run_date) - timedelta(days=settings.late_days)
+            first_day = min(mark.last_date + timedelta(days=1), run_date) - timedelta(days=settings.late_days)
             first_day = min([first_day, *lost[:1]])
         lo = quality.local_midnight(first_day, tz) if first_day else None
         hi = quality.local_midnight(run_date + timedelta(days=1), tz) if backfill else None
@@ -453,8 +473,9 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         if store.local:
             shutil.rmtree(folder, ignore_errors=True)
         report.watermark = staged.watermark
-        watermark = report.watermark or (mark[0] if mark else quality.local_midnight(start, tz))
-        _set_watermark(conn, settings, source, watermark, run_date)
+        watermark = report.watermark or (mark.watermark if mark else quality.local_midnight(start, tz))
+        lake_first = min([start, *present[:1]]) if mark is not None else start
+        _set_watermark(conn, settings, source, _Mark(watermark, run_date, lake_first), rebuilt=mark is None)
         conn.commit()
     report.seconds = clock.perf_counter() - started
     log.info("extract %s -> %s: %d rows read, %d written to %d dates in %.2fs", source, store.url,

@@ -55,9 +55,12 @@ CREATE TABLE IF NOT EXISTS {schema}.extract_watermarks (
     source      text        NOT NULL,
     watermark   timestamptz NOT NULL,
     last_date   date        NOT NULL,
+    first_date  date,
     updated_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (lake, source)
 );
+-- The lake's first date, so losing its oldest partitions is noticed too (added after the table).
+ALTER TABLE {schema}.extract_watermarks ADD COLUMN IF NOT EXISTS first_date date;
 
 CREATE TABLE IF NOT EXISTS {schema}.quarantine (
     id             bigserial   PRIMARY KEY,

@@ -140,6 +140,45 @@ def test_lost_partitions_are_found_and_read_again(bank: tuple[Settings, list[tup
     assert extract(settings, demo_spec, END).dates_missing == []
 
 
+
+def _first_date(settings: Settings) -> date | None:
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        return conn.execute("SELECT first_date FROM riskflow.extract_watermarks").fetchone()[0]
+
+
+def test_lost_oldest_partitions_are_found_from_the_recorded_first_date(
+        bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec) -> None:
+    settings, rows = bank
+    first = END - timedelta(days=39)
+    extract(settings, demo_spec, END)
+    assert _first_date(settings) == first
+    before = lake_digest(settings)
+    lost = [first, first + timedelta(days=1), first + timedelta(days=2)]
+    for day in lost:
+        shutil.rmtree(partition_path(settings, day).parent)
+    report = extract(settings, demo_spec, END)
+    assert report.dates_missing == lost and report.read_from == first
+    assert lake_digest(settings) == before and _first_date(settings) == first
+    assert scan_transactions(settings, first, END).collect().height == len(rows)
+
+
+def test_a_schema_from_before_first_date_asks_for_db_init_then_adopts_the_lake(
+        bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec) -> None:
+    from riskmodel.errors import DatabaseError
+    from riskmodel.schema import init_database
+
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    execute(settings, "ALTER TABLE riskflow.extract_watermarks DROP COLUMN first_date")
+    with pytest.raises(DatabaseError, match="first_date.*riskflow db init"):
+        extract(settings, demo_spec, END)
+    init_database(settings, demo_spec, demo_source=True)
+    assert _first_date(settings) is None
+    shutil.rmtree(partition_path(settings, END - timedelta(days=39)).parent)
+    report = extract(settings, demo_spec, END)
+    assert report.dates_missing == [] and _first_date(settings) == END - timedelta(days=38)
+
+
 def test_days_without_rows_get_empty_partitions(bank: tuple[Settings, list[tuple]],
                                                 demo_spec: FeatureSpec) -> None:
     settings, _ = bank
