@@ -107,8 +107,8 @@ class WeightAverage:
         """Move the average one step towards `model`'s current parameters."""
         self.steps += 1
         decay = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
-        averaged = [p for p in self.model.parameters()]
-        torch._foreach_lerp_(averaged, [p.detach() for p in model.parameters()], 1.0 - decay)
+        for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
+            averaged.lerp_(current.detach(), 1.0 - decay)
 
 
 @contextmanager
