@@ -1,7 +1,8 @@
 """Bench stage "train": training sequences per second over one epoch (CPU, and CUDA with bf16 when present).
 
 Measured: `train_model` streaming the scale's shards from disk for one epoch (batch 256,
-default model: L = 128, hidden 64); the clock stops at the epoch's last optimiser step.
+default model: L = 128, hidden 64, the retrain's weight average); the clock stops at the epoch's
+last optimiser step.
 Baseline: the same model trained with batch size 1 for a few hundred steps.
 Limit: forward + backward + step on length-sorted, trimmed batches of 256 already in memory.
 """
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from bench.common import bench_row, in_child, scale_of
+from flows.params import RetrainParams
 from riskmodel.batch import SequenceBatch
 from riskmodel.model import ModelConfig, RiskLSTM, trimmed_tensors
 from riskmodel.train import TrainConfig, train_model
@@ -115,7 +117,7 @@ def _measure(shards: list[Path], device_name: str, threads: int) -> dict[str, An
             marks["epoch_end"] = time.perf_counter()
 
     config = TrainConfig(epochs=1, batch_size=BATCH, device=device_name, max_train_minutes=60, seed=7,
-                         threads=threads)
+                         threads=threads, ema_decay=RetrainParams().ema_decay)
     sample = random_batch(BATCH * 4, seed=5)
     _steps_rate(sample, BATCH, 1, device)  # warm-up: lazy imports of the optimiser stack stay off the clock
     started = time.perf_counter()
