@@ -52,7 +52,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-import psycopg
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -60,7 +59,7 @@ from psycopg import sql
 
 from riskmodel import quality
 from riskmodel.db import advisory_lock, connect
-from riskmodel.errors import ConfigError, DatabaseError, DataQualityError
+from riskmodel.errors import ConfigError, DataQualityError
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
 from riskmodel.source_stream import extract_query as extract_query
@@ -237,14 +236,20 @@ class _Mark:
     first_date: date | None
 
 
-def _watermark(conn, settings: Settings, source: str) -> _Mark | None:
-    try:
-        row = conn.execute(
-            sql.SQL("SELECT watermark, last_date, first_date FROM {} WHERE lake = %s AND source = %s").format(
-                sql.Identifier(settings.db_schema, "extract_watermarks")), (settings.lake, source)).fetchone()
-    except psycopg.errors.UndefinedColumn:
-        raise DatabaseError(f"schema {settings.db_schema}: extract_watermarks has no first_date column "
-                            "(created by an older riskflow); run `riskflow db init` once to add it") from None
+def _first_date_recorded(conn, settings: Settings) -> bool:
+    """Whether extract_watermarks has its first_date column (databases from before it lack it until
+    `riskflow db init` runs again; the extract then works as before, without head-loss detection)."""
+    return bool(conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = %s "
+        "AND table_name = 'extract_watermarks' AND column_name = 'first_date')",
+        (settings.db_schema,)).fetchone()[0])
+
+
+def _watermark(conn, settings: Settings, source: str, recorded: bool = True) -> _Mark | None:
+    first = sql.SQL("first_date") if recorded else sql.SQL("NULL::date")
+    table = sql.Identifier(settings.db_schema, "extract_watermarks")
+    query = sql.SQL("SELECT watermark, last_date, {} FROM {} WHERE lake = %s AND source = %s")
+    row = conn.execute(query.format(first, table), (settings.lake, source)).fetchone()
     return _Mark(*row) if row else None
 
 
@@ -256,18 +261,24 @@ def lake_watermark(settings: Settings, spec: FeatureSpec) -> datetime | None:
     return mark.watermark if mark else None
 
 
-def _set_watermark(conn, settings: Settings, source: str, mark: _Mark, rebuilt: bool) -> None:
+def _set_watermark(conn, settings: Settings, source: str, mark: _Mark, rebuilt: bool,
+                   recorded: bool = True) -> None:
     """Record the run's watermark and last date (never moving back); the first date is kept unless
-    this run rebuilt the lake from all history (or none was recorded yet)."""
+    this run rebuilt the lake from all history (or none was recorded yet). Without the first_date
+    column (`recorded` false) only the watermark and last date are written."""
+    t = sql.Identifier("extract_watermarks")
+    first = sql.SQL(", first_date = CASE WHEN %(rebuilt)s THEN EXCLUDED.first_date "
+                    "ELSE COALESCE({t}.first_date, EXCLUDED.first_date) END").format(t=t)
     conn.execute(sql.SQL(
-        "INSERT INTO {} (lake, source, watermark, last_date, first_date) VALUES (%s, %s, %s, %s, %s) "
+        "INSERT INTO {table} (lake, source, watermark, last_date{column}) "
+        "VALUES (%(lake)s, %(source)s, %(watermark)s, %(last)s{value}) "
         "ON CONFLICT (lake, source) DO UPDATE SET watermark = GREATEST(EXCLUDED.watermark, {t}.watermark), "
-        "last_date = GREATEST(EXCLUDED.last_date, {t}.last_date), "
-        "first_date = CASE WHEN %s THEN EXCLUDED.first_date "
-        "ELSE COALESCE({t}.first_date, EXCLUDED.first_date) END, updated_at = now()"
-    ).format(sql.Identifier(settings.db_schema, "extract_watermarks"),
-             t=sql.Identifier("extract_watermarks")),
-        (settings.lake, source, mark.watermark, mark.last_date, mark.first_date, rebuilt))
+        "last_date = GREATEST(EXCLUDED.last_date, {t}.last_date){first}, updated_at = now()"
+    ).format(table=sql.Identifier(settings.db_schema, "extract_watermarks"), t=t,
+             column=sql.SQL(", first_date" if recorded else ""),
+             value=sql.SQL(", %(first)s" if recorded else ""), first=first if recorded else sql.SQL("")),
+        {"lake": settings.lake, "source": source, "watermark": mark.watermark, "last": mark.last_date,
+         "first": mark.first_date, "rebuilt": rebuilt})
 
 
 def _staging_dir(store: LakeStore, scratch: Path, run_id: uuid.UUID) -> Path:
@@ -405,7 +416,12 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
           tempfile.TemporaryDirectory(prefix="riskflow-extract-") as scratch_dir):
         scratch = Path(scratch_dir)
         _clean_staging(store)
-        mark = None if full else _watermark(conn, settings, source)
+        recorded = _first_date_recorded(conn, settings)
+        if not recorded:
+            log.warning("extract %s: %s.extract_watermarks has no first_date column (a database from an "
+                        "older riskflow): lost oldest partitions go unnoticed until `riskflow db init` "
+                        "adds it", source, settings.db_schema)
+        mark = None if full else _watermark(conn, settings, source, recorded)
         present = _dates(store)
         lost = missing_dates(present, mark.last_date, mark.first_date) if mark is not None else []
         if mark is not None and not present:
@@ -475,7 +491,8 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         report.watermark = staged.watermark
         watermark = report.watermark or (mark.watermark if mark else quality.local_midnight(start, tz))
         lake_first = min([start, *present[:1]]) if mark is not None else start
-        _set_watermark(conn, settings, source, _Mark(watermark, run_date, lake_first), rebuilt=mark is None)
+        _set_watermark(conn, settings, source, _Mark(watermark, run_date, lake_first), rebuilt=mark is None,
+                       recorded=recorded)
         conn.commit()
     report.seconds = clock.perf_counter() - started
     log.info("extract %s -> %s: %d rows read, %d written to %d dates in %.2fs", source, store.url,

@@ -162,22 +162,27 @@ def test_lost_oldest_partitions_are_found_from_the_recorded_first_date(
     assert scan_transactions(settings, first, END).collect().height == len(rows)
 
 
-def test_a_schema_from_before_first_date_asks_for_db_init_then_adopts_the_lake(
-        bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec) -> None:
-    from riskmodel.errors import DatabaseError
+def test_a_schema_from_before_first_date_still_extracts_and_db_init_adopts_the_lake(
+        bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec, caplog: pytest.LogCaptureFixture) -> None:
     from riskmodel.schema import init_database
 
     settings, _ = bank
     extract(settings, demo_spec, END)
     execute(settings, "ALTER TABLE riskflow.extract_watermarks DROP COLUMN first_date")
-    with pytest.raises(DatabaseError, match="first_date.*riskflow db init"):
-        extract(settings, demo_spec, END)
+    shutil.rmtree(partition_path(settings, END - timedelta(days=39)).parent)
+    with caplog.at_level("WARNING", logger="riskflow.lake"):
+        report = extract(settings, demo_spec, END + timedelta(days=1))
+    assert "no first_date column" in caplog.text and "riskflow db init" in caplog.text
+    assert report.dates_missing == [] and END + timedelta(days=1) in report.dates_empty
     init_database(settings, demo_spec, demo_source=True)
     assert _first_date(settings) is None
-    shutil.rmtree(partition_path(settings, END - timedelta(days=39)).parent)
-    report = extract(settings, demo_spec, END)
+    report = extract(settings, demo_spec, END + timedelta(days=1))
     assert report.dates_missing == [] and _first_date(settings) == END - timedelta(days=38)
-
+    shutil.rmtree(partition_path(settings, END - timedelta(days=38)).parent)
+    report = extract(settings, demo_spec, END + timedelta(days=1))
+    assert report.dates_missing == [END - timedelta(days=38)]
+    assert partition_path(settings, END - timedelta(days=38)).exists()
+    assert lake_dates(settings)[0] == END - timedelta(days=38), "a loss from before the upgrade is unknowable"
 
 def test_days_without_rows_get_empty_partitions(bank: tuple[Settings, list[tuple]],
                                                 demo_spec: FeatureSpec) -> None:
