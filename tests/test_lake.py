@@ -140,7 +140,6 @@ def test_lost_partitions_are_found_and_read_again(bank: tuple[Settings, list[tup
     assert extract(settings, demo_spec, END).dates_missing == []
 
 
-
 def _first_date(settings: Settings) -> date | None:
     with psycopg.connect(settings.database_url.get_secret_value()) as conn:
         return conn.execute("SELECT first_date FROM riskflow.extract_watermarks").fetchone()[0]
@@ -183,6 +182,7 @@ def test_a_schema_from_before_first_date_still_extracts_and_db_init_adopts_the_l
     assert report.dates_missing == [END - timedelta(days=38)]
     assert partition_path(settings, END - timedelta(days=38)).exists()
     assert lake_dates(settings)[0] == END - timedelta(days=38), "a loss from before the upgrade is unknowable"
+
 
 def test_days_without_rows_get_empty_partitions(bank: tuple[Settings, list[tuple]],
                                                 demo_spec: FeatureSpec) -> None:

@@ -184,7 +184,7 @@ def test_predict_proba_runs_on_one_thread_and_restores_the_count(trained) -> Non
         predict_proba(result.model, calibrator, valid, threads=-1)
 
 
-def test_weight_average_warms_up_then_follows_the_model_slowly() -> None:
+def test_weight_average_warms_up_then_converges_to_a_model_that_stops_moving() -> None:
     torch.manual_seed(0)
     model = RiskLSTM(ModelConfig.for_batch(order_batch(2), [6], [4], **SIZES))
     average = WeightAverage(model, decay=0.9)
