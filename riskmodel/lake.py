@@ -245,7 +245,7 @@ def _first_date_recorded(conn, settings: Settings) -> bool:
         (settings.db_schema,)).fetchone()[0])
 
 
-def _watermark(conn, settings: Settings, source: str, recorded: bool = True) -> _Mark | None:
+def _watermark(conn, settings: Settings, source: str, recorded: bool) -> _Mark | None:
     first = sql.SQL("first_date") if recorded else sql.SQL("NULL::date")
     table = sql.Identifier(settings.db_schema, "extract_watermarks")
     query = sql.SQL("SELECT watermark, last_date, {} FROM {} WHERE lake = %s AND source = %s")
@@ -257,12 +257,12 @@ def lake_watermark(settings: Settings, spec: FeatureSpec) -> datetime | None:
     """The source watermark the lake holds now (None before the first extract): what a run that
     scores from the lake without extracting first read."""
     with connect(settings) as conn:
-        mark = _watermark(conn, settings, spec.transactions.qualified)
+        mark = _watermark(conn, settings, spec.transactions.qualified, _first_date_recorded(conn, settings))
     return mark.watermark if mark else None
 
 
 def _set_watermark(conn, settings: Settings, source: str, mark: _Mark, rebuilt: bool,
-                   recorded: bool = True) -> None:
+                   recorded: bool) -> None:
     """Record the run's watermark and last date (never moving back); the first date is kept unless
     this run rebuilt the lake from all history (or none was recorded yet). Without the first_date
     column (`recorded` false) only the watermark and last date are written."""
