@@ -44,7 +44,8 @@ class RetrainParams(BaseModel):
         "and the registry keeps (0 = the raw weights); it warms up as (1+t)/(10+t) over steps t.")
     max_train_minutes: float = Field(
         16.0, gt=0, le=24 * 60,
-        description="Time budget for LSTM training, shared equally by the challenger and the ablation.")
+        description="Time budget for each LSTM's training; the challenger and the order ablation "
+                    "train at the same time, a process (and a CPU core) each.")
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Random seed; same data and seed give the same model.")
     promote_policy: Literal["if_better", "always", "never"] = Field(

@@ -1,6 +1,6 @@
-"""Retrain: snapshots -> challenger LSTM, LightGBM baseline, their blend (the served model), order
-ablation -> out-of-time evaluation against the champion -> register -> promote only if it wins.
-Orchestration only."""
+"""Retrain: snapshots -> challenger LSTM and order ablation (trained at the same time, a process
+each), LightGBM baselines, blends (the served model) -> out-of-time evaluation against the champion
+-> register -> promote only if it wins. Orchestration only."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.futures import wait
 
 from flows.context import settings_and_spec
 from flows.params import RetrainParams
@@ -47,19 +48,21 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
                 max(baseline_days))
     try:
         parts = _snapshots(features, split, baseline_days, run_dir, as_of, params)
+        shuffled = (_snapshots(features, split, baseline_days, run_dir / "shuffled", as_of, params,
+                               params.seed) if params.run_ablation else None)
         fit_params = params.model_dump(mode="json")
         fit_params["device"] = settings.device
-        model = fit_model_task("challenger", parts["train"], parts["valid"], parts["test"], features,
-                               fit_params, str(run_dir / "models"))
+        fits = {name: fit_model_task.submit(name, snaps["train"], snaps["valid"], snaps["test"], features,
+                                            fit_params, str(run_dir / "models"))
+                for name, snaps in (("challenger", parts), ("shuffled_order", shuffled)) if snaps is not None}
+        wait(list(fits.values()))
+        model = fits["challenger"].result()
         baseline = baseline_task(parts["baseline_train"], parts["valid"], parts["test"], params.seed,
                                  str(run_dir / "probs"))
         served = _served(model, baseline, "challenger", params.blend_baseline, run_dir)
         probs = {"model": served["test_probs"], "baseline": baseline["test_probs"]}
-        if params.run_ablation:
-            shuffled = _snapshots(features, split, baseline_days, run_dir / "shuffled", as_of, params,
-                                  params.seed)
-            ablation = fit_model_task("shuffled_order", shuffled["train"], shuffled["valid"],
-                                      shuffled["test"], features, fit_params, str(run_dir / "models"))
+        if shuffled is not None:
+            ablation = fits["shuffled_order"].result()
             shuffled_baseline = baseline_task(shuffled["baseline_train"], shuffled["valid"], shuffled["test"],
                                               params.seed, str(run_dir / "shuffled" / "probs"))
             probs["shuffled_order"] = _served(ablation, shuffled_baseline, "shuffled_order",

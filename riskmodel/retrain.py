@@ -144,20 +144,19 @@ def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed
 
 def lstm_train_config(params: Mapping[str, Any], seed: int | None = None,
                       device: str | None = None) -> TrainConfig:
-    """How a retrain trains each LSTM, from its parameters (a `RetrainParams` dump): epochs, its share
-    of the time budget, the weight average, the seed (or `seed`) and the device (or `device`)."""
-    budget = model_budget_minutes(params["max_train_minutes"], params.get("run_ablation", False))
-    return TrainConfig(epochs=params["epochs"], max_train_minutes=budget, ema_decay=params["ema_decay"],
+    """How a retrain trains each LSTM, from its parameters (a `RetrainParams` dump): epochs, the time
+    budget, the weight average, the seed (or `seed`) and the device (or `device`). The challenger and
+    the order ablation train at the same time, a process each, so each gets the whole budget."""
+    return TrainConfig(epochs=params["epochs"], max_train_minutes=params["max_train_minutes"],
+                       ema_decay=params["ema_decay"],
                        seed=params["seed"] if seed is None else seed,
                        device=device or params.get("device", "auto"))
 
 
-def model_budget_minutes(total_minutes: float, run_ablation: bool) -> float:
-    """Each LSTM's share of the retrain's training budget: the challenger and the order ablation
-    split it equally, so the two trainings together stay within `total_minutes`."""
-    if total_minutes <= 0:
-        raise ConfigError(f"max_train_minutes must be > 0, got {total_minutes}")
-    return total_minutes / (2.0 if run_ablation else 1.0)
+def lstm_model_options(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's shape from a retrain's parameters (a `RetrainParams` dump), as `fit_model` takes it."""
+    return {"hidden": params["hidden_size"], "max_embedded_cardinality": params["max_embedded_cardinality"],
+            "aggregate_dropout": params["aggregate_dropout"]}
 
 
 @dataclass

@@ -25,16 +25,12 @@ from flows.context import settings_and_spec
 from riskmodel import registry, retrain
 from riskmodel.batch import SequenceBatch
 from riskmodel.blend import BOOSTER_FILE
+from riskmodel.candidate import fit_candidate, save_probs
+from riskmodel.child import run_in_child
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
 from riskmodel.monitor import add_training_nights, population_rows, reference_distributions, reference_rows
 from tasks.reporting import Progress, publish_images, publish_table
-
-
-def _save_probs(path: Path, probs: np.ndarray) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(probs, dtype=np.float64), allow_pickle=False)
-    return str(path)
 
 
 @contextmanager
@@ -84,7 +80,8 @@ def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000
 @task(name="fit-model", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)
 def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str], features: dict,
                    params: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Train, calibrate and band one model; save it as a candidate artifact and its test probabilities."""
+    """Train, calibrate and band one LSTM in its own process (so the challenger and the ablation can
+    train at the same time, a core each); save it as a candidate artifact with its probabilities."""
     with _stage(f"fit-model {name}"):
         progress = Progress(f"training-{name}", f"Training {name}: epochs and steps done")
         bar = tqdm(total=100, desc=f"train {name}", unit="%", file=sys.stderr, leave=False,
@@ -96,31 +93,12 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
             bar.n = round(100 * done)
             bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
 
-        config = retrain.lstm_train_config(params)
-        fitted = retrain.fit_model([Path(p) for p in train], [Path(p) for p in valid], features=features,
-                                   hidden=params["hidden_size"], config=config, on_progress=on_progress,
-                                   max_embedded_cardinality=params["max_embedded_cardinality"],
-                                   aggregate_dropout=params["aggregate_dropout"])
-        progress.update(1.0, f"{name}: done ({fitted.summary['stopped']})")
+        fitted = run_in_child(fit_candidate, {"name": name, "train": train, "valid": valid, "test": test,
+                                              "features": features, "params": params, "out_dir": out_dir},
+                              on_progress)
+        progress.update(1.0, f"{name}: done ({fitted['training']['stopped']})")
         bar.close()
-        logits, labels = retrain.lstm_logits(fitted.net, [Path(p) for p in test], device=config.device)
-        probs = fitted.calibrator.apply(logits)
-        folder = Path(out_dir) / name
-        features = {**features, "agg_neutral": retrain.aggregate_medians([Path(p) for p in train])}
-        manifest = registry.build_manifest(
-            version=name, net=fitted.net, calibrator=fitted.calibrator, bands=fitted.bands,
-            features=features, spec_hash="candidate", train_start=date.min, train_end=date.min,
-            evaluation={}, training=fitted.summary)
-        sha, _ = registry.save_artifact(folder, fitted.net, manifest)
-        out = Path(out_dir)
-        return {"path": str(folder), "sha256": sha, "training": fitted.summary,
-                "test_probs": _save_probs(out / f"{name}-test.npy", probs),
-                "test_labels": _save_probs(out / "labels-test.npy", labels),
-                "test_logits": _save_probs(out / f"{name}-test-logits.npy", logits),
-                "valid_logits": _save_probs(out / f"{name}-valid-logits.npy", fitted.result.valid_logits),
-                "valid_probs": _save_probs(out / f"{name}-valid.npy",
-                                           fitted.calibrator.apply(fitted.result.valid_logits)),
-                "valid_labels": _save_probs(out / f"{name}-valid-labels.npy", fitted.result.valid_labels)}
+        return fitted
 
 
 @task(name="blend", timeout_seconds=3600, cache_policy=NO_CACHE)
@@ -141,8 +119,8 @@ def blend_task(name: str, lstm: dict[str, Any], baseline: dict[str, Any], out_di
             train_end=date.min, evaluation={}, training=lstm["training"], blend=blend)
         sha, _ = registry.save_artifact(folder, model.net, manifest, blend)
         return {**lstm, "path": str(folder), "sha256": sha, "blend_weight": blend.weight,
-                "test_probs": _save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs),
-                "valid_probs": _save_probs(Path(out_dir) / f"{name}-blend-valid.npy",
+                "test_probs": save_probs(Path(out_dir) / f"{name}-blend-test.npy", probs),
+                "valid_probs": save_probs(Path(out_dir) / f"{name}-blend-valid.npy",
                                            calibrator.apply(blend.combine(valid_logits, gbdt_valid)))}
 
 
@@ -174,8 +152,8 @@ def baseline_task(train: list[str], valid: list[str], test: list[str], seed: int
         fitted.booster.save_model(str(booster), num_iteration=fitted.best_iteration)
         valid_probs, test_probs = (fitted.predict([Path(p) for p in paths]) for paths in (valid, test))
         return {"booster": str(booster), "best_iteration": fitted.best_iteration,
-                "valid_probs": _save_probs(out / "baseline-valid.npy", valid_probs),
-                "test_probs": _save_probs(out / "baseline-test.npy", test_probs)}
+                "valid_probs": save_probs(out / "baseline-valid.npy", valid_probs),
+                "test_probs": save_probs(out / "baseline-test.npy", test_probs)}
 
 
 @task(name="champion-on-test", timeout_seconds=3600, cache_policy=NO_CACHE)
@@ -189,7 +167,7 @@ def champion_task(test: list[str], champion_test: list[str], out_dir: str) -> st
         if not (np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])):
             raise registry.RegistryError("champion's test rows do not align with the challenger's")
         probs = retrain.model_proba(champion, [Path(p) for p in champion_test])
-        return _save_probs(Path(out_dir) / "champion-test.npy", probs)
+        return save_probs(Path(out_dir) / "champion-test.npy", probs)
 
 
 @task(name="evaluate", timeout_seconds=3600, cache_policy=NO_CACHE)

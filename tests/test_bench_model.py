@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
 import numpy as np
+import pytest
 
 from bench.model import MODELS, SEEDS, TABLE_COLUMNS, _rows
+from bench.model import run as run_model
+from flows.commands.bench import run as run_bench
 from riskmodel.blend import blend_probs
+from riskmodel.errors import ConfigError
 
 
 def test_rows_report_the_weight_validation_chose_and_the_blend_it_ranks_by() -> None:
@@ -32,3 +39,11 @@ def test_rows_report_the_weight_validation_chose_and_the_blend_it_ranks_by() -> 
     assert rows[0]["blend_ap"] == rows[0]["baseline_ap"] > rows[0]["lstm_ap"]
     assert rows[-1]["blend_minus_baseline"].startswith("+0.0000")
     assert rows[-1]["lstm_minus_baseline"].startswith("-")
+
+
+def test_an_unknown_bank_or_a_bank_for_another_stage_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown bank.s. savings"):
+        run_model("S", tmp_path, banks=["synthetic", "savings"])
+    args = argparse.Namespace(stage="extract", scale="S", workdir=tmp_path, bank=["control"], json=None)
+    with pytest.raises(ConfigError, match="--bank applies to --stage model, not 'extract'"):
+        run_bench(args)

@@ -17,7 +17,7 @@ from riskmodel.retrain import (
     baseline_cutoffs,
     downsample_negatives,
     hash_part,
-    model_budget_minutes,
+    lstm_train_config,
     plan_retrain,
     plan_split,
 )
@@ -76,11 +76,12 @@ def test_downsampling_keeps_every_positive_and_a_share_of_negatives(tmp_path: Pa
     assert downsample_negatives([source], tmp_path / "c", keep=1.0, seed=3) == [source]
 
 
-def test_the_training_budget_is_shared_by_the_challenger_and_the_ablation() -> None:
-    assert model_budget_minutes(20.0, run_ablation=True) == 10.0
-    assert model_budget_minutes(20.0, run_ablation=False) == 20.0
-    with pytest.raises(ConfigError, match="max_train_minutes"):
-        model_budget_minutes(0.0, run_ablation=True)
+def test_the_challenger_and_the_ablation_each_get_the_whole_training_budget() -> None:
+    for run_ablation in (True, False):
+        params = RetrainParams(max_train_minutes=20.0, run_ablation=run_ablation, seed=5).model_dump()
+        config = lstm_train_config(params, device="cpu")
+        assert (config.max_train_minutes, config.seed, config.device) == (20.0, 5, "cpu")
+    assert lstm_train_config(params, seed=9).seed == 9
 
 
 def test_the_train_report_names_the_blend_weight_only_for_a_blended_model() -> None:

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list ('-' for stdout)")
     p.add_argument("--workdir", type=Path, default=Path(".riskflow/bench"),
                    help="where seeded banks, lakes and outputs are cached (default .riskflow/bench)")
+    p.add_argument("--bank", action="append", choices=["synthetic", "control"],
+                   help="model stage: run only this bank (repeatable; default both)")
     p.set_defaults(func=run)
 
 
@@ -46,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"bench --stage {args.stage!r}: choose one of {stages()}")
     module = importlib.import_module(f"bench.{args.stage}")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    rows = module.run(args.scale, args.workdir)
+    if args.bank and args.stage != "model":
+        raise ConfigError(f"bench --bank applies to --stage model, not {args.stage!r}")
+    rows = (module.run(args.scale, args.workdir, banks=args.bank) if args.bank
+            else module.run(args.scale, args.workdir))
     if args.json == "-":
         print(to_json(rows))
         return 0

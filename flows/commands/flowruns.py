@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     train.add_argument("--ema-decay", type=float, default=_RETRAIN["ema_decay"],
                        help="decay of the moving average of the LSTM's weights that is validated and kept")
     train.add_argument("--max-train-minutes", type=float, default=_RETRAIN["max_train_minutes"],
-                       help="training budget shared by the challenger and the ablation")
+                       help="each LSTM's training budget (the challenger and the ablation train at once)")
     train.add_argument("--seed", type=int, default=_RETRAIN["seed"])
     train.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better")
     train.add_argument("--margin", type=float, default=0.0, help="AP margin to beat the champion by")

@@ -1,0 +1,67 @@
+"""run_in_child: results, progress and errors come back from a spawned process; two run at once."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from riskmodel.child import run_in_child
+from riskmodel.errors import ConfigError
+
+
+def count_up(n: int, on_progress) -> dict:
+    for k in range(n):
+        on_progress(k, {"pid": os.getpid()})
+    return {"pid": os.getpid(), "n": n}
+
+
+def refuse(on_progress) -> None:
+    on_progress("about to fail")
+    raise ConfigError("training shard x.npz: has no label array")
+
+
+def die(on_progress) -> None:
+    os._exit(3)
+
+
+def meet(mine: str, other: str, on_progress) -> str:
+    """Leave `mine`, then wait (up to 60 s) for `other`: only two processes running at once both return."""
+    Path(mine).write_text("here")
+    deadline = time.monotonic() + 60
+    while not Path(other).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{other} never appeared: the two calls did not run at the same time")
+        time.sleep(0.05)
+    return mine
+
+
+def test_the_result_and_every_progress_report_come_back_in_order() -> None:
+    seen = []
+    result = run_in_child(count_up, {"n": 5}, lambda *args: seen.append(args))
+    assert result["n"] == 5 and result["pid"] != os.getpid()
+    assert [k for k, _ in seen] == [0, 1, 2, 3, 4]
+    assert {info["pid"] for _, info in seen} == {result["pid"]}
+
+
+def test_the_childs_error_is_raised_here_with_its_type_and_message() -> None:
+    seen = []
+    with pytest.raises(ConfigError, match="has no label array"):
+        run_in_child(refuse, {}, lambda *args: seen.append(args))
+    assert seen == [("about to fail",)]
+
+
+def test_a_child_that_dies_without_a_word_is_an_error_naming_its_exit_code() -> None:
+    with pytest.raises(RuntimeError, match="die: its process exited with code 3"):
+        run_in_child(die, {})
+
+
+def test_two_children_run_at_the_same_time(tmp_path: Path) -> None:
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(run_in_child, meet, {"mine": a, "other": b})
+        second = pool.submit(run_in_child, meet, {"mine": b, "other": a})
+        assert (first.result(), second.result()) == (a, b)
