@@ -8,6 +8,7 @@ reproducible from its seed.
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -23,10 +24,13 @@ def _main(fn: Callable[..., Any], kwargs: dict[str, Any], conn: Connection) -> N
         result = fn(**kwargs, on_progress=lambda *args: conn.send(("progress", args)))
         conn.send(("done", result))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        where = traceback.format_exc()
         try:
-            conn.send(("error", exc))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as text
-            conn.send(("error", RuntimeError(traceback.format_exc())))
+            exc.add_note(f"raised in the child process:\n{where}")
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - an exception that does not round-trip goes back as text
+            exc = RuntimeError(where)
+        conn.send(("error", exc))
     finally:
         conn.close()
 

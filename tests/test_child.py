@@ -24,6 +24,15 @@ def refuse(on_progress) -> None:
     raise ConfigError("training shard x.npz: has no label array")
 
 
+class TwoPartError(Exception):
+    def __init__(self, row: int, column: str) -> None:
+        super().__init__(f"row {row}, column {column}")
+
+
+def refuse_oddly(on_progress) -> None:
+    raise TwoPartError(7, "amount")
+
+
 def die(on_progress) -> None:
     os._exit(3)
 
@@ -49,9 +58,15 @@ def test_the_result_and_every_progress_report_come_back_in_order() -> None:
 
 def test_the_childs_error_is_raised_here_with_its_type_and_message() -> None:
     seen = []
-    with pytest.raises(ConfigError, match="has no label array"):
+    with pytest.raises(ConfigError, match="has no label array") as raised:
         run_in_child(refuse, {}, lambda *args: seen.append(args))
     assert seen == [("about to fail",)]
+    assert "in refuse" in "".join(raised.value.__notes__)
+
+
+def test_an_error_that_cannot_travel_comes_back_as_its_traceback() -> None:
+    with pytest.raises(RuntimeError, match=r"TwoPartError: row 7, column amount"):
+        run_in_child(refuse_oddly, {})
 
 
 def test_a_child_that_dies_without_a_word_is_an_error_naming_its_exit_code() -> None:
