@@ -93,7 +93,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
             "test_rows": evaluation["rows"], "test_positives": evaluation["positives"],
             "intervals": evaluation["intervals"],
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
-            "evaluation_rows": rows, "training": model["training"] | {"history": None}}
+            "evaluation_rows": rows, "training": model["training"] | {"history": None},
+            "ablation_training": ablation["training"] | {"history": None} if shuffled is not None else None}
 
 
 def _snapshots(features: dict, split: steps.Split, baseline_days: list[date], run_dir: Path, as_of: date,

@@ -99,6 +99,11 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
     assert registry.champion_version(bank) == trained["version"]
     assert manifest["training_window"]["horizon_days"] == HORIZON
     assert manifest["model"]["max_embedded_cardinality"] == EMBED_CAP
+    challenger, ablation = trained["training"], trained["ablation_training"]
+    overlap = (challenger["started_at"] < ablation["finished_at"]
+               and ablation["started_at"] < challenger["finished_at"])
+    assert overlap, "the challenger and the ablation train at the same time"
+    assert challenger["budget_minutes"] == ablation["budget_minutes"] == 2.0
 
 
 def test_retrain_horizon_reaches_the_labels(bank: Settings, trained: dict, tmp_path: Path) -> None:
