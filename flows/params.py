@@ -29,7 +29,10 @@ class RetrainParams(BaseModel):
     horizon_days: int | None = Field(
         None, ge=1, le=3650, description="Prediction horizon H in days (default: the spec's)."
     )
-    epochs: int = Field(8, ge=1, le=500, description="Maximum training epochs (early stopping on AP).")
+    epochs: int = Field(
+        20, ge=1, le=500,
+        description="Most training epochs; early stopping on validation AP or the time budget usually ends "
+                    "training first.")
     hidden_size: int = Field(64, ge=4, le=2048, description="LSTM hidden size.")
     max_embedded_cardinality: int = Field(
         1000, ge=2, le=10**9,

@@ -87,8 +87,11 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
         bar = tqdm(total=100, desc=f"train {name}", unit="%", file=sys.stderr, leave=False,
                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
+        started, budget_s = time.monotonic(), 60.0 * params["max_train_minutes"]
+
         def on_progress(epoch: int, step: int, total: int, metrics: dict[str, float]) -> None:
-            done = min(1.0, (epoch - 1 + step / max(total, 1)) / max(params["epochs"], 1))
+            epochs_done = (epoch - 1 + step / max(total, 1)) / max(params["epochs"], 1)
+            done = min(1.0, max(epochs_done, (time.monotonic() - started) / budget_s))
             progress.update(done, f"{name}: epoch {epoch}, step {step}/{total}, {metrics}")
             bar.n = round(100 * done)
             bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
