@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import resource
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from riskmodel.child import run_in_child
 from riskmodel.errors import ConfigError
 from riskmodel.settings import Settings
 
@@ -71,7 +70,10 @@ def dir_mb(path: Path, pattern: str = "**/*") -> float:
     return sum(p.stat().st_size for p in path.glob(pattern) if p.is_file()) / 2**20
 
 
-def _child(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float, float]:
+def _timed(fn: Callable[..., Any], args: tuple[Any, ...],
+           on_progress: Callable[..., None]) -> tuple[Any, float, float]:
+    """Child side of `in_child` (which reports no progress): result, seconds inside, peak RSS in MiB."""
+    del on_progress
     started = time.perf_counter()
     result = fn(*args)
     seconds = time.perf_counter() - started
@@ -80,8 +82,7 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Any, float, f
 
 def in_child(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
     """Run `fn(*args)` in a fresh spawned process: (result, seconds inside it, its peak RSS in MiB)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(_child, fn, args).result()
+    return run_in_child(_timed, {"fn": fn, "args": args})
 
 
 def bench_settings(scale: str, workdir: Path, **overrides: Any) -> Settings:
