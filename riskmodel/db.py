@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from riskmodel.errors import DatabaseError, first_line
+from riskmodel.errors import DatabaseError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
 
 log = logging.getLogger("riskflow.db")
@@ -70,7 +70,7 @@ def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False
     try:
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=15)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to Postgres at {redact(target)}: "
+        raise TransientDatabaseError(f"cannot connect to Postgres at {redact(target)}: "
                             f"{first_line(redact(str(exc)))}") from None
     if not admin and settings.run_as_writer:
         try:

@@ -22,6 +22,13 @@ class DatabaseError(RiskflowError):
     """The database is unreachable, or an operation on it failed in an expected way."""
 
 
+class TransientDatabaseError(DatabaseError):
+    """The database was unreachable, dropped the connection or kept a lock: the same call may work later.
+
+    Tasks retry these (and driver connection errors) and nothing else: a bad query fails at once.
+    """
+
+
 class DataQualityError(RiskflowError):
     """Too many input rows failed a quality rule; the message names the rule."""
 

@@ -18,7 +18,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from riskmodel.db import database_url, redact
-from riskmodel.errors import DatabaseError, first_line
+from riskmodel.errors import DatabaseError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
 
 _PARAM_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
@@ -42,7 +42,8 @@ def adbc_connection(settings: Settings) -> Iterator[adbc.Connection]:
     try:
         conn = adbc.connect(url)
     except Exception as exc:  # the driver raises its own error hierarchy
-        raise DatabaseError(f"cannot connect (ADBC) to {redact(url)}: {redact(str(exc))[:200]}") from None
+        raise TransientDatabaseError(
+            f"cannot connect (ADBC) to {redact(url)}: {redact(str(exc))[:200]}") from None
     try:
         if settings.run_as_writer:
             with conn.cursor() as cur:
@@ -61,6 +62,13 @@ def _set_params(cur: adbc.Cursor, params: Mapping[str, str] | None) -> None:
         cur.fetchall()
 
 
+def _query_error(exc: Exception) -> DatabaseError:
+    """The driver's error as ours: a dropped connection or an I/O failure (the DB-API's
+    OperationalError) is transient; a bad query, a missing table or column is not."""
+    kind = TransientDatabaseError if isinstance(exc, adbc.OperationalError) else DatabaseError
+    return kind(f"query failed: {first_line(exc)[:300]}")
+
+
 def read_arrow(conn: adbc.Connection, query: sql.Composable,
                params: Mapping[str, str] | None = None) -> pa.Table:
     """Run `query` with `params` (text values, read back by `param`) and return an Arrow table."""
@@ -70,7 +78,7 @@ def read_arrow(conn: adbc.Connection, query: sql.Composable,
             cur.execute(query.as_string(None))
             return cur.fetch_arrow_table()
         except Exception as exc:
-            raise DatabaseError(f"query failed: {first_line(exc)[:300]}") from None
+            raise _query_error(exc) from None
 
 
 def read_frame(settings: Settings, query: sql.Composable,
@@ -90,4 +98,4 @@ def stream_arrow(conn: adbc.Connection, query: sql.Composable,
             reader = cur.fetch_record_batch()
             yield from reader
         except Exception as exc:
-            raise DatabaseError(f"query failed: {first_line(exc)[:300]}") from None
+            raise _query_error(exc) from None

@@ -40,7 +40,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from riskmodel import faults, pgcopy
 from riskmodel.db import advisory_lock, connect
-from riskmodel.errors import ConfigError, DatabaseError, RiskflowError, first_line
+from riskmodel.errors import ConfigError, DatabaseError, RiskflowError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
 
 log = logging.getLogger("riskflow.writeback")
@@ -243,7 +243,7 @@ def _with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], *, what: s
                         lock_timeout_ms, attempt, attempts, first_line(exc), wait)
             if attempt < attempts:
                 time.sleep(wait)
-    raise DatabaseError(f"{what}: other sessions held conflicting locks through {attempts} attempts "
+    raise TransientDatabaseError(f"{what}: other sessions held conflicting locks through {attempts} attempts "
                         f"of lock_timeout_ms={lock_timeout_ms}; nothing was changed, retry later")
 
 
@@ -334,7 +334,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
                 digest.result()
                 raise
             except psycopg.errors.LockNotAvailable as exc:
-                raise DatabaseError(
+                raise TransientDatabaseError(
                     f"staging {schema}.{stage}: another session held a lock on {schema}.{table} for over "
                     f"{lock_wait_ms} ms (lock_timeout_ms x lock attempts); "
                     f"nothing was changed, retry later ({first_line(exc)})") from None

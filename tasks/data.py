@@ -10,32 +10,20 @@ import socket
 from datetime import date, datetime
 from pathlib import Path
 
-import psycopg
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.context import settings_and_spec
 from riskmodel import lake, sequences, snapshots
-from riskmodel.errors import ConfigError, DatabaseError
+from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState, fit_feature_state
 from tasks.models import cached_model
-
-
-def _retry_on_transient(task, task_run, state) -> bool:  # noqa: ANN001 (Prefect's callback signature)
-    """Retry connection problems (ours, psycopg's: a dropped or terminated connection); quality failures
-    and bad input fail at once."""
-    try:
-        state.result()
-    except (DatabaseError, psycopg.OperationalError, OSError, ConnectionError):
-        return True
-    except Exception:  # noqa: BLE001 - anything else is not transient
-        return False
-    return False
+from tasks.retry import retry_on_transient
 
 
 @task(name="extract", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_jitter_factor=0.5, retry_condition_fn=_retry_on_transient, timeout_seconds=3600,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_on_transient, timeout_seconds=3600,
       cache_policy=NO_CACHE)
 def extract_task(run_date: date) -> dict[str, object]:
     """Bring the lake up to `run_date` (incremental, quality-checked, atomic per partition)."""
@@ -43,7 +31,8 @@ def extract_task(run_date: date) -> dict[str, object]:
     return lake.extract(settings, spec, run_date).as_dict()
 
 
-@task(name="lake-watermark", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="lake-watermark", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
+      cache_policy=NO_CACHE)
 def lake_watermark_task() -> datetime | None:
     """The source watermark the lake holds now, for runs that score without extracting first."""
     settings, spec = settings_and_spec()

@@ -25,6 +25,7 @@ from riskmodel.sources import read_accounts
 from riskmodel.spec import FeatureSpec
 from tasks.models import cached_model
 from tasks.reporting import publish_images, publish_table
+from tasks.retry import retry_on_transient
 
 DRIFT_EVENT = "riskflow.drift.detected"
 
@@ -47,7 +48,8 @@ def accounts_table_ids(settings: Settings, spec: FeatureSpec) -> pl.Series | Non
     return None if accounts is None else accounts["account_id"]
 
 
-@task(name="monitor", retries=1, retry_delay_seconds=5, timeout_seconds=1800, cache_policy=NO_CACHE)
+@task(name="monitor", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
+      timeout_seconds=1800, cache_policy=NO_CACHE)
 def monitor_task(score_date: date, version: str, sha256: str, shards: list[str], score_files: list[str],
                  out_dir: str) -> dict[str, Any]:
     """PSI of scores and feature groups, band counts and top movers vs last night, realised

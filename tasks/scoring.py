@@ -24,9 +24,11 @@ from riskmodel.reasons import at_or_above, reason_codes
 from riskmodel.reports import drop_expired_nights
 from riskmodel.score import ScoreReport, score_batch
 from tasks.models import cached_model, remember_model
+from tasks.retry import retry_on_transient
 
 
-@task(name="resolve-models", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="resolve-models", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
+      cache_policy=NO_CACHE)
 def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
     """The champion (verified now, refusing a corrupted artifact) and, if asked, a fresh challenger
     (one that fails its checks is reported under "challenger_error" and skipped: the champion's
@@ -50,8 +52,8 @@ def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
     return result
 
 
-@task(name="score-shard", retries=1, retry_delay_seconds=5, timeout_seconds=3600,
-      cache_policy=NO_CACHE)
+@task(name="score-shard", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
+      timeout_seconds=3600, cache_policy=NO_CACHE)
 def score_shard_task(shard: str, version: str, sha256: str, device: str,
                      with_reasons: bool = True) -> dict[str, object]:
     """Score one shard: calibrated probability, band and (for high bands) reason codes."""
@@ -81,8 +83,8 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
     return {"path": str(out), "shard": shard, "rows": len(batch), **asdict(report)}
 
 
-@task(name="write-scores", retries=2, retry_delay_seconds=10, timeout_seconds=1800,
-      cache_policy=NO_CACHE)
+@task(name="write-scores", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_transient,
+      timeout_seconds=1800, cache_policy=NO_CACHE)
 def write_scores_task(score_files: list[str], score_date: date, version: str, sha256: str,
                       run_id: str, watermark: datetime | None, table: str = "risk_scores") -> dict:
     """Swap the night's partition in one transaction (previous scores kept in the audit table)."""
@@ -98,7 +100,8 @@ def write_scores_task(score_files: list[str], score_date: date, version: str, sh
             "checksum": report.checksum, "partition": report.partition, "seconds": report.seconds}
 
 
-@task(name="retention", retries=1, retry_delay_seconds=10, timeout_seconds=600, cache_policy=NO_CACHE)
+@task(name="retention", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_on_transient,
+      timeout_seconds=600, cache_policy=NO_CACHE)
 def retention_task(score_date: date) -> dict:
     """Drop score partitions (and their audit rows) and night report folders older than
     `retention_days` before the night just scored; a date another run is writing is kept for a later

@@ -31,6 +31,7 @@ from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png
 from riskmodel.groundtruth import read_ground_truth
 from riskmodel.monitor import add_training_nights, population_rows, reference_distributions, reference_rows
 from tasks.reporting import Progress, publish_images, publish_table
+from tasks.retry import retry_on_transient
 
 
 @contextmanager
@@ -207,7 +208,8 @@ def keep_curves(paths: list[str], folder: Path) -> list[str]:
         return []
 
 
-@task(name="register", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="register", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
+      cache_policy=NO_CACHE)
 def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champion: str | None,
                   train_start: date, train_end: date, policy: str, margin: float,
                   test_probs_path: str, valid: list[str], test: list[str],

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 import uuid
+from datetime import date
 from pathlib import Path
 
 import polars as pl
@@ -17,11 +18,11 @@ import pytest
 from bench import faults as fb
 from riskmodel import faults, lake, registry
 from riskmodel.db import connect
-from riskmodel.errors import RiskflowError
+from riskmodel.errors import DatabaseError, RiskflowError, TransientDatabaseError
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 from riskmodel.writeback import scores_for_date, stored_checksum, write_scores
-from tests.datapath_helpers import END, TXN_COLUMNS, insert, seed_tiny_bank
+from tests.datapath_helpers import END, TXN_COLUMNS, execute, insert, seed_tiny_bank
 from tests.writeback_helpers import score_frame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,6 +57,32 @@ def test_extract_task_retries_when_its_connection_is_terminated(
     assert fb.lake_files(ctx.settings) == fb.lake_files(ctx.reference)
     assert _watermark(ctx.settings) == _watermark(ctx.reference)
     assert _watermark(ctx.settings)[1] == END
+
+
+def test_extract_task_fails_at_once_when_its_query_is_wrong(
+        ctx: fb.Ctx, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing source column is no connection problem: one task run, no retries, the column named."""
+    from prefect import flow
+
+    from tasks.data import extract_task
+
+    @flow(name="extract-bad-query")
+    def extract_flow(run_date: date) -> dict[str, object]:
+        return extract_task(run_date)
+
+    for key, value in fb.child_env(ctx.settings).items():
+        monkeypatch.setenv(key, value)
+    fb.prepare_lake(ctx)
+    execute(ctx.settings, "ALTER TABLE bank.transactions RENAME COLUMN mcc TO mcc_gone")
+    try:
+        state = extract_flow(END, return_state=True)
+    finally:
+        execute(ctx.settings, "ALTER TABLE bank.transactions RENAME COLUMN mcc_gone TO mcc")
+    assert state.is_failed()
+    assert fb.task_run_counts(state.state_details.flow_run_id) == [1]
+    with pytest.raises(DatabaseError, match="mcc") as failure:
+        state.result()
+    assert not isinstance(failure.value, TransientDatabaseError)
 
 
 def _stage_tables(settings: Settings) -> list[str]:
