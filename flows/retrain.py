@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 
 from flows.context import settings_and_spec
 from flows.params import RetrainParams
@@ -20,6 +20,7 @@ from riskmodel.clock import yesterday
 from riskmodel.settings import Settings
 from tasks.data import extract_task, fit_features_task, training_shards_task
 from tasks.training import (
+    STOP_FILE,
     baseline_task,
     blend_task,
     champion_task,
@@ -55,7 +56,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
         fits = {name: fit_model_task.submit(name, snaps["train"], snaps["valid"], snaps["test"], features,
                                             fit_params, str(run_dir / "models"))
                 for name, snaps in (("challenger", parts), ("shuffled_order", shuffled)) if snaps is not None}
-        wait(list(fits.values()))
+        await_fits(fits, run_dir / "models" / STOP_FILE)
         model = fits["challenger"].result()
         baseline = baseline_task(parts["baseline_train"], parts["valid"], parts["test"], params.seed,
                                  str(run_dir / "probs"))
@@ -95,6 +96,25 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
             "ap_difference": evaluation["ap_difference"], "groups": evaluation["groups"],
             "evaluation_rows": rows, "training": model["training"] | {"history": None},
             "ablation_training": ablation["training"] | {"history": None} if shuffled is not None else None}
+
+
+def await_fits(fits: dict[str, PrefectFuture], stop_file: Path, poll_s: float = 1.0) -> None:
+    """Wait for every fit; the first to fail writes `stop_file`, which stops the others (a failed
+    retrain then fails in seconds, not after its sibling's whole budget), and its error is raised."""
+    pending, failed = dict(fits), None
+    while pending:
+        done = wait(list(pending.values()), timeout=poll_s).done
+        for name, future in list(pending.items()):
+            if future not in done:
+                continue
+            del pending[name]
+            future.wait()  # records the final state; `state` alone may read a stale one from the API
+            if failed is None and future.state.is_failed():
+                failed = name
+                stop_file.parent.mkdir(parents=True, exist_ok=True)
+                stop_file.write_text(f"the {name} fit of this retrain failed")
+    if failed is not None:
+        fits[failed].result()
 
 
 def _snapshots(features: dict, split: steps.Split, baseline_days: list[date], run_dir: Path, as_of: date,

@@ -2,7 +2,8 @@
 
 The retrain trains the challenger and the order ablation at the same time, one process (and
 one core) each: threads would share torch's global random generator, so neither run would be
-reproducible from its seed.
+reproducible from its seed. When one of them fails, the other is stopped through a stop file
+rather than left to spend its whole training budget on a retrain that has already failed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,15 @@ import pickle
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 ProgressSink = Callable[..., None]
+STOP_POLL_S = 0.5
+
+
+class ChildStopped(RuntimeError):
+    """The parent stopped the child before it finished, because its stop file appeared."""
 
 
 def _main(fn: Callable[..., Any], kwargs: dict[str, Any], conn: Connection) -> None:
@@ -36,12 +43,13 @@ def _main(fn: Callable[..., Any], kwargs: dict[str, Any], conn: Connection) -> N
 
 
 def run_in_child(fn: Callable[..., Any], kwargs: dict[str, Any],
-                 on_progress: ProgressSink | None = None) -> Any:
+                 on_progress: ProgressSink | None = None, stop_file: Path | None = None) -> Any:
     """`fn(**kwargs, on_progress=...)` in a spawned process: its result, or its exception raised here.
 
     `fn` must be importable by module path and take an `on_progress` keyword; each call of it in
     the child calls `on_progress` here with the same arguments. A child that dies without a word
-    (killed, out of memory) raises RuntimeError with its exit code.
+    (killed, out of memory) raises RuntimeError with its exit code. When `stop_file` appears, the
+    child is killed and `ChildStopped` raised with the file's text (the reason) in its message.
     """
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
@@ -50,6 +58,12 @@ def run_in_child(fn: Callable[..., Any], kwargs: dict[str, Any],
     send.close()
     try:
         while True:
+            if stop_file is not None and not receive.poll(STOP_POLL_S):
+                if stop_file.exists():
+                    proc.kill()
+                    raise ChildStopped(f"{fn.__name__}: stopped before it finished: "
+                                       f"{stop_file.read_text().strip() or stop_file}")
+                continue
             try:
                 kind, payload = receive.recv()
             except EOFError:

@@ -78,11 +78,15 @@ def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000
     return reference
 
 
+STOP_FILE = "STOP"
+
+
 @task(name="fit-model", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)
 def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str], features: dict,
                    params: dict[str, Any], out_dir: str) -> dict[str, Any]:
     """Train, calibrate and band one LSTM in its own process (so the challenger and the ablation can
-    train at the same time, a core each); save it as a candidate artifact with its probabilities."""
+    train at the same time, a core each); save it as a candidate artifact with its probabilities.
+    A `STOP_FILE` written into `out_dir` (a sibling fit failed) ends the training early."""
     with _stage(f"fit-model {name}"):
         progress = Progress(f"training-{name}", f"Training {name}: epochs and steps done")
         bar = tqdm(total=100, desc=f"train {name}", unit="%", file=sys.stderr, leave=False,
@@ -99,7 +103,7 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
 
         fitted = run_in_child(fit_candidate, {"name": name, "train": train, "valid": valid, "test": test,
                                               "features": features, "params": params, "out_dir": out_dir},
-                              on_progress)
+                              on_progress, stop_file=Path(out_dir) / STOP_FILE)
         progress.update(1.0, f"{name}: done ({fitted['training']['stopped']})")
         bar.close()
         return fitted

@@ -1,4 +1,5 @@
-"""run_in_child: results, progress and errors come back from a spawned process; two run at once."""
+"""run_in_child: results, progress and errors come back from a spawned process; two run at once; a stop
+file ends a child early, and the retrain's `await_fits` uses it to stop a fit whose sibling failed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from riskmodel.child import run_in_child
+from riskmodel.child import ChildStopped, run_in_child
 from riskmodel.errors import ConfigError
 
 
@@ -48,6 +49,22 @@ def meet(mine: str, other: str, on_progress) -> str:
     return mine
 
 
+def sit(pid_file: str, seconds: float, on_progress) -> str:
+    """Write this process's pid, then wait `seconds` (far longer than any test should take) and finish."""
+    Path(pid_file).write_text(str(os.getpid()))
+    on_progress("started")
+    time.sleep(seconds)
+    return "finished"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_the_result_and_every_progress_report_come_back_in_order() -> None:
     seen = []
     result = run_in_child(count_up, {"n": 5}, lambda *args: seen.append(args))
@@ -80,3 +97,53 @@ def test_two_children_run_at_the_same_time(tmp_path: Path) -> None:
         first = pool.submit(run_in_child, meet, {"mine": a, "other": b})
         second = pool.submit(run_in_child, meet, {"mine": b, "other": a})
         assert (first.result(), second.result()) == (a, b)
+
+
+def test_a_stop_file_kills_the_child_and_names_the_reason(tmp_path: Path) -> None:
+    stop, pid_file = tmp_path / "STOP", tmp_path / "pid"
+
+    def write_stop(*_: object) -> None:
+        stop.write_text("the shuffled_order fit of this retrain failed")
+
+    with pytest.raises(ChildStopped, match="sit: stopped before it finished: the shuffled_order fit"):
+        run_in_child(sit, {"pid_file": str(pid_file), "seconds": 600}, write_stop, stop_file=stop)
+    assert not _alive(int(pid_file.read_text()))
+
+
+def fail_now() -> None:
+    raise ConfigError("shuffled_order: training shard x.npz has no label array")
+
+
+def test_await_fits_stops_the_sibling_of_a_failed_fit_and_raises_the_first_error(
+        tmp_path: Path, prefect_harness: None) -> None:
+    from prefect import flow, task
+
+    from flows.retrain import await_fits
+
+    stop, pid_file = tmp_path / "models" / "STOP", tmp_path / "pid"
+
+    @task
+    def long_fit() -> str:
+        return run_in_child(sit, {"pid_file": str(pid_file), "seconds": 120}, stop_file=stop)
+
+    @task
+    def failing_fit() -> None:
+        while not pid_file.exists():
+            time.sleep(0.05)
+        fail_now()
+
+    @flow
+    def two_fits() -> dict[str, str]:
+        fits = {"challenger": long_fit.submit(), "shuffled_order": failing_fit.submit()}
+        try:
+            await_fits(fits, stop, poll_s=0.2)
+            raised = "nothing"
+        except ConfigError as exc:
+            raised = str(exc)
+        ends = {name: type(future.result(raise_on_failure=False)).__name__ for name, future in fits.items()}
+        return {"raised": raised, **ends}
+
+    assert two_fits() == {"raised": "shuffled_order: training shard x.npz has no label array",
+                          "challenger": "ChildStopped", "shuffled_order": "ConfigError"}
+    assert stop.read_text() == "the shuffled_order fit of this retrain failed"
+    assert not _alive(int(pid_file.read_text()))
