@@ -101,11 +101,13 @@ def fit_model_task(name: str, train: list[str], valid: list[str], test: list[str
             bar.n = round(100 * done)
             bar.set_postfix({k: round(v, 4) for k, v in metrics.items()}, refresh=True)
 
-        fitted = run_in_child(fit_candidate, {"name": name, "train": train, "valid": valid, "test": test,
-                                              "features": features, "params": params, "out_dir": out_dir},
-                              on_progress, stop_file=Path(out_dir) / STOP_FILE)
+        try:
+            fitted = run_in_child(fit_candidate, {"name": name, "train": train, "valid": valid, "test": test,
+                                                  "features": features, "params": params, "out_dir": out_dir},
+                                  on_progress, stop_file=Path(out_dir) / STOP_FILE)
+        finally:
+            bar.close()
         progress.update(1.0, f"{name}: done ({fitted['training']['stopped']})")
-        bar.close()
         return fitted
 
 
