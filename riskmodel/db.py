@@ -71,7 +71,7 @@ def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=15)
     except psycopg.OperationalError as exc:
         raise TransientDatabaseError(f"cannot connect to Postgres at {redact(target)}: "
-                            f"{first_line(redact(str(exc)))}") from None
+                                     f"{first_line(redact(str(exc)))}") from None
     if not admin and settings.run_as_writer:
         try:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(settings.writer_role)))

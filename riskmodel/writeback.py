@@ -243,8 +243,9 @@ def _with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], *, what: s
                         lock_timeout_ms, attempt, attempts, first_line(exc), wait)
             if attempt < attempts:
                 time.sleep(wait)
-    raise TransientDatabaseError(f"{what}: other sessions held conflicting locks through {attempts} attempts "
-                        f"of lock_timeout_ms={lock_timeout_ms}; nothing was changed, retry later")
+    raise TransientDatabaseError(f"{what}: other sessions held conflicting locks through {attempts} "
+                                 f"attempts of lock_timeout_ms={lock_timeout_ms}; nothing was changed, "
+                                 "retry later")
 
 
 def _mark_abandoned(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, score_date: dt.date,

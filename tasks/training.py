@@ -33,6 +33,9 @@ from riskmodel.monitor import add_training_nights, population_rows, reference_di
 from tasks.reporting import Progress, publish_images, publish_table
 from tasks.retry import retry_on_transient
 
+# Written into the fits' shared output folder when one fit fails; the others watch for it and stop.
+STOP_FILE = "STOP"
+
 
 @contextmanager
 def _stage(name: str) -> Iterator[None]:
@@ -76,9 +79,6 @@ def drift_reference(probs: np.ndarray, shards: list[str], max_rows: int = 50_000
         rows = mix[reference_rows(_shard_column(training, "cutoff")[mix], max_rows)]
         reference = add_training_nights(reference, _sample_shards(training, rows))
     return reference
-
-
-STOP_FILE = "STOP"
 
 
 @task(name="fit-model", timeout_seconds=6 * 3600, cache_policy=NO_CACHE)
