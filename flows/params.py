@@ -45,6 +45,10 @@ class RetrainParams(BaseModel):
         0.999, ge=0.0, lt=1.0,
         description="Largest decay of the moving average of the LSTM's weights that validation judges "
         "and the registry keeps (0 = the raw weights); it warms up as (1+t)/(10+t) over steps t.")
+    max_pos_weight: float = Field(
+        10.0, ge=1.0, le=1e6,
+        description="Most weight a positive training row gets in the loss (the weight is negatives per "
+        "positive in the training snapshots, capped here); calibration on validation undoes the shift.")
     max_train_minutes: float = Field(
         16.0, gt=0, le=24 * 60,
         description="Time budget for each LSTM's training; the challenger and the order ablation "

@@ -148,7 +148,7 @@ def lstm_train_config(params: Mapping[str, Any], seed: int | None = None,
     budget, the weight average, the seed (or `seed`) and the device (or `device`). The challenger and
     the order ablation train at the same time, a process each, so each gets the whole budget."""
     return TrainConfig(epochs=params["epochs"], max_train_minutes=params["max_train_minutes"],
-                       ema_decay=params["ema_decay"],
+                       ema_decay=params["ema_decay"], max_pos_weight=params["max_pos_weight"],
                        seed=params["seed"] if seed is None else seed,
                        device=device or params.get("device", "auto"))
 

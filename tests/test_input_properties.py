@@ -247,6 +247,7 @@ RETRAIN_INVALID: dict[str, st.SearchStrategy[Any]] = {
                                    st.floats(min_value=1.0, allow_nan=False, allow_infinity=False)),
     "ema_decay": st.one_of(st.floats(max_value=-1e-9, allow_nan=False, allow_infinity=False),
                            st.floats(min_value=1.0, allow_nan=False, allow_infinity=False)),
+    "max_pos_weight": _floats_outside(1.0, 1e6),
     "max_train_minutes": _floats_outside(0.0, 24 * 60.0, open_low=True),
     "seed": _ints_outside(0, MAX_SEED),
     "promote_policy": words.filter(lambda w: w not in {"if_better", "always", "never"}),

@@ -84,6 +84,13 @@ def test_the_challenger_and_the_ablation_each_get_the_whole_training_budget() ->
     assert lstm_train_config(params, seed=9).seed == 9
 
 
+def test_the_positive_weight_cap_reaches_the_training_config() -> None:
+    args = build_parser().parse_args(["train", "--max-pos-weight", "4"])
+    params = RetrainParams(max_pos_weight=args.max_pos_weight).model_dump()
+    assert lstm_train_config(params).max_pos_weight == 4.0
+    assert lstm_train_config(RetrainParams().model_dump()).max_pos_weight == RetrainParams().max_pos_weight
+
+
 def test_the_train_report_names_the_blend_weight_only_for_a_blended_model() -> None:
     assert blend_line(None) == ""
     assert "LSTM weight in the served blend: 0.3" in blend_line(0.3)
@@ -104,6 +111,7 @@ def test_riskflow_train_defaults_are_the_flow_parameters_defaults() -> None:
         defaults.train_days, defaults.cutoff_every_days, defaults.epochs, defaults.hidden_size)
     assert (args.max_train_minutes, args.negative_keep, args.seed, args.max_embedded_cardinality) == (
         defaults.max_train_minutes, defaults.negative_keep, defaults.seed, defaults.max_embedded_cardinality)
-    assert (args.baseline_every, args.baseline_negative_keep, args.aggregate_dropout, args.ema_decay) == (
+    assert (args.baseline_every, args.baseline_negative_keep, args.aggregate_dropout, args.ema_decay,
+            args.max_pos_weight) == (
         defaults.baseline_cutoff_every_days, defaults.baseline_negative_keep, defaults.aggregate_dropout,
-        defaults.ema_decay)
+        defaults.ema_decay, defaults.max_pos_weight)

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="share of training rows whose aggregates the LSTM does not see")
     train.add_argument("--ema-decay", type=float, default=_RETRAIN["ema_decay"],
                        help="decay of the moving average of the LSTM's weights that is validated and kept")
+    train.add_argument("--max-pos-weight", type=float, default=_RETRAIN["max_pos_weight"],
+                       help="most weight of a positive training row in the LSTM's loss")
     train.add_argument("--max-train-minutes", type=float, default=_RETRAIN["max_train_minutes"],
                        help="each LSTM's training budget (the challenger and the ablation train at once)")
     train.add_argument("--seed", type=int, default=_RETRAIN["seed"])
@@ -117,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
         as_of=args.as_of, train_days=args.train_days, cutoff_every_days=args.every,
         epochs=args.epochs, hidden_size=args.hidden, max_train_minutes=args.max_train_minutes,
         max_embedded_cardinality=args.max_embedded_cardinality, aggregate_dropout=args.aggregate_dropout,
-        ema_decay=args.ema_decay,
+        ema_decay=args.ema_decay, max_pos_weight=args.max_pos_weight,
         seed=args.seed, promote_policy=args.promote, min_ap_margin=args.margin,
         negative_keep=args.negative_keep, baseline_cutoff_every_days=args.baseline_every,
         baseline_negative_keep=args.baseline_negative_keep,
