@@ -145,8 +145,9 @@ def downsample_negatives(paths: Sequence[Path], out_dir: Path, keep: float, seed
 def lstm_train_config(params: Mapping[str, Any], seed: int | None = None,
                       device: str | None = None) -> TrainConfig:
     """How a retrain trains each LSTM, from its parameters (a `RetrainParams` dump): epochs, the time
-    budget, the weight average, the seed (or `seed`) and the device (or `device`). The challenger and
-    the order ablation train at the same time, a process each, so each gets the whole budget."""
+    budget, the weight average, the positive-weight cap, the seed (or `seed`) and the device (or
+    `device`). The challenger and the order ablation train at the same time, a process each, so each
+    gets the whole budget."""
     return TrainConfig(epochs=params["epochs"], max_train_minutes=params["max_train_minutes"],
                        ema_decay=params["ema_decay"], max_pos_weight=params["max_pos_weight"],
                        seed=params["seed"] if seed is None else seed,
