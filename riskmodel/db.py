@@ -26,11 +26,23 @@ log = logging.getLogger("riskflow.db")
 
 _PASSWORD = re.compile(r"(://[^:/@?#]*:)([^@/?#]*)(@)")
 _PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+# The server answered and refused these logins; another try with the same URL meets the same answer.
+# (libpq gives no SQLSTATE for a failed connect, so the server's English message is what we read.)
+_REFUSED_LOGIN = re.compile(r"password authentication failed|no pg_hba\.conf entry"
+                            r"|permission denied for database|(role|database) \"[^\"]*\" does not exist")
 
 
 def redact(text: str) -> str:
     """Replace any password in a URL or libpq string with `***` (for logs and errors)."""
     return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***\3", text))
+
+
+def connect_error(target: str, exc: BaseException, driver: str = "") -> DatabaseError:
+    """A failed connect as our error: a refused login (bad password, unknown role or database) is a
+    plain `DatabaseError`; anything else (refused, unreachable, server starting up) is transient."""
+    message = first_line(redact(str(exc)))[:300]
+    kind = DatabaseError if _REFUSED_LOGIN.search(message) else TransientDatabaseError
+    return kind(f"cannot connect{driver} to Postgres at {redact(target)}: {message}")
 
 
 @cache
@@ -70,8 +82,7 @@ def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False
     try:
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=15)
     except psycopg.OperationalError as exc:
-        raise TransientDatabaseError(f"cannot connect to Postgres at {redact(target)}: "
-                                     f"{first_line(redact(str(exc)))}") from None
+        raise connect_error(target, exc) from None
     if not admin and settings.run_as_writer:
         try:
             conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(settings.writer_role)))

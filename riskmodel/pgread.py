@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow as pa
 from psycopg import sql
 
-from riskmodel.db import database_url, redact
+from riskmodel.db import connect_error, database_url
 from riskmodel.errors import DatabaseError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
 
@@ -42,8 +42,7 @@ def adbc_connection(settings: Settings) -> Iterator[adbc.Connection]:
     try:
         conn = adbc.connect(url)
     except Exception as exc:  # the driver raises its own error hierarchy
-        raise TransientDatabaseError(
-            f"cannot connect (ADBC) to {redact(url)}: {redact(str(exc))[:200]}") from None
+        raise connect_error(url, exc, " (ADBC)") from None
     try:
         if settings.run_as_writer:
             with conn.cursor() as cur:

@@ -85,6 +85,57 @@ def test_extract_task_fails_at_once_when_its_query_is_wrong(
     assert not isinstance(failure.value, TransientDatabaseError)
 
 
+def _login_as(url: str, **change: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info.update(change)
+    return psycopg.conninfo.make_conninfo(**info)
+
+
+def _connect_error(url: str, driver: str) -> DatabaseError:
+    from riskmodel.pgread import adbc_connection
+
+    settings = Settings(database_url=url, run_as_writer=False)
+    opener = connect if driver == "psycopg" else adbc_connection
+    with pytest.raises(DatabaseError) as failure, opener(settings):
+        pass
+    return failure.value
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "adbc"])
+@pytest.mark.parametrize("change", [{"user": "nobody_here"}, {"dbname": "no_such_db"}])
+def test_a_refused_login_is_not_transient_and_an_unreachable_server_is(
+        pg_server_url: str, driver: str, change: dict[str, str]) -> None:
+    """The server's answer to a bad role or database will not change on a retry; a refused port may."""
+    refused = _connect_error(_login_as(pg_server_url, password="s3cret-pw", **change), driver)
+    assert not isinstance(refused, TransientDatabaseError), refused
+    assert next(iter(change.values())) in str(refused)
+    assert "s3cret-pw" not in str(refused)
+    unreachable = _connect_error(_login_as(pg_server_url, host="127.0.0.1", port="1"), driver)
+    assert isinstance(unreachable, TransientDatabaseError), unreachable
+
+
+def test_extract_task_is_not_retried_when_the_login_is_refused(
+        ctx: fb.Ctx, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wrong database name fails the task on its first run, naming the database."""
+    from prefect import flow
+
+    from tasks.data import extract_task
+
+    @flow(name="extract-refused-login")
+    def extract_flow(run_date: date) -> dict[str, object]:
+        return extract_task(run_date)
+
+    for key, value in fb.child_env(ctx.settings).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RISKFLOW_DATABASE_URL",
+                       _login_as(ctx.settings.database_url.get_secret_value(), dbname="no_such_db"))
+    state = extract_flow(END, return_state=True)
+    assert state.is_failed()
+    assert fb.task_run_counts(state.state_details.flow_run_id) == [1]
+    with pytest.raises(DatabaseError, match="no_such_db"):
+        state.result()
+
+
 def _stage_tables(settings: Settings) -> list[str]:
     with connect(settings) as conn:
         return [r[0] for r in conn.execute(
