@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import psycopg
 import pytest
+from prefect.states import State
 
 from bench import faults as fb
 from riskmodel import faults, lake, registry
@@ -59,30 +60,40 @@ def test_extract_task_retries_when_its_connection_is_terminated(
     assert _watermark(ctx.settings)[1] == END
 
 
-def test_extract_task_fails_at_once_when_its_query_is_wrong(
-        ctx: fb.Ctx, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A missing source column is no connection problem: one task run, no retries, the column named."""
+def _extract_once(ctx: fb.Ctx, monkeypatch: pytest.MonkeyPatch, **env: str) -> State:
+    """The extract task run in a flow of its own with ctx's settings (`env` over them): its final state."""
     from prefect import flow
 
     from tasks.data import extract_task
 
-    @flow(name="extract-bad-query")
+    @flow(name="extract-task")
     def extract_flow(run_date: date) -> dict[str, object]:
         return extract_task(run_date)
 
-    for key, value in fb.child_env(ctx.settings).items():
+    for key, value in {**fb.child_env(ctx.settings), **env}.items():
         monkeypatch.setenv(key, value)
+    return extract_flow(END, return_state=True)
+
+
+def _failed_on_first_run(state: State, match: str) -> None:
+    """The flow failed with a DatabaseError matching `match` that is not transient, after one task run."""
+    assert state.is_failed()
+    assert fb.task_run_counts(state.state_details.flow_run_id) == [1]
+    with pytest.raises(DatabaseError, match=match) as failure:
+        state.result()
+    assert not isinstance(failure.value, TransientDatabaseError)
+
+
+def test_extract_task_fails_at_once_when_its_query_is_wrong(
+        ctx: fb.Ctx, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing source column is no connection problem: one task run, no retries, the column named."""
     fb.prepare_lake(ctx)
     execute(ctx.settings, "ALTER TABLE bank.transactions RENAME COLUMN mcc TO mcc_gone")
     try:
-        state = extract_flow(END, return_state=True)
+        state = _extract_once(ctx, monkeypatch)
     finally:
         execute(ctx.settings, "ALTER TABLE bank.transactions RENAME COLUMN mcc_gone TO mcc")
-    assert state.is_failed()
-    assert fb.task_run_counts(state.state_details.flow_run_id) == [1]
-    with pytest.raises(DatabaseError, match="mcc") as failure:
-        state.result()
-    assert not isinstance(failure.value, TransientDatabaseError)
+    _failed_on_first_run(state, "mcc")
 
 
 def _login_as(url: str, **change: str) -> str:
@@ -117,23 +128,8 @@ def test_a_refused_login_is_not_transient_and_an_unreachable_server_is(
 def test_extract_task_is_not_retried_when_the_login_is_refused(
         ctx: fb.Ctx, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong database name fails the task on its first run, naming the database."""
-    from prefect import flow
-
-    from tasks.data import extract_task
-
-    @flow(name="extract-refused-login")
-    def extract_flow(run_date: date) -> dict[str, object]:
-        return extract_task(run_date)
-
-    for key, value in fb.child_env(ctx.settings).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("RISKFLOW_DATABASE_URL",
-                       _login_as(ctx.settings.database_url.get_secret_value(), dbname="no_such_db"))
-    state = extract_flow(END, return_state=True)
-    assert state.is_failed()
-    assert fb.task_run_counts(state.state_details.flow_run_id) == [1]
-    with pytest.raises(DatabaseError, match="no_such_db"):
-        state.result()
+    url = _login_as(ctx.settings.database_url.get_secret_value(), dbname="no_such_db")
+    _failed_on_first_run(_extract_once(ctx, monkeypatch, RISKFLOW_DATABASE_URL=url), "no_such_db")
 
 
 def _stage_tables(settings: Settings) -> list[str]:
