@@ -14,16 +14,10 @@ from psycopg import sql
 
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import FeatureSpec, load_spec
+from tests.flow_helpers import conninfo_with
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_ENABLED", "false")
-
-
-def _with_database(url: str, dbname: str) -> str:
-    """The same server URL pointing at another database."""
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**info)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +40,7 @@ def database_url(pg_server_url: str) -> Iterator[str]:
     name = f"rf_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _with_database(pg_server_url, name)
+    yield conninfo_with(pg_server_url, dbname=name)
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

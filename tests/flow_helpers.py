@@ -23,14 +23,17 @@ END = date(2026, 6, 30)
 REPO = Path(__file__).resolve().parent.parent
 
 
+def conninfo_with(url: str, **change: str) -> str:
+    """The same connection string with some of its keys (dbname, user, host, ...) changed."""
+    return psycopg.conninfo.make_conninfo(**{**psycopg.conninfo.conninfo_to_dict(url), **change})
+
+
 def create_database(pg_server_url: str, prefix: str) -> str:
     """A fresh empty database on the test server; returns its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    info = psycopg.conninfo.conninfo_to_dict(pg_server_url)
-    info["dbname"] = name
-    return psycopg.conninfo.make_conninfo(**info)
+    return conninfo_with(pg_server_url, dbname=name)
 
 
 def drop_database(pg_server_url: str, url: str) -> None:

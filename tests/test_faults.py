@@ -24,6 +24,7 @@ from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 from riskmodel.writeback import scores_for_date, stored_checksum, write_scores
 from tests.datapath_helpers import END, TXN_COLUMNS, execute, insert, seed_tiny_bank
+from tests.flow_helpers import conninfo_with
 from tests.writeback_helpers import score_frame
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,12 +97,6 @@ def test_extract_task_fails_at_once_when_its_query_is_wrong(
     _failed_on_first_run(state, "mcc")
 
 
-def _login_as(url: str, **change: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info.update(change)
-    return psycopg.conninfo.make_conninfo(**info)
-
-
 def _connect_error(url: str, driver: str) -> DatabaseError:
     from riskmodel.pgread import adbc_connection
 
@@ -117,18 +112,18 @@ def _connect_error(url: str, driver: str) -> DatabaseError:
 def test_a_refused_login_is_not_transient_and_an_unreachable_server_is(
         pg_server_url: str, driver: str, change: dict[str, str]) -> None:
     """The server's answer to a bad role or database will not change on a retry; a refused port may."""
-    refused = _connect_error(_login_as(pg_server_url, password="s3cret-pw", **change), driver)
+    refused = _connect_error(conninfo_with(pg_server_url, password="s3cret-pw", **change), driver)
     assert not isinstance(refused, TransientDatabaseError), refused
     assert next(iter(change.values())) in str(refused)
     assert "s3cret-pw" not in str(refused)
-    unreachable = _connect_error(_login_as(pg_server_url, host="127.0.0.1", port="1"), driver)
+    unreachable = _connect_error(conninfo_with(pg_server_url, host="127.0.0.1", port="1"), driver)
     assert isinstance(unreachable, TransientDatabaseError), unreachable
 
 
 def test_extract_task_is_not_retried_when_the_login_is_refused(
         ctx: fb.Ctx, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A wrong database name fails the task on its first run, naming the database."""
-    url = _login_as(ctx.settings.database_url.get_secret_value(), dbname="no_such_db")
+    url = conninfo_with(ctx.settings.database_url.get_secret_value(), dbname="no_such_db")
     _failed_on_first_run(_extract_once(ctx, monkeypatch, RISKFLOW_DATABASE_URL=url), "no_such_db")
 
 
