@@ -1,4 +1,5 @@
-"""Bench stage "score": inference sequences per second (CPU, and CUDA when present).
+"""Bench stage "score": inference sequences per second (CPU in fp32, CPU in bf16 where the CPU
+computes bf16 natively, and CUDA when present).
 
 Measured: `score_logits` over every account of the scale (batches of 4096, inference mode).
 Baseline: the same model called on one account at a time (a naive per-account loop).
@@ -18,7 +19,7 @@ from bench.common import bench_row, in_child, scale_of
 from bench.train import CAT_CARDINALITIES, STATIC_CAT_CARDINALITIES, random_batch
 from riskmodel.batch import SequenceBatch
 from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
-from riskmodel.score import ScoreReport, score_logits, trimmed_tensors
+from riskmodel.score import ScoreReport, cpu_bf16_supported, resolve_precision, score_logits, trimmed_tensors
 
 BATCH = 4096
 NAIVE_ACCOUNTS = 300
@@ -47,7 +48,7 @@ def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16:
     """Pure forward over the same length-sorted, trimmed chunks, already tensors on the device."""
     order = np.argsort(batch.lengths, kind="stable")
     chunks = [trimmed_tensors(batch, order[lo:lo + BATCH], device) for lo in range(0, len(batch), BATCH)]
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         net(**chunks[0])
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -59,7 +60,7 @@ def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16:
     return len(batch) / (time.perf_counter() - started)
 
 
-def _measure(n: int, device_name: str, repeats: int, threads: int) -> dict[str, Any]:
+def _measure(n: int, device_name: str, repeats: int, threads: int, precision: str) -> dict[str, Any]:
     """In the child process: score all `n` accounts (best of `repeats`), then baseline and limit."""
     if threads:
         torch.set_num_threads(threads)
@@ -69,13 +70,15 @@ def _measure(n: int, device_name: str, repeats: int, threads: int) -> dict[str, 
     device = torch.device(device_name)
     net.to(device)
     report = ScoreReport(device=device_name, precision="", batch_size=BATCH)
-    score_logits(net, batch.subset(np.arange(min(BATCH, n))), device=device_name, batch_size=BATCH)
+    score_logits(net, batch.subset(np.arange(min(BATCH, n))), device=device_name, batch_size=BATCH,
+                 precision=precision)
     seconds, limit = float("inf"), 0.0
+    bf16 = resolve_precision(precision, device) == "bf16"
     for _ in range(repeats):
         started = time.perf_counter()
-        score_logits(net, batch, device=device_name, batch_size=BATCH, report=report)
+        score_logits(net, batch, device=device_name, batch_size=BATCH, precision=precision, report=report)
         seconds = min(seconds, time.perf_counter() - started)
-        limit = max(limit, _limit_rate(net, batch, device, bf16=device_name == "cuda"))
+        limit = max(limit, _limit_rate(net, batch, device, bf16=bf16))
     return {"seconds": seconds, "limit": limit, "baseline": _naive_rate(net, batch, device),
             "precision": report.precision, "bf16_max_abs_diff": report.bf16_max_abs_diff,
             "threads": torch.get_num_threads(), "seq_len": batch.seq_len,
@@ -83,12 +86,14 @@ def _measure(n: int, device_name: str, repeats: int, threads: int) -> dict[str, 
 
 
 def run(scale: str, workdir: Path) -> list[dict]:
-    """Score every account of the scale: CPU with torch's default threads and with one, then CUDA."""
+    """Score every account of the scale: CPU in fp32 with torch's default threads and with one, CPU
+    in bf16 where it is native, then CUDA."""
     n = scale_of(scale).accounts
     rows = []
-    runs = [("cpu", 0), ("cpu", 1)] + ([("cuda", 0)] if torch.cuda.is_available() else [])
-    for name, threads in runs:
-        m, _, peak = in_child(_measure, n, name, REPEATS[scale], threads)
+    runs = ([("cpu", 0, "fp32"), ("cpu", 1, "fp32")] + ([("cpu", 0, "bf16")] if cpu_bf16_supported() else [])
+            + ([("cuda", 0, "auto")] if torch.cuda.is_available() else []))
+    for name, threads, precision in runs:
+        m, _, peak = in_child(_measure, n, name, REPEATS[scale], threads, precision)
         rows.append(bench_row(
             "score", scale, rows=n, seconds=m["seconds"], peak_rss_mb=peak, output_mb=m["weights_mb"],
             baseline=f"same model called on one account at a time ({NAIVE_ACCOUNTS} accounts)",

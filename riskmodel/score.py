@@ -1,8 +1,10 @@
 """Batch inference: device choice, `torch.inference_mode`, large batches, back-off on CUDA OOM, bf16.
 
-On CUDA the forward runs under bf16 autocast with pinned, non-blocking copies; a sample is
-re-scored in fp32 and, if the two disagree by more than `bf16_tolerance` in probability, the
-whole batch is scored in fp32 instead (logged). When the GPU runs out of memory the batch
+Precision "auto" runs the forward under bf16 autocast on CUDA (with pinned, non-blocking copies)
+and in fp32 on the CPU; "bf16" uses bf16 autocast on the CPU too, where the CPU computes bf16
+natively (AVX512-BF16 or AMX; elsewhere it falls back to fp32, logged); "fp32" never autocasts.
+Under bf16 a sample is re-scored in fp32 and, if the two disagree by more than `bf16_tolerance`
+in probability, the whole batch is scored in fp32 instead (logged). When the GPU runs out of memory the batch
 size is halved and the same rows are retried, so the result does not depend on the batch
 size. `oom_hook(batch_size)` is called before every forward so tests can inject OOMs.
 One loaded model may score several shards at once from threads (the nightly's thread runner):
@@ -12,6 +14,7 @@ Needs only torch and numpy: it runs on a bare GPU box.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("riskflow.score")
 
 OomHook = Callable[[int], None]
+PRECISIONS = ("auto", "fp32", "bf16")
 _PLACING = threading.Lock()
 
 
@@ -56,6 +60,35 @@ def choose_device(device: str = "auto") -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} but torch sees no CUDA device")
     return torch.device(device)
+
+
+@functools.cache
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bf16 natively through oneDNN (AVX512-BF16 or AMX); emulated bf16
+    is slower than fp32, so it is never worth asking for there."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"bf16" or "fp32" for the `precision` setting on `device` (see the module docstring)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"score_precision={precision!r} must be one of {PRECISIONS}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_supported():
+        _warn_no_cpu_bf16()
+        return "fp32"
+    return precision
+
+
+@functools.cache
+def _warn_no_cpu_bf16() -> None:
+    """Say once per process that CPU bf16 was asked for and fp32 is used instead."""
+    log.warning("score_precision='bf16' but this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                "scoring in fp32")
 
 
 def set_threads(threads: int) -> None:
@@ -95,7 +128,7 @@ def _run(net: RiskLSTM, batch: SequenceBatch, device: torch.device, batch_size: 
             if oom_hook is not None:
                 oom_hook(hi - lo)
             t = trimmed_tensors(batch, order[lo:hi], device, pin=cuda)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out[order[lo:hi]] = net(**t).float().cpu().numpy()
         except torch.cuda.OutOfMemoryError:
             if hi - lo <= 1:
@@ -112,7 +145,7 @@ def _run(net: RiskLSTM, batch: SequenceBatch, device: torch.device, batch_size: 
 
 
 def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", batch_size: int = 4096,
-                 bf16: bool = True, bf16_sample: int = 256, bf16_tolerance: float = 0.02,
+                 precision: str = "auto", bf16_sample: int = 256, bf16_tolerance: float = 0.02,
                  oom_hook: OomHook | None = None, threads: int = 0,
                  report: ScoreReport | None = None) -> np.ndarray:
     """Raw logits (float32) of `net` for every account in `batch`, in row order."""
@@ -120,7 +153,7 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     set_threads(threads)
     dev = choose_device(device)
-    use_bf16 = bf16 and dev.type == "cuda"
+    use_bf16 = resolve_precision(precision, dev) == "bf16"
     rep = report or ScoreReport(device=str(dev), precision="bf16" if use_bf16 else "fp32",
                                 batch_size=batch_size)
     rep.device, rep.precision = str(dev), "bf16" if use_bf16 else "fp32"
@@ -142,10 +175,11 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
 
 def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto",
                 batch_size: int = 4096, oom_hook: OomHook | None = None, threads: int = 0,
-                report: ScoreReport | None = None) -> np.ndarray:
+                precision: str = "auto", report: ScoreReport | None = None) -> np.ndarray:
     """Calibrated probabilities (float64) of a registered model (blended with LightGBM when it is a
     blend) for every account in `batch`; the network is skipped when the blend does not use it."""
     if report is not None:
         report.lstm_ran = model.runs_lstm
     return model.calibrator.apply(model.predict_logits(batch, device=device, batch_size=batch_size,
-                                                       oom_hook=oom_hook, threads=threads, report=report))
+                                                       oom_hook=oom_hook, threads=threads,
+                                                       precision=precision, report=report))

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch default.")
     score_batch_size: int = Field(4096, ge=1, description="Accounts per inference batch.")
+    score_precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Inference precision: auto = bf16 on CUDA, fp32 on CPU; bf16 = bf16 on a "
+        "CPU with native bf16 (AMX or AVX512-BF16) too; fp32 = never bf16. bf16 is checked against fp32 "
+        "on a sample.")
     lock_timeout_ms: int = Field(2000, ge=1, description="Bound on lock waits at swap time.")
     retention_days: int = Field(400, ge=1, description="Score partitions older are dropped.")
     nightly_cron: str = Field("0 2 * * *", description="When `riskflow serve` runs nightly scoring.")

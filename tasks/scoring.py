@@ -62,7 +62,7 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
     batch = SequenceBatch.load(Path(shard))
     report = ScoreReport(device=device, precision="fp32", batch_size=settings.score_batch_size)
     probs = score_batch(model, batch, device=device, batch_size=settings.score_batch_size,
-                        threads=settings.torch_threads, report=report)
+                        threads=settings.torch_threads, precision=settings.score_precision, report=report)
     bands = model.band(probs)
     reasons: list[list[str]] = [[] for _ in range(len(batch))]
     if with_reasons and len(batch):
@@ -70,7 +70,8 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
         neutral = model.manifest["features"].get("agg_neutral")
         if selected.any():
             reasons = reason_codes(lambda b: score_batch(model, b, device=device,
-                                                         batch_size=settings.score_batch_size),
+                                                         batch_size=settings.score_batch_size,
+                                                         precision=settings.score_precision),
                                    batch, selected, top_k=3,
                                    agg_neutral=np.asarray(neutral, np.float32) if neutral else None)
     out = Path(shard).with_suffix(f".{version}.scores.parquet")

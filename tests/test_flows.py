@@ -23,6 +23,7 @@ from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.monitor import TRAINING_NIGHT, WINDOW
 from riskmodel.reports import night_folder
+from riskmodel.score import cpu_bf16_supported
 from riskmodel.settings import Settings
 from riskmodel.writeback import write_scores
 from tasks.data import training_shards_task
@@ -154,6 +155,21 @@ def test_nightly_scores_every_active_account_once_and_rerun_is_identical(
     assert audited == len(rows)
     assert [r[0] for r in runs] == ["succeeded", "succeeded"]
     assert runs[0][1] == runs[1][1] and runs[0][2] == trained["sha256"]
+
+
+def test_nightly_in_bf16_says_so_and_stays_close_to_fp32(bank: Settings, trained: dict,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    day = END - timedelta(days=7)
+    exact = nightly_scoring(ScoreParams(score_date=day, extract=False))
+    assert "in fp32" in exact["scoring"]
+    fp32 = _scores(bank, day)
+    monkeypatch.setenv("RISKFLOW_SCORE_PRECISION", "bf16")
+    fast = nightly_scoring(ScoreParams(score_date=day, extract=False))
+    assert f"in {'bf16' if cpu_bf16_supported() else 'fp32'}" in fast["scoring"]
+    bf16 = _scores(bank, day)
+    assert [r[0] for r in bf16] == [r[0] for r in fp32]
+    np.testing.assert_allclose([r[1] for r in bf16], [r[1] for r in fp32], rtol=0, atol=0.02)
+    assert (fast["checksum"] == exact["checksum"]) == (not cpu_bf16_supported())
 
 
 def test_corrupted_champion_fails_loudly_and_keeps_scores(bank: Settings, trained: dict) -> None:

@@ -1,4 +1,5 @@
-"""Inference: OOM back-off gives identical scores, reloaded model equals in-memory, device checks."""
+"""Inference: OOM back-off gives identical scores, reloaded model equals in-memory, device and
+precision choice."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 from model_helpers import order_batch
@@ -15,7 +17,8 @@ from riskmodel.calibrate import Calibrator
 from riskmodel.errors import ConfigError
 from riskmodel.model import ModelConfig, RiskLSTM
 from riskmodel.registry import LoadedModel, load_artifact, save_artifact
-from riskmodel.score import ScoreReport, choose_device, score_batch, score_logits
+from riskmodel.score import ScoreReport, choose_device, cpu_bf16_supported, score_batch, score_logits
+from riskmodel.settings import Settings
 
 
 def _model() -> LoadedModel:
@@ -84,6 +87,38 @@ def test_device_choice() -> None:
             choose_device("cuda")
     with pytest.raises(ConfigError, match="batch_size"):
         score_logits(_model().net, order_batch(3), device="cpu", batch_size=0)
+
+
+def test_precision_choice_on_cpu() -> None:
+    model = _model()
+    batch = order_batch(200, seed=9)
+    exact = score_logits(model.net, batch, device="cpu", batch_size=64)
+    report = ScoreReport(device="cpu", precision="", batch_size=64)
+    fp32 = score_logits(model.net, batch, device="cpu", batch_size=64, precision="fp32", report=report)
+    assert np.array_equal(fp32, exact)
+    assert report.precision == "fp32" and report.bf16_max_abs_diff is None
+    report = ScoreReport(device="cpu", precision="", batch_size=64)
+    fast = score_logits(model.net, batch, device="cpu", batch_size=64, precision="bf16", report=report)
+    if not cpu_bf16_supported():
+        assert report.precision == "fp32" and np.array_equal(fast, exact)
+        return
+    assert report.precision == "bf16" and 0 < report.bf16_max_abs_diff <= 0.02
+    assert not np.array_equal(fast, exact)
+    np.testing.assert_allclose(1 / (1 + np.exp(-fast)), 1 / (1 + np.exp(-exact)), rtol=0, atol=0.02)
+    for size in (64, 7):
+        rerun = score_logits(model.net, batch, device="cpu", batch_size=size, precision="bf16")
+        assert np.array_equal(rerun, fast)
+    strict = ScoreReport(device="cpu", precision="", batch_size=64)
+    checked = score_logits(model.net, batch, device="cpu", batch_size=64, precision="bf16",
+                           bf16_tolerance=0.0, report=strict)
+    assert strict.precision == "fp32" and np.array_equal(checked, exact)
+
+
+def test_unknown_precision_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="score_precision='fp16'"):
+        score_logits(_model().net, order_batch(3), device="cpu", precision="fp16")
+    with pytest.raises(pydantic.ValidationError, match="score_precision"):
+        Settings(score_precision="fp16")
 
 
 def test_length_sorted_trimmed_scoring_equals_the_full_forward() -> None:
