@@ -7,11 +7,11 @@ from datetime import date, timedelta
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.context import settings_and_spec
 from flows.nightly_scoring import nightly_scoring
 from flows.params import BackfillParams, ScoreParams
 from riskmodel import registry
 from riskmodel.served import scored_dates
+from tasks.context import settings_and_spec
 from tasks.data import extract_task
 
 

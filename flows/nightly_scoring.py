@@ -16,13 +16,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 
-from flows.context import settings_and_spec
 from flows.output import table
 from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import yesterday
 from riskmodel.reports import night_folder
 from riskmodel.settings import Settings, load_settings
+from tasks.context import settings_and_spec
 from tasks.data import extract_task, lake_watermark_task, scoring_shards_task
 from tasks.monitoring import monitor_task
 from tasks.reporting import publish_markdown, publish_table

@@ -12,12 +12,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
 
-from flows.context import settings_and_spec
 from flows.params import RetrainParams
 from riskmodel import registry
 from riskmodel import retrain as steps
 from riskmodel.clock import yesterday
 from riskmodel.settings import Settings
+from tasks.context import settings_and_spec
 from tasks.data import extract_task, fit_features_task, training_shards_task
 from tasks.training import (
     STOP_FILE,

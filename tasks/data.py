@@ -14,10 +14,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from flows.context import settings_and_spec
 from riskmodel import lake, sequences, snapshots
 from riskmodel.errors import ConfigError
 from riskmodel.features import FeatureState, fit_feature_state
+from tasks.context import settings_and_spec
 from tasks.models import cached_model
 from tasks.retry import retry_on_transient
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from flows.context import settings_and_spec
 from riskmodel import registry
 from riskmodel.registry import LoadedModel
+from tasks.context import settings_and_spec
 
 _models: dict[tuple[str, str], LoadedModel] = {}
 _lock = threading.Lock()

@@ -15,7 +15,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from flows.context import settings_and_spec
 from riskmodel.batch import SequenceBatch
 from riskmodel.input_counts import InputCounts
 from riskmodel.monitor import feature_values, monitor
@@ -23,6 +22,7 @@ from riskmodel.served import top_movers
 from riskmodel.settings import Settings
 from riskmodel.sources import read_accounts
 from riskmodel.spec import FeatureSpec
+from tasks.context import settings_and_spec
 from tasks.models import cached_model
 from tasks.reporting import publish_images, publish_table
 from tasks.retry import retry_on_transient

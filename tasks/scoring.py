@@ -16,13 +16,13 @@ import polars as pl
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.context import settings_and_spec
 from riskmodel import registry, writeback
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.reasons import at_or_above, reason_codes
 from riskmodel.reports import drop_expired_nights
 from riskmodel.score import ScoreReport, score_batch
+from tasks.context import settings_and_spec
 from tasks.models import cached_model, remember_model
 from tasks.retry import retry_on_transient
 

@@ -21,7 +21,6 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
-from flows.context import settings_and_spec
 from riskmodel import registry, retrain
 from riskmodel.batch import SequenceBatch
 from riskmodel.blend import BOOSTER_FILE
@@ -30,6 +29,7 @@ from riskmodel.child import run_in_child
 from riskmodel.evaluate import calibration_png, evaluate_models, pr_png, roc_png, train_baseline
 from riskmodel.groundtruth import read_ground_truth
 from riskmodel.monitor import add_training_nights, population_rows, reference_distributions, reference_rows
+from tasks.context import settings_and_spec
 from tasks.reporting import Progress, publish_images, publish_table
 from tasks.retry import retry_on_transient
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from flows.context import settings_and_spec
 from flows.output import emit
 from riskmodel.schema import init_database
+from tasks.context import settings_and_spec
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

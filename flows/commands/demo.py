@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from flows.context import settings_and_spec
 from flows.output import emit, table
 from riskmodel import lake
 from riskmodel.clock import yesterday
@@ -18,6 +17,7 @@ from riskmodel.db import database_url, redact
 from riskmodel.schema import init_database
 from riskmodel.served import top_accounts
 from riskmodel.synthetic import seed_bank
+from tasks.context import settings_and_spec
 
 NEXT_STEPS_SQL = """\
 -- the latest score of every account

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from datetime import date
 
-from flows.context import settings_and_spec
 from flows.output import emit, table
 from riskmodel.lake import extract
+from tasks.context import settings_and_spec
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from flows.context import settings_and_spec
 from flows.output import emit, table
 from riskmodel.errors import ConfigError
 from riskmodel.schema import init_database
 from riskmodel.synthetic import seed_bank
+from tasks.context import settings_and_spec
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

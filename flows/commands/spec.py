@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from flows.context import settings_and_spec
 from flows.output import emit
 from riskmodel.db import connect
 from riskmodel.spec_check import check_spec
+from tasks.context import settings_and_spec
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

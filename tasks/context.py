@@ -1,4 +1,5 @@
-"""Settings and spec as the CLI and flows load them (env, TOML, `--spec`)."""
+"""Settings and spec as tasks, flows and the CLI load them (env, TOML, `--spec`); in `tasks` so that
+dependencies point one way: flows -> tasks -> riskmodel."""
 
 from __future__ import annotations
 
