@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.nightly_scoring import nightly_scoring
 from flows.params import BackfillParams, ScoreParams
 from riskmodel import registry
+from riskmodel.clock import not_after_today
 from riskmodel.served import scored_dates
 from tasks.context import settings_and_spec
 from tasks.data import extract_task
@@ -26,6 +27,7 @@ def backfill(params: BackfillParams) -> dict:
     """Score every date in [start, end]; dates the champion already scored are skipped unless forced."""
     logger = get_run_logger()
     settings, _ = settings_and_spec()
+    not_after_today("end", params.end, settings.tz)
     champion = registry.champion_version(settings)
     if champion is None:
         raise registry.RegistryError("no champion model is registered: train one first")

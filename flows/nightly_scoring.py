@@ -19,8 +19,9 @@ from prefect.runtime import flow_run
 from flows.output import table
 from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
-from riskmodel.clock import yesterday
+from riskmodel.clock import not_after_today, yesterday
 from riskmodel.reports import night_folder
+from riskmodel.score import choose_device
 from riskmodel.settings import Settings, load_settings
 from tasks.context import settings_and_spec
 from tasks.data import extract_task, lake_watermark_task, scoring_shards_task
@@ -139,7 +140,10 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     """Score every active account for `params.score_date` with the champion (and shadow challenger)."""
     logger = get_run_logger()
     settings, _ = settings_and_spec()
-    score_date = params.score_date or yesterday(settings.tz)
+    score_date = not_after_today("score_date", params.score_date
+                                 or yesterday(settings.tz, flow_run.scheduled_start_time), settings.tz)
+    device = params.device or settings.device
+    choose_device(device)
     run_id = current_run_id()
     run_dir = settings.home / "runs" / run_id
     timings: dict[str, float] = {}
@@ -157,13 +161,13 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
     else:
         watermark = lake_watermark_task()
     try:
-        result = score_with(champion, score_date, run_dir, params.device, run_id, watermark,
+        result = score_with(champion, score_date, run_dir, device, run_id, watermark,
                             "risk_scores", timings)
         shadow: dict | None = None
         shadow_error = models.get("challenger_error")
         if models["challenger"]:
             try:
-                shadow = score_with(models["challenger"], score_date, run_dir, params.device,
+                shadow = score_with(models["challenger"], score_date, run_dir, device,
                                     str(uuid.uuid4()), watermark, "risk_scores_shadow", timings)
             except Exception as exc:  # noqa: BLE001 - the champion's night is written; the shadow's failure is reported
                 shadow_error = f"{models['challenger']['version']}: {type(exc).__name__}: {exc}"[:500]

@@ -86,7 +86,8 @@ class ScoreParams(BaseModel):
         None, ge=FIRST_DATE, le=LAST_DATE,
         description="Business date D to score (uses transactions before D+1; default yesterday).",
     )
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
+    device: Literal["auto", "cpu", "cuda"] | None = Field(
+        None, description="Inference device (default: the RISKFLOW_DEVICE setting).")
     shadow: bool = Field(True, description="Also score an unpromoted challenger into risk_scores_shadow.")
     extract: bool = Field(True, description="Run the incremental extract first.")
 

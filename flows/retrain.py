@@ -11,11 +11,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, wait
+from prefect.runtime import flow_run
 
 from flows.params import RetrainParams
 from riskmodel import registry
 from riskmodel import retrain as steps
-from riskmodel.clock import yesterday
+from riskmodel.clock import not_after_today, yesterday
 from riskmodel.settings import Settings
 from tasks.context import settings_and_spec
 from tasks.data import extract_task, fit_features_task, training_shards_task
@@ -37,7 +38,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     """Train a challenger on closed label windows and promote it only if it beats the champion."""
     logger = get_run_logger()
     settings, spec = settings_and_spec(params.horizon_days)
-    as_of = params.as_of or yesterday(settings.tz)
+    as_of = not_after_today("as_of", params.as_of or yesterday(settings.tz, flow_run.scheduled_start_time),
+                            settings.tz)
     run_dir = settings.home / "runs" / f"retrain-{uuid.uuid4()}"
     extract_task(as_of)
 

@@ -62,8 +62,8 @@ from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DataQualityError
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
+from riskmodel.source_stream import Range, plan_ranges, prefetch, stream_ranges
 from riskmodel.source_stream import extract_query as extract_query
-from riskmodel.source_stream import plan_ranges, prefetch, stream_ranges
 from riskmodel.spec import FeatureSpec, TransactionsSpec
 from riskmodel.spill import KeySpill
 from riskmodel.storage import LakeStore, check_store_writable, lake_store, redact_lake
@@ -170,7 +170,8 @@ def lake_dates(settings: Settings) -> list[date]:
 
 def scan_transactions(settings: Settings, start: date, end: date) -> pl.LazyFrame:
     """Lazy frame of lake rows with local dates in [start, end], with a `txn_date` Date column last.
-    ConfigError when a date between the window's first and last partitions has none (lost).
+    ConfigError when the lake ends before `end` (not extracted yet) or a date between the window's
+    first and last partitions has none (lost).
 
     Partitions come in date order, each in its stored (account, ts) order. A local lake is read by
     Polars directly; an object store through a pyarrow dataset over the fsspec filesystem, so any
@@ -180,6 +181,9 @@ def scan_transactions(settings: Settings, start: date, end: date) -> pl.LazyFram
     if not dates:
         raise ConfigError(f"lake {store.url}: no partitions between {start} and {end}; "
                           f"run `riskflow extract --date {end}` first (`--full` re-reads all history)")
+    if dates[-1] < end:
+        raise ConfigError(f"lake {store.url}: the last partition is {dates[-1]}, before {end}; "
+                          f"run `riskflow extract --date {end}` first")
     lost = missing_dates(dates, dates[-1])
     if lost:
         raise ConfigError(f"lake {store.url}: no partition for {len(lost)} dates between {dates[0]} and "
@@ -304,9 +308,8 @@ class _Stager:
     finds repeats inside a group, SeenIds across them, so the batch keeps the rule's
     first-occurrence semantics whatever the grouping."""
 
-    def __init__(self, tx: TransactionsSpec, run_date: date, settings: Settings, folder: Path,
-                 fsync: bool) -> None:
-        self.tx, self.run_date, self.tz, self.folder, self.fsync = tx, run_date, settings.tz, folder, fsync
+    def __init__(self, tx: TransactionsSpec, future: datetime, folder: Path, fsync: bool) -> None:
+        self.tx, self.future, self.folder, self.fsync = tx, future, folder, fsync
         self.staged = _Staged()
         self.seen = SeenIds()
 
@@ -317,7 +320,7 @@ class _Stager:
 
     def _stage_group(self, group: pl.DataFrame) -> None:
         tx, staged = self.tx, self.staged
-        checked = quality.check_batch(group, tx, self.run_date, self.tz)
+        checked = quality.check_batch(group, tx, self.future)
         good, bad = checked.good, checked.bad
         before = self.seen.update(group[tx.id])
         if before.any():
@@ -400,8 +403,10 @@ def _store_error(settings: Settings, store: LakeStore, exc: Exception) -> Config
 def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool = False,
             before_rename: BeforeRename | None = None, lock_timeout_s: float = 600.0) -> ExtractReport:
     """Bring the lake up to local date `run_date`: quality-check, quarantine, rewrite changed days.
-    A lake found empty while the database keeps a watermark is rebuilt from all history up to the
-    later of `run_date` and the watermark's date (the report's `run_date` says which).
+    Source rows stamped on later dates are left for later runs (a rerun in the day sees the same
+    window), except rows stamped in the future, which are read and quarantined. A lake found empty
+    while the database keeps a watermark is rebuilt from all history up to the later of `run_date`
+    and the watermark's date (the report's `run_date` says which).
 
     `before_rename(day, staged_file)` runs just before each partition is committed (tests use it
     to simulate a crash there)."""
@@ -436,17 +441,18 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
                         "partition (lost, or days without rows from before riskflow wrote empty ones): "
                         "%s; reading the source again from %s to %s", source, store.url, len(lost),
                         mark.first_date or present[0], mark.last_date, _listed(lost), lost[0], run_date)
-        backfill = mark is not None and run_date < mark.last_date
         if mark is None:
             first_day = None
         else:
             first_day = min(mark.last_date + timedelta(days=1), run_date) - timedelta(days=settings.late_days)
             first_day = min([first_day, *lost[:1]])
         lo = quality.local_midnight(first_day, tz) if first_day else None
-        hi = quality.local_midnight(run_date + timedelta(days=1), tz) if backfill else None
+        hi = quality.local_midnight(run_date + timedelta(days=1), tz)
+        future = quality.future_cutoff()
         spill = KeySpill(scratch / "spill", TXN_DATE, SPILL_BUDGET_BYTES)
-        stager = _Stager(tx, run_date, settings, _staging_dir(store, scratch, run_id), fsync=store.local)
-        ranges = plan_ranges(conn, settings, tx, lo, hi, RANGE_DAYS)
+        stager = _Stager(tx, future, _staging_dir(store, scratch, run_id), fsync=store.local)
+        ranges = [*plan_ranges(conn, settings, tx, lo, hi, RANGE_DAYS), Range(max(hi, future), None, False)]
+        conn.commit()
         for chunk in prefetch(stream_ranges(settings, tx, ranges), PREFETCH_CHUNKS):
             if chunk is None:
                 stager.stage(_date_groups(spill, tx, GROUP_ROWS, final=False))

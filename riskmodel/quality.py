@@ -24,6 +24,7 @@ from riskmodel.spec import TransactionsSpec
 log = logging.getLogger("riskflow.quality")
 
 RULES = ("null_account", "null_timestamp", "bad_amount", "future_timestamp", "duplicate_txn_id")
+FUTURE_TOLERANCE = timedelta(minutes=10)
 TXN_DATE = "txn_date"
 
 
@@ -47,10 +48,17 @@ def local_midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
 
 
-def rule_exprs(tx: TransactionsSpec, run_date: date, tz: ZoneInfo) -> list[tuple[str, pl.Expr, pl.Expr]]:
-    """(rule, condition, reason) per rule; conditions are evaluated in order on the raw batch."""
+def future_cutoff(now: datetime | None = None) -> datetime:
+    """The first instant a row's timestamp counts as in the future: the extract's clock (`now`, the
+    wall clock when None) plus `FUTURE_TOLERANCE` for clock skew between the bank's systems."""
+    return (now or datetime.now(UTC)) + FUTURE_TOLERANCE
+
+
+def rule_exprs(tx: TransactionsSpec, future: datetime) -> list[tuple[str, pl.Expr, pl.Expr]]:
+    """(rule, condition, reason) per rule; conditions are evaluated in order on the raw batch.
+
+    `future` is `future_cutoff()`: rows stamped at or after it cannot have happened yet."""
     amount = pl.col(tx.amount).cast(pl.Float64)
-    end = local_midnight(run_date + timedelta(days=1), tz)
     bad_amount = amount.is_null() | ~amount.is_finite() | (amount.abs() > tx.max_amount)
     amount_reason = (pl.when(amount.is_null()).then(pl.lit(f"{tx.amount} is null"))
                      .when(~amount.is_finite()).then(pl.lit(f"{tx.amount} is not finite"))
@@ -64,15 +72,16 @@ def rule_exprs(tx: TransactionsSpec, run_date: date, tz: ZoneInfo) -> list[tuple
         ("null_account", pl.col(tx.account_id).is_null(), pl.lit(f"{tx.account_id} is null")),
         ("null_timestamp", pl.col(tx.timestamp).is_null(), pl.lit(f"{tx.timestamp} is null")),
         ("bad_amount", bad_amount, amount_reason),
-        ("future_timestamp", pl.col(tx.timestamp) >= end,
-         pl.lit(f"{tx.timestamp} on or after {run_date + timedelta(days=1)} (after run date {run_date})")),
+        ("future_timestamp", pl.col(tx.timestamp) >= future,
+         pl.lit(f"{tx.timestamp} is in the future (after the extract's clock + {FUTURE_TOLERANCE})")),
         ("duplicate_txn_id", dup, pl.lit(f"{tx.id} seen earlier in this batch")),
     ]
 
 
-def check_batch(frame: pl.DataFrame, tx: TransactionsSpec, run_date: date, tz: ZoneInfo) -> QualityResult:
-    """Split `frame` (sorted deterministically) into good and bad rows by the rules, first match wins."""
-    rules = rule_exprs(tx, run_date, tz)
+def check_batch(frame: pl.DataFrame, tx: TransactionsSpec, future: datetime) -> QualityResult:
+    """Split `frame` (sorted deterministically) into good and bad rows by the rules, first match wins;
+    `future` is `future_cutoff()`."""
+    rules = rule_exprs(tx, future)
     code = pl.lit(None, pl.Int8)
     for k in reversed(range(len(rules))):
         code = pl.when(rules[k][1].fill_null(False)).then(pl.lit(k, pl.Int8)).otherwise(code)

@@ -290,7 +290,8 @@ def test_shadow_challenger_is_scored_and_a_broken_one_never_blocks_the_night(
 def test_deployment_forms_have_typed_parameters() -> None:
     schema = parameter_schema(nightly_scoring.fn).model_dump()
     params = schema["definitions"]["ScoreParams"]["properties"]
-    assert params["device"]["enum"] == ["auto", "cpu", "cuda"]
+    assert params["device"]["anyOf"][0]["enum"] == ["auto", "cpu", "cuda"]
+    assert params["device"]["default"] is None
     assert "description" in params["score_date"]
     assert schema["properties"]["params"]["default"]["shadow"] is True
     retrain_schema = parameter_schema(retrain.fn).model_dump()

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import psycopg
 import pytest
+import torch
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -25,13 +26,14 @@ from flows.cli import main as cli_main
 from flows.nightly_scoring import nightly_scoring
 from flows.params import MAX_SEED, BackfillParams, RetrainParams, ScoreParams
 from flows.retrain import retrain
+from riskmodel.clock import not_after_today, today, yesterday
 from riskmodel.db import connect
-from riskmodel.errors import DatabaseError
+from riskmodel.errors import ConfigError, DatabaseError
 from riskmodel.quality import RULES, check_batch
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import FeatureSpec, SpecError, load_spec
 from riskmodel.spec_check import check_spec
-from tests.datapath_helpers import END, TXN_COLUMNS
+from tests.datapath_helpers import TXN_COLUMNS
 
 FAST = hsettings(max_examples=40, deadline=None,
                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -343,7 +345,29 @@ def test_cli_and_flow_calls_with_bad_parameters_write_nothing(initialised: Setti
                         "before start")):
         with pytest.raises(ParameterTypeError, match=word):
             call()
+    tomorrow = today(initialised.tz) + timedelta(days=1)
+    for call, word in ((lambda: nightly_scoring(ScoreParams(score_date=tomorrow)), "score_date"),
+                       (lambda: retrain(RetrainParams(as_of=tomorrow)), "as_of"),
+                       (lambda: backfill(BackfillParams(start=tomorrow - timedelta(days=3), end=tomorrow)),
+                        "end")):
+        with pytest.raises(ConfigError, match=f"{word}={tomorrow} is after today"):
+            call()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("RISKFLOW_DEVICE", "cuda")
+        with pytest.raises(ConfigError, match="device='cuda' but torch sees no CUDA"):
+            nightly_scoring(ScoreParams(score_date=tomorrow - timedelta(days=2)))
     assert _state(initialised) == before
+
+
+def test_default_dates_follow_the_scheduled_time_in_the_business_zone() -> None:
+    tz = ZoneInfo("America/New_York")
+    scheduled = datetime(2026, 3, 9, 6, 30, tzinfo=UTC)
+    assert today(tz, scheduled) == date(2026, 3, 9) and yesterday(tz, scheduled) == date(2026, 3, 8)
+    assert yesterday(tz, datetime(2026, 3, 9, 3, 59, tzinfo=UTC)) == date(2026, 3, 7)
+    assert yesterday(tz) == today(tz) - timedelta(days=1)
+    assert not_after_today("score_date", today(tz), tz) == today(tz)
+    with pytest.raises(ConfigError, match=r"as_of=.* is after today \(.* in America/New_York\)"):
+        not_after_today("as_of", today(tz) + timedelta(days=1), tz)
 
 
 def _oracle(row: dict[str, Any], max_amount: float, allow_negative: bool, end: datetime,
@@ -387,7 +411,7 @@ def test_every_malformed_row_is_caught_by_its_first_rule_and_counted(
                                  "amount": pl.Float64, "mcc": pl.String, "_row": pl.Int64,
                                  "channel": pl.String, "country": pl.String, "merchant_id": pl.String})
     tx = demo_spec.transactions.model_copy(update={"allow_negative": allow_negative})
-    result = check_batch(frame.select([*TXN_COLUMNS, "_row"]), tx, END, ZoneInfo("UTC"))
+    result = check_batch(frame.select([*TXN_COLUMNS, "_row"]), tx, NEXT_MIDNIGHT)
     seen: set[int] = set()
     first_ids = set()
     for i, r in enumerate(rows):

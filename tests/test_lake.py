@@ -138,6 +138,9 @@ def test_lost_partitions_are_found_and_read_again(bank: tuple[Settings, list[tup
     assert lake_digest(settings) == before
     assert scan_transactions(settings, END - timedelta(days=39), END).collect().height == len(rows)
     assert extract(settings, demo_spec, END).dates_missing == []
+    with pytest.raises(ConfigError, match=r"last partition is 2026-06-30, before 2026-07-03; run `riskflow "
+                                          r"extract --date 2026-07-03`"):
+        scan_transactions(settings, END - timedelta(days=3), END + timedelta(days=3))
 
 
 def _first_date(settings: Settings) -> date | None:

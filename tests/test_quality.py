@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import polars as pl
 import psycopg
@@ -11,7 +10,7 @@ import pytest
 
 from riskmodel.errors import DataQualityError
 from riskmodel.lake import extract, lake_dates, scan_transactions
-from riskmodel.quality import RULES, check_batch
+from riskmodel.quality import RULES, check_batch, future_cutoff
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 from tests.datapath_helpers import END, TXN_COLUMNS, insert, seed_tiny_bank
@@ -23,10 +22,11 @@ BAD = [
     (900003, 1, NOON, float("nan"), "5411", "pos", "DE", "m1"),
     (900004, 1, NOON, 5e6, "5411", "pos", "DE", "m1"),
     (900005, 1, NOON, -3.0, "5411", "pos", "DE", "m1"),
-    (900006, 1, datetime(2026, 7, 1, 0, 0, tzinfo=UTC), 10.0, "5411", "pos", "DE", "m1"),
+    (900006, 1, datetime(2099, 1, 1, 0, 0, tzinfo=UTC), 10.0, "5411", "pos", "DE", "m1"),
     (900007, 2, NOON, 11.0, "5411", "pos", "DE", "m1"),
     (900007, 2, NOON, 11.0, "5411", "pos", "DE", "m1"),
 ]
+NEXT_DAY = (900008, 3, datetime(2026, 7, 1, 0, 30, tzinfo=UTC), 12.0, "5411", "pos", "DE", "m1")
 WANT = {900001: "null_account", 900002: "null_timestamp", 900003: "bad_amount", 900004: "bad_amount",
         900005: "bad_amount", 900006: "future_timestamp", 900007: "duplicate_txn_id"}
 
@@ -41,7 +41,7 @@ def quarantined(settings: Settings) -> pl.DataFrame:
 
 def test_each_rule_quarantines_its_rows(initialised: Settings, demo_spec: FeatureSpec) -> None:
     rows = seed_tiny_bank(initialised, accounts=30, days=40)
-    insert(initialised, "transactions", TXN_COLUMNS, BAD)
+    insert(initialised, "transactions", TXN_COLUMNS, BAD + [NEXT_DAY])
     report = extract(initialised, demo_spec, END)
     assert report.quarantined == {"null_account": 1, "null_timestamp": 1, "bad_amount": 3,
                                   "future_timestamp": 1, "duplicate_txn_id": 1}
@@ -50,14 +50,20 @@ def test_each_rule_quarantines_its_rows(initialised: Settings, demo_spec: Featur
     assert dict(zip(table["txn_id"].cast(pl.Int64).to_list(), table["rule"].to_list(), strict=True)) == WANT
     reasons = dict(zip(table["txn_id"].to_list(), table["reason"].to_list(), strict=True))
     assert "is not finite" in reasons["900003"] and "max_amount" in reasons["900004"]
-    assert "allow_negative" in reasons["900005"] and "after run date 2026-06-30" in reasons["900006"]
+    assert "allow_negative" in reasons["900005"] and "in the future" in reasons["900006"]
     assert "account_id is null" in reasons["900001"]
     lake = scan_transactions(initialised, lake_dates(initialised)[0], END).collect()
     assert lake.filter(pl.col("txn_id") == 900007).height == 1
     assert lake.filter(pl.col("txn_id").is_in([900001, 900002, 900003, 900004, 900005, 900006])).is_empty()
-    rerun = extract(initialised.model_copy(update={"max_bad_fraction": 0.5}), demo_spec, END)
+    assert lake.filter(pl.col("txn_id") == NEXT_DAY[0]).is_empty(), "the next day's row waits for its run"
+    loose = initialised.model_copy(update={"max_bad_fraction": 0.5})
+    rerun = extract(loose, demo_spec, END)
     assert rerun.quarantined["null_timestamp"] == 1 and rerun.quarantined["future_timestamp"] == 1
     assert quarantined(initialised).height == len(WANT)
+    after = extract(loose, demo_spec, END + timedelta(days=1))
+    assert after.quarantined["future_timestamp"] == 1 and quarantined(initialised).height == len(WANT)
+    later = scan_transactions(initialised, END + timedelta(days=1), END + timedelta(days=1)).collect()
+    assert later["txn_id"].to_list() == [NEXT_DAY[0]]
 
 
 def test_over_the_threshold_the_run_fails_naming_the_rule(initialised: Settings,
@@ -77,10 +83,10 @@ def test_over_the_threshold_the_run_fails_naming_the_rule(initialised: Settings,
 def test_negative_amounts_pass_when_allowed(demo_spec: FeatureSpec) -> None:
     frame = pl.DataFrame([BAD[4], (1, 1, NOON, 2.0, "a", "pos", "DE", "m")], schema=TXN_COLUMNS, orient="row",
                          schema_overrides={"ts": pl.Datetime("us", "UTC")})
-    strict = check_batch(frame, demo_spec.transactions, END, ZoneInfo("UTC"))
+    strict = check_batch(frame, demo_spec.transactions, future_cutoff())
     assert strict.counts["bad_amount"] == 1 and strict.good.height == 1
     refunds = demo_spec.transactions.model_copy(update={"allow_negative": True})
-    relaxed = check_batch(frame, refunds, END, ZoneInfo("UTC"))
+    relaxed = check_batch(frame, refunds, future_cutoff())
     assert relaxed.good.height == 2 and sum(relaxed.counts.values()) == 0
     assert set(relaxed.counts) == set(RULES)
 

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     """Add `score`, `backfill` and `train`."""
     score = sub.add_parser("score", parents=[common], help="run the nightly scoring flow for a date")
     score.add_argument("--date", type=_date, help="score date D (default: yesterday, business zone)")
-    score.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    score.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                       help="inference device (default: RISKFLOW_DEVICE, which defaults to auto)")
     score.add_argument("--no-extract", action="store_true", help="score from the lake as it is")
     score.add_argument("--no-shadow", action="store_true", help="do not score a challenger")
     score.set_defaults(func=run_score)
