@@ -85,7 +85,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
         registered = register_task(served, evaluation, champion, start, max(split.test),
                                    params.promote_policy, params.min_ap_margin, served["test_probs"],
                                    parts["valid"], parts["test"], params.horizon_days, training_nights,
-                                   params.baseline_negative_keep)
+                                   params.baseline_negative_keep, registry.new_version())
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     rows = [{"model": name, **{k: round(v, 4) for k, v in metrics.items()}}

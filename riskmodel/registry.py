@@ -8,8 +8,9 @@ see `riskmodel.blend`). Its sha256 (over all its files, see `artifact_sha256`) i
 registration; every load
 re-hashes the bytes it actually deserialises and refuses a mismatch. No pickle anywhere.
 
-Promotion rule: the first model becomes champion; a later one only when its average precision
-beats the current champion's, measured on the same window, by `promote_margin`. `rollback`
+Promotion rule (policy "if_better"): the first model becomes champion; a later one only when its
+average precision beats the current champion's, measured on the same window and for the same
+horizon, by `promote_margin`. Policy "always" promotes and "never" does not, first model included. `rollback`
 brings back the previous champion and retires the current one. The artifact part needs no
 database (`save_artifact`, `load_artifact`); psycopg is imported only by the functions that
 touch `model_versions`.
@@ -38,7 +39,7 @@ from riskmodel.bands import BandPolicy, assign_bands
 from riskmodel.batch import SequenceBatch
 from riskmodel.blend import BOOSTER_FILE, Blend
 from riskmodel.calibrate import Calibrator
-from riskmodel.errors import ModelIntegrityError, RiskflowError
+from riskmodel.errors import ConfigError, DatabaseError, ModelIntegrityError, RiskflowError
 from riskmodel.model import ModelConfig, RiskLSTM
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ MANIFEST = "manifest.json"
 ARTIFACT_FILES = (MANIFEST, WEIGHTS)
 OPTIONAL_FILES = (BOOSTER_FILE,)
 FORMAT_VERSION = 1
+PROMOTE_POLICIES = ("if_better", "always", "never")
 
 
 class RegistryError(RiskflowError):
@@ -255,13 +257,25 @@ def build_manifest(*, version: str, net: RiskLSTM, calibrator: Calibrator, bands
 
 
 def promotion_decision(evaluation: dict[str, dict[str, float]], current_champion: str | None,
-                       evaluated_champion: str | None, margin: float) -> tuple[bool, str]:
-    """Whether a new model should become champion, and why (pure; see the module docstring)."""
+                       evaluated_champion: str | None, margin: float, *, policy: str = "if_better",
+                       horizons: tuple[int | None, int | None] = (None, None)) -> tuple[bool, str]:
+    """Whether a new model should become champion, and why (pure; see the module docstring).
+
+    `policy` "always" and "never" decide alone; `horizons` is (this model's H, the evaluated
+    champion's H) in days, and models of different horizons are never compared."""
+    if policy not in PROMOTE_POLICIES:
+        raise ConfigError(f"promote_policy={policy!r} must be one of {PROMOTE_POLICIES}")
+    if policy != "if_better":
+        return policy == "always", f"promote_policy={policy}"
     if current_champion is None:
         return True, "first model: no champion yet"
     if evaluated_champion != current_champion or "champion" not in evaluation:
         return False, (f"not compared with the current champion {current_champion} on the same "
                        f"window (compared with {evaluated_champion}); stays challenger")
+    mine_h, theirs_h = horizons
+    if mine_h is not None and theirs_h is not None and mine_h != theirs_h:
+        return False, (f"the champion predicts {theirs_h} days ahead and this model {mine_h}: their "
+                       "average precisions do not compare; stays challenger")
     mine = float(evaluation["model"]["average_precision"])
     theirs = float(evaluation["champion"]["average_precision"])
     if mine > theirs + margin:
@@ -305,17 +319,22 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
                    evaluation: dict[str, dict[str, float]], champion_version: str | None = None,
                    promote_margin: float = 0.0, metrics: dict[str, Any] | None = None,
                    reference: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
-                   version: str | None = None, blend: Blend | None = None) -> Registration:
-    """Write the artifact, record it in `model_versions`, and promote it if the rule says so.
+                   version: str | None = None, blend: Blend | None = None,
+                   policy: str = "if_better") -> Registration:
+    """Write the artifact, record it in `model_versions`, and promote it if `promotion_decision` says so.
 
-    `champion_version` names the champion whose metrics are in `evaluation["champion"]`.
-    """
+    `champion_version` names the champion whose metrics are in `evaluation["champion"]`. Given a
+    `version` that is registered already (a retried task whose first try committed), that
+    registration is returned and nothing is written again."""
     from psycopg import sql
     from psycopg.types.json import Jsonb
 
     from riskmodel.db import connect
 
     version = version or new_version()
+    earlier = _registration(settings, version)
+    if earlier is not None:
+        return earlier
     folder = settings.models / version
     manifest = build_manifest(version=version, net=net, calibrator=calibrator, bands=bands,
                               features=features, spec_hash=spec_hash, train_start=train_start,
@@ -327,7 +346,11 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
         with connect(settings) as conn:
             _lock(conn, settings)
             current = _champion(conn, settings)
-            promote, reason = promotion_decision(evaluation, current, champion_version, promote_margin)
+            compared = policy == "if_better" and current is not None and current == champion_version
+            theirs = _horizon(settings, current) if compared and current is not None else None
+            horizons = ((training or {}).get("horizon_days"), theirs)
+            promote, reason = promotion_decision(evaluation, current, champion_version, promote_margin,
+                                                 policy=policy, horizons=horizons)
             conn.execute(
                 sql.SQL("INSERT INTO {} (version, status, train_start, train_end, spec_hash, metrics, "
                         "artifact_path, sha256) VALUES (%s, 'challenger', %s, %s, %s, %s, %s, %s)")
@@ -337,10 +360,35 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
             if promote:
                 _set_champion(conn, settings, version)
     except Exception:
-        shutil.rmtree(folder, ignore_errors=True)
+        if not _maybe_registered(settings, version):
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     return Registration(version=version, sha256=sha, status="champion" if promote else "challenger",
                         path=folder, reason=reason)
+
+
+def _horizon(settings: Settings, version: str) -> int | None:
+    """The prediction horizon H (days) a registered version was trained for, when its manifest says."""
+    return load_version(settings, version).manifest.get("training_window", {}).get("horizon_days")
+
+
+def _registration(settings: Settings, version: str) -> Registration | None:
+    """The registration of `version` when `model_versions` has it, else None."""
+    try:
+        row = get_model(settings, version)
+    except RegistryError:
+        return None
+    return Registration(version=version, sha256=row["sha256"], status=row["status"],
+                        path=Path(row["artifact_path"]), reason="registered by an earlier try")
+
+
+def _maybe_registered(settings: Settings, version: str) -> bool:
+    """Whether `version` may be in `model_versions` after a failed registration: its artifact must be
+    kept unless a fresh connection shows the row is not there (a lost commit may have landed)."""
+    try:
+        return _registration(settings, version) is not None
+    except (DatabaseError, OSError):
+        return True
 
 
 _COLUMNS = ("version", "status", "created_at", "promoted_at", "retired_at", "train_start",

@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -220,13 +219,15 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
                   train_start: date, train_end: date, policy: str, margin: float,
                   test_probs_path: str, valid: list[str], test: list[str],
                   horizon_days: int | None = None, training_nights: list[str] | None = None,
-                  negative_keep: float = 1.0) -> dict[str, Any]:
+                  negative_keep: float = 1.0, version: str | None = None) -> dict[str, Any]:
     """Register the challenger (artifact + sha256) and promote it if the policy says so; the
     manifest's `training` records the horizon and reporting lag its labels used. The evaluation's
     curves are copied to the reports folder of the new version (result "curves"). The drift reference
     comes from the validation and the test window (the candidate's "valid_probs" and the test
     probabilities) and, for the features, from the `training_nights` shards (which kept
-    `negative_keep` of their negatives): their nights are what monitoring compares with."""
+    `negative_keep` of their negatives): their nights are what monitoring compares with. The flow
+    names the `version` once, so a retry after a commit whose answer was lost finds the registration
+    instead of making a second one."""
     with _stage("register"):
         settings, spec = settings_and_spec(horizon_days)
         model = registry.load_artifact(Path(candidate["path"]), candidate["sha256"])
@@ -237,16 +238,12 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             features=model.manifest["features"], spec_hash=spec.fingerprint(), train_start=train_start,
             train_end=train_end, evaluation=evaluation["evaluation"],
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
-            promote_margin=margin if policy == "if_better" else float("inf"), blend=model.blend,
+            promote_margin=margin, policy=policy, version=version, blend=model.blend,
             metrics={k: v for k, v in evaluation.items() if k not in ("evaluation", "curves")},
             reference=drift_reference(np.concatenate([valid_probs, test_probs]), [*valid, *test],
                                       training=training_nights, negative_keep=negative_keep),
             training=candidate["training"] | {"horizon_days": spec.horizon_days,
                                               "reporting_lag_days": spec.reporting_lag_days})
-        if policy == "always" and registration.status != "champion":
-            registry.promote(settings, registration.version)
-            registration = registry.Registration(**{**asdict(registration), "status": "champion",
-                                                    "reason": "promote_policy=always"})
         return {"version": registration.version, "sha256": registration.sha256,
                 "status": registration.status, "reason": registration.reason, "path": str(registration.path),
                 "curves": keep_curves(evaluation.get("curves", []), settings.reports / registration.version)}

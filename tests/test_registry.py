@@ -13,7 +13,7 @@ from model_helpers import order_batch
 
 from riskmodel.bands import BandPolicy
 from riskmodel.calibrate import Calibrator
-from riskmodel.errors import ModelIntegrityError
+from riskmodel.errors import ConfigError, ModelIntegrityError
 from riskmodel.model import ModelConfig, RiskLSTM
 from riskmodel.registry import (
     RegistryError,
@@ -53,13 +53,15 @@ def _evaluation(ap: float, champion_ap: float | None = None) -> dict[str, dict[s
 
 
 def _register(settings: Settings, seed: int, ap: float, champion_ap: float | None = None,
-              champion: str | None = None, margin: float = 0.01):
+              champion: str | None = None, margin: float = 0.01, policy: str = "if_better",
+              horizon: int = 30):
     return register_model(
         settings, net=_net(seed), calibrator=Calibrator("temperature", {"temperature": 2.0, "bias": -1.0}),
         bands=BandPolicy(mode="probability", high=0.5, medium=0.2), features={"vocab": {"mcc": ["x"]}},
         spec_hash="a" * 64, train_start=date(2026, 1, 1), train_end=date(2026, 5, 31),
         evaluation=_evaluation(ap, champion_ap), champion_version=champion, promote_margin=margin,
-        reference={"score": {"edges": [0, 1], "fractions": [1.0]}}, version=f"v{seed}")
+        reference={"score": {"edges": [0, 1], "fractions": [1.0]}}, version=f"v{seed}", policy=policy,
+        training={"horizon_days": horizon})
 
 
 def test_promotion_rule_and_rollback(initialised: Settings) -> None:
@@ -151,6 +153,32 @@ def test_promotion_decision_is_pure() -> None:
     assert promotion_decision(_evaluation(0.1), None, None, 0.5)[0]
     assert promotion_decision(_evaluation(0.41, 0.30), "a", "a", 0.1)[0]
     assert not promotion_decision(_evaluation(0.40, 0.30), "a", "a", 0.1)[0]
+    assert promotion_decision(_evaluation(0.41, 0.30), "a", "a", 0.1, horizons=(30, 30))[0]
+    other = promotion_decision(_evaluation(0.41, 0.30), "a", "a", 0.1, horizons=(14, 30))
+    assert other == (False, "the champion predicts 30 days ahead and this model 14: their average precisions "
+                            "do not compare; stays challenger")
+    never = promotion_decision(_evaluation(0.1), None, None, 0.0, policy="never")
+    assert never == (False, "promote_policy=never")
+    assert promotion_decision(_evaluation(0.1, 0.9), "a", "b", 0.0, policy="always")[0]
+    with pytest.raises(ConfigError, match="promote_policy='sometimes'"):
+        promotion_decision(_evaluation(0.1), None, None, 0.0, policy="sometimes")
+
+
+def test_policies_and_horizons_in_the_registry_and_a_retried_registration(initialised: Settings) -> None:
+    never = _register(initialised, 11, ap=0.9, policy="never")
+    assert never.status == "challenger" and champion_version(initialised) is None
+    first = _register(initialised, 12, ap=0.3)
+    assert first.status == "champion"
+    shorter = _register(initialised, 13, ap=0.9, champion_ap=0.3, champion="v12", horizon=14)
+    assert shorter.status == "challenger" and "do not compare" in shorter.reason
+    weaker = _register(initialised, 14, ap=0.1, champion_ap=0.3, champion="v12", policy="always")
+    assert weaker.status == "champion" and champion_version(initialised) == "v14"
+    files = {p.name: p.stat().st_mtime_ns for p in weaker.path.iterdir()}
+    again = _register(initialised, 14, ap=0.1, champion_ap=0.3, champion="v12", policy="always")
+    assert (again.version, again.sha256, again.status) == ("v14", weaker.sha256, "champion")
+    assert "earlier try" in again.reason
+    assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == files
+    assert [r["version"] for r in list_models(initialised)].count("v14") == 1
 
 
 def test_models_cli_list_show_promote_rollback(initialised: Settings, monkeypatch: pytest.MonkeyPatch,
