@@ -148,7 +148,8 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
                  precision: str = "auto", bf16_sample: int = 256, bf16_tolerance: float = 0.02,
                  oom_hook: OomHook | None = None, threads: int = 0,
                  report: ScoreReport | None = None) -> np.ndarray:
-    """Raw logits (float32) of `net` for every account in `batch`, in row order."""
+    """Raw logits (float32) of `net` for every account in `batch`, in row order; under bf16 the first
+    `bf16_sample` rows are checked against fp32 (0: no check)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     set_threads(threads)
@@ -160,7 +161,7 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
     ready_on(net, dev)
     with torch.inference_mode():
         logits = _run(net, batch, dev, batch_size, use_bf16, oom_hook, rep)
-        if use_bf16 and len(batch):
+        if use_bf16 and len(batch) and bf16_sample > 0:
             n = min(bf16_sample, len(batch))
             exact = _run(net, batch.subset(np.arange(n)), dev, batch_size, False, oom_hook, rep)
             diff = float(np.max(np.abs(1 / (1 + np.exp(-exact)) - 1 / (1 + np.exp(-logits[:n])))))
@@ -175,11 +176,14 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
 
 def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto",
                 batch_size: int = 4096, oom_hook: OomHook | None = None, threads: int = 0,
-                precision: str = "auto", report: ScoreReport | None = None) -> np.ndarray:
+                precision: str = "auto", bf16_sample: int = 256,
+                report: ScoreReport | None = None) -> np.ndarray:
     """Calibrated probabilities (float64) of a registered model (blended with LightGBM when it is a
-    blend) for every account in `batch`; the network is skipped when the blend does not use it."""
+    blend) for every account in `batch`; the network is skipped when the blend does not use it.
+    `bf16_sample` rows are checked against fp32 under bf16 (0: none, for a precision already checked)."""
     if report is not None:
         report.lstm_ran = model.runs_lstm
     return model.calibrator.apply(model.predict_logits(batch, device=device, batch_size=batch_size,
                                                        oom_hook=oom_hook, threads=threads,
-                                                       precision=precision, report=report))
+                                                       precision=precision, bf16_sample=bf16_sample,
+                                                       report=report))

@@ -56,7 +56,8 @@ def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
       timeout_seconds=3600, cache_policy=NO_CACHE)
 def score_shard_task(shard: str, version: str, sha256: str, device: str,
                      with_reasons: bool = True) -> dict[str, object]:
-    """Score one shard: calibrated probability, band and (for high bands) reason codes."""
+    """Score one shard: calibrated probability, band and (for high bands) reason codes. The reason
+    codes' passes run in the precision the scores ended in, so a drop never mixes bf16 and fp32."""
     settings, _ = settings_and_spec()
     model = cached_model(version, sha256)
     batch = SequenceBatch.load(Path(shard))
@@ -71,7 +72,7 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
         if selected.any():
             reasons = reason_codes(lambda b: score_batch(model, b, device=device,
                                                          batch_size=settings.score_batch_size,
-                                                         precision=settings.score_precision),
+                                                         precision=report.precision, bf16_sample=0),
                                    batch, selected, top_k=3,
                                    agg_neutral=np.asarray(neutral, np.float32) if neutral else None)
     out = Path(shard).with_suffix(f".{version}.scores.parquet")

@@ -112,6 +112,11 @@ def test_precision_choice_on_cpu() -> None:
     checked = score_logits(model.net, batch, device="cpu", batch_size=64, precision="bf16",
                            bf16_tolerance=0.0, report=strict)
     assert strict.precision == "fp32" and np.array_equal(checked, exact)
+    unchecked = ScoreReport(device="cpu", precision="", batch_size=64)
+    kept = score_logits(model.net, batch, device="cpu", batch_size=64, precision="bf16", bf16_sample=0,
+                        bf16_tolerance=0.0, report=unchecked)
+    assert unchecked.precision == "bf16" and unchecked.bf16_max_abs_diff is None
+    assert np.array_equal(kept, fast)
 
 
 def test_unknown_precision_is_refused_by_name() -> None:
