@@ -357,9 +357,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             )
             seconds["swap"] = time.perf_counter() - t2
         except BaseException as exc:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-            _drop_quietly(conn, schema, stage)
+            _roll_back_and_drop(conn, schema, stage)
             _record_failure(settings, run_id, exc)
             raise
     seconds["total"] = time.perf_counter() - t0
@@ -369,12 +367,17 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
                        seconds)
 
 
-def _drop_quietly(conn: psycopg.Connection, schema: str, stage: str) -> None:
+def _roll_back_and_drop(conn: psycopg.Connection, schema: str, stage: str) -> None:
+    """After a failed write: roll back and drop the staging table, never raising, so the write's own
+    error is what the caller sees. On a lost connection the table stays for the next write of the date
+    (which drops it first) or for retention."""
     try:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
         with conn.transaction():
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, stage)))
     except psycopg.Error as exc:
-        log.warning("could not drop staging table %s.%s: %s", schema, stage, exc)
+        log.warning("could not drop staging table %s.%s: %s", schema, stage, first_line(exc))
 
 
 def _build_stage(conn: psycopg.Connection, settings: Settings, n: int, order: Future[pa.Array],

@@ -163,7 +163,7 @@ def test_deployments_carry_schedules_limits_and_typed_forms(deployed: PrefectSer
     assert [s.schedule.cron for s in retrain.schedules] == ["0 4 * * 0"]
     assert not backfill.schedules
     score = nightly.parameter_openapi_schema["definitions"]["ScoreParams"]["properties"]
-    assert score["device"]["enum"] == ["auto", "cpu", "cuda"]
+    assert score["device"]["anyOf"][0]["enum"] == ["auto", "cpu", "cuda"]
     assert score["score_date"]["description"].startswith("Business date D")
     assert nightly.enforce_parameter_schema
     train = retrain.parameter_openapi_schema["definitions"]["RetrainParams"]["properties"]

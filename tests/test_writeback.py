@@ -12,10 +12,12 @@ import uuid
 from pathlib import Path
 
 import polars as pl
+import psycopg
 import pytest
 from psycopg import sql
 from writeback_helpers import score_frame
 
+from riskmodel import faults
 from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DatabaseError
 from riskmodel.settings import Settings
@@ -103,6 +105,37 @@ def test_injected_failure_keeps_previous_scores(initialised: Settings, stage: st
                                        (failing,)).fetchone()
     assert retried.rows == 400 and status == "succeeded" and "error" not in details
     assert details["previous_error"].startswith("InjectedFailure")
+
+
+def test_a_lost_connection_fails_with_its_own_error_and_is_recorded(
+        initialised: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = _write(initialised, score_frame(300, seed=2))
+    mark = tmp_path / "paused"
+    monkeypatch.setenv(faults.PAUSE_ENV, "writeback.after_staging")
+    monkeypatch.setenv(faults.PAUSE_SECONDS_ENV, "3")
+    monkeypatch.setenv(faults.MARK_ENV, str(mark))
+
+    def cut_off() -> None:
+        deadline = time.monotonic() + 60
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with connect(initialised, admin=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+    killer = threading.Thread(target=cut_off)
+    killer.start()
+    lost = uuid.uuid4()
+    with pytest.raises(psycopg.OperationalError) as caught:
+        _write(initialised, score_frame(400, seed=3), version="v2", run_id=lost)
+    killer.join()
+    assert "the connection is closed" not in str(caught.value), caught.value
+    monkeypatch.delenv(faults.PAUSE_ENV)
+    statuses = {r[0]: r[1] for r in _runs(initialised)}
+    assert statuses == {good.run_id: "succeeded", lost: "failed"}
+    assert stored_checksum(initialised, DAY) == good.checksum
+    assert _write(initialised, score_frame(400, seed=3), version="v2").rows == 400
+    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
 
 
 def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> None:
