@@ -101,8 +101,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
 
 
 def await_fits(fits: dict[str, PrefectFuture], stop_file: Path, poll_s: float = 1.0) -> None:
-    """Wait for every fit; the first to fail writes `stop_file`, which stops the others (a failed
-    retrain then fails in seconds, not after its sibling's whole budget), and its error is raised."""
+    """Wait for every fit; the first to end other than completed (failed, crashed, cancelled) writes
+    `stop_file`, which stops the others (a failed retrain then fails in seconds, not after its
+    sibling's whole budget), and its error is raised."""
     pending, failed = dict(fits), None
     while pending:
         done = wait(list(pending.values()), timeout=poll_s).done
@@ -111,7 +112,7 @@ def await_fits(fits: dict[str, PrefectFuture], stop_file: Path, poll_s: float = 
                 continue
             del pending[name]
             future.wait()  # records the final state; `state` alone may read a stale one from the API
-            if failed is None and future.state.is_failed():
+            if failed is None and not future.state.is_completed():
                 failed = name
                 stop_file.parent.mkdir(parents=True, exist_ok=True)
                 stop_file.write_text(f"the {name} fit of this retrain failed")

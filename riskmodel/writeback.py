@@ -545,7 +545,8 @@ def _expired_tables(conn: psycopg.Connection, schema: str, table: str,
 
 def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: int) -> RetentionReport:
     """Drop the day partitions of both score tables, and staging tables left by killed runs, dated
-    before `today - retention_days`, and delete the audit rows of those dates.
+    before `today - retention_days`, and delete the audit rows of those dates (a date kept because a
+    writer held it keeps its audit rows too).
 
     Each date is dropped under that table and date's write lock, tried once: a date a writer holds
     now is skipped (logged) and dropped by a later run."""
@@ -581,8 +582,8 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
                     continue
                 dropped.append(name)
         audit_rows = conn.execute(
-            sql.SQL("DELETE FROM {} WHERE score_date < %s").format(
-                sql.Identifier(schema, "risk_scores_audit")), (cutoff,)).rowcount
+            sql.SQL("DELETE FROM {} WHERE score_date < %s AND score_date <> ALL(%s)").format(
+                sql.Identifier(schema, "risk_scores_audit")), (cutoff, sorted(set(skipped_days)))).rowcount
         conn.commit()
     log.info("retention: dropped %d table(s) and %d audit row(s) dated before %s", len(dropped),
              audit_rows, cutoff)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from psycopg import sql
+
 from flows.output import emit, table
 from riskmodel import lake
 from riskmodel.clock import yesterday
@@ -21,11 +23,11 @@ from tasks.context import settings_and_spec
 
 NEXT_STEPS_SQL = """\
 -- the latest score of every account
-SELECT * FROM riskflow.latest_scores ORDER BY risk_score DESC LIMIT 20;
+SELECT * FROM {schema}.latest_scores ORDER BY risk_score DESC LIMIT 20;
 -- how many accounts per band, per night
-SELECT * FROM riskflow.band_counts ORDER BY score_date DESC, risk_band;
+SELECT * FROM {schema}.band_counts ORDER BY score_date DESC, risk_band;
 -- one account's history
-SELECT * FROM riskflow.account_history('{account}');"""
+SELECT * FROM {schema}.account_history({account});"""
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -71,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     top = top_accounts(settings, end, 10)
     rows = [{"account_id": r["account_id"], "risk_score": round(r["risk_score"], 4),
              "band": r["risk_band"], "reasons": "; ".join(r["reason_codes"])} for r in top]
-    sql_hint = NEXT_STEPS_SQL.format(account=top[0]["account_id"] if top else "1")
+    account = str(top[0]["account_id"]) if top else "1"
+    sql_hint = NEXT_STEPS_SQL.format(schema=sql.Identifier(settings.db_schema).as_string(None),
+                                     account=sql.Literal(account).as_string(None))
     seconds = time.perf_counter() - started
     text = "\n".join(steps + ["", f"The ten riskiest accounts on {end}:", table(rows), "",
                               "Look further with SQL (psql, or any client):", sql_hint, "",
