@@ -3,9 +3,11 @@
 Each group (amount pattern, merchant / category, country / channel change, timing, recent
 burst, activity level, account profile) is a set of columns of a `SequenceBatch`, matched by
 name. For each group one batched predict pass runs with that group neutralised: categorical
-ids -> 1 (unseen; padding stays 0), normalised numeric and time features -> 0 (the training
-mean), aggregates -> a neutral value (e.g. training medians). The groups whose removal lowers
-the score most (only positive drops) are the account's reasons.
+ids -> 1 (unseen; padding stays 0), normalised numeric features -> 0 (the training mean),
+aggregates -> a neutral value (e.g. training medians). Time features are not standardised, so 0
+is not their mean but "every event at the cutoff": the timing group's drop measures how much the
+score rests on when the events happened, a sensitivity rather than a typical-account counterfactual.
+The groups whose removal lowers the score most (only positive drops) are the account's reasons.
 """
 
 from __future__ import annotations

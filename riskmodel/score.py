@@ -4,9 +4,10 @@ Precision "auto" runs the forward under bf16 autocast on CUDA (with pinned, non-
 and in fp32 on the CPU; "bf16" uses bf16 autocast on the CPU too, where the CPU computes bf16
 natively (AVX512-BF16 or AMX; elsewhere it falls back to fp32, logged); "fp32" never autocasts.
 Under bf16 a sample is re-scored in fp32 and, if the two disagree by more than `bf16_tolerance`
-in probability, the whole batch is scored in fp32 instead (logged). When the GPU runs out of memory the batch
-size is halved and the same rows are retried, so the result does not depend on the batch
-size. `oom_hook(batch_size)` is called before every forward so tests can inject OOMs.
+in probability, everything the call scores (a nightly shard) is scored in fp32 instead (logged).
+When the GPU runs out of memory the batch size is halved and the same rows are retried; a row's
+score does not depend on the batch size beyond float rounding (about 1e-7 in the logit in fp32 on
+the CPU). `oom_hook(batch_size)` is called before every forward so tests can inject OOMs.
 One loaded model may score several shards at once from threads (the nightly's thread runner):
 it is moved to its device once, never while another thread runs it (`ready_on`).
 Needs only torch and numpy: it runs on a bare GPU box.

@@ -2,9 +2,10 @@
 
 AdamW with class-imbalance handling (a positive-class weight, or balanced resampling inside
 each shard), early stopping on validation average precision, a wall-clock budget, a seed
-that makes two runs bit-identical on the same device, bf16 autocast and pinned-memory
-copies on CUDA, plain fp32 on CPU. `on_progress(epoch, step, total, metrics)` reports
-progress to whoever drives it (a tqdm bar in the CLI, a progress artifact in Prefect).
+that makes two runs bit-identical on the same device (unless the budget stops them at different
+steps), bf16 autocast and pinned-memory copies on CUDA, plain fp32 on CPU.
+`on_progress(epoch, step, total, metrics)` reports progress to whoever drives it (a tqdm bar in
+the CLI, a progress artifact in Prefect).
 Early stopping reads a fixed, seeded validation sample (every positive, a share of the
 negatives, weighted back to the full base rate); the best model's logits on the WHOLE
 validation set are returned for calibration.
