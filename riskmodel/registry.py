@@ -9,9 +9,9 @@ registration; every load
 re-hashes the bytes it actually deserialises and refuses a mismatch. No pickle anywhere.
 
 Promotion rule (policy "if_better"): the first model becomes champion; a later one only when its
-average precision beats the current champion's, measured on the same window and for the same
-horizon, by `promote_margin`. Policy "always" promotes and "never" does not, first model included. `rollback`
-brings back the previous champion and retires the current one. The artifact part needs no
+average precision beats the current champion's, measured on the same out-of-time window and for
+the same horizon, by `promote_margin`. Policy "always" promotes and "never" does not, first model
+included. `rollback` brings back the previous champion and retires the current one. The artifact part needs no
 database (`save_artifact`, `load_artifact`); psycopg is imported only by the functions that
 touch `model_versions`.
 """
@@ -258,11 +258,13 @@ def build_manifest(*, version: str, net: RiskLSTM, calibrator: Calibrator, bands
 
 def promotion_decision(evaluation: dict[str, dict[str, float]], current_champion: str | None,
                        evaluated_champion: str | None, margin: float, *, policy: str = "if_better",
-                       horizons: tuple[int | None, int | None] = (None, None)) -> tuple[bool, str]:
+                       horizons: tuple[int | None, int | None] = (None, None),
+                       split: str = "out_of_time") -> tuple[bool, str]:
     """Whether a new model should become champion, and why (pure; see the module docstring).
 
     `policy` "always" and "never" decide alone; `horizons` is (this model's H, the evaluated
-    champion's H) in days, and models of different horizons are never compared."""
+    champion's H) in days, and models of different horizons are never compared; nor are they on an
+    in-period (`split` "account_hash") test, where the challenger saw the test weeks in training."""
     if policy not in PROMOTE_POLICIES:
         raise ConfigError(f"promote_policy={policy!r} must be one of {PROMOTE_POLICIES}")
     if policy != "if_better":
@@ -272,6 +274,9 @@ def promotion_decision(evaluation: dict[str, dict[str, float]], current_champion
     if evaluated_champion != current_champion or "champion" not in evaluation:
         return False, (f"not compared with the current champion {current_champion} on the same "
                        f"window (compared with {evaluated_champion}); stays challenger")
+    if split != "out_of_time":
+        return False, (f"the test window is in-period ({split} split): the challenger trained on the same "
+                       "weeks, so its win over the champion does not count; stays challenger")
     mine_h, theirs_h = horizons
     if mine_h is not None and theirs_h is not None and mine_h != theirs_h:
         return False, (f"the champion predicts {theirs_h} days ahead and this model {mine_h}: their "
@@ -320,7 +325,7 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
                    promote_margin: float = 0.0, metrics: dict[str, Any] | None = None,
                    reference: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
                    version: str | None = None, blend: Blend | None = None,
-                   policy: str = "if_better") -> Registration:
+                   policy: str = "if_better", split: str = "out_of_time") -> Registration:
     """Write the artifact, record it in `model_versions`, and promote it if `promotion_decision` says so.
 
     `champion_version` names the champion whose metrics are in `evaluation["champion"]`. Given a
@@ -350,7 +355,7 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
             theirs = _horizon(settings, current) if compared and current is not None else None
             horizons = ((training or {}).get("horizon_days"), theirs)
             promote, reason = promotion_decision(evaluation, current, champion_version, promote_margin,
-                                                 policy=policy, horizons=horizons)
+                                                 policy=policy, horizons=horizons, split=split)
             conn.execute(
                 sql.SQL("INSERT INTO {} (version, status, train_start, train_end, spec_hash, metrics, "
                         "artifact_path, sha256) VALUES (%s, 'challenger', %s, %s, %s, %s, %s, %s)")

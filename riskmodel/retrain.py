@@ -2,13 +2,15 @@
 
 The Prefect flow (`flows/retrain.py`) calls these through tasks; a notebook can call them too.
 Splits are out-of-time: training cutoffs end at least H days before the validation cutoff, which
-precedes the test cutoff, so no training label window overlaps the evaluation windows. With
-fewer than three usable cutoffs (a one-off portfolio snapshot) rows are split by a stable hash of
-the account id instead, and the report says so.
+precedes the test cutoff, so no training label window overlaps the evaluation windows. When the
+cutoffs cannot hold three windows H days apart (a one-off portfolio snapshot, or a training window
+shorter than about 2H) rows are split by a stable hash of the account id instead: the report says
+so, and such an in-period evaluation never promotes over a champion (`registry.promotion_decision`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -40,6 +42,8 @@ from riskmodel.train import (
 if TYPE_CHECKING:
     from riskmodel.registry import LoadedModel
 
+log = logging.getLogger("riskflow.retrain")
+
 SplitKind = Literal["out_of_time", "account_hash"]
 
 
@@ -62,19 +66,26 @@ class Split:
 def plan_split(cutoffs: Sequence[date], horizon_days: int) -> Split:
     """Out-of-time split of closed cutoffs: the last sixth (at least one) is the test window, the
     sixth before it validation, the rest training, with an H-day gap before each later window so
-    no label window of an earlier part overlaps a later one. Too few cutoffs: account-hash split."""
+    no label window of an earlier part overlaps a later one. When the gaps leave no training
+    cutoff, the test and validation windows shrink (to one cutoff each at least) first; only
+    cutoffs that cannot hold three windows H days apart fall back to the account-hash split."""
     ordered = sorted(set(cutoffs))
     if not ordered:
         raise ConfigError("no training cutoff has a closed label window: widen train_days or wait")
     gap = timedelta(days=horizon_days)
-    k = max(1, len(ordered) // 6)
-    test = ordered[-k:]
-    before_test = [t for t in ordered[:-k] if t <= test[0] - gap]
-    valid = before_test[-k:]
-    train = [t for t in before_test[:-k] if valid and t <= valid[0] - gap]
-    if not valid or not train:
-        return Split("account_hash", ordered, ordered, ordered)
-    return Split("out_of_time", train, valid, test)
+    for k in range(max(1, len(ordered) // 6), 0, -1):
+        test = ordered[-k:]
+        before_test = [t for t in ordered[:-k] if t <= test[0] - gap]
+        valid = before_test[-k:]
+        train = [t for t in before_test[:-k] if valid and t <= valid[0] - gap]
+        if valid and train:
+            return Split("out_of_time", train, valid, test)
+    if len(ordered) >= 3:
+        log.warning("the %d closed cutoffs (%s to %s) cannot hold training, validation and test windows "
+                    "%d days apart: splitting rows by account instead, an in-period evaluation; widen "
+                    "train_days past about %d days for an out-of-time one", len(ordered), ordered[0],
+                    ordered[-1], horizon_days, 2 * horizon_days + 14)
+    return Split("account_hash", ordered, ordered, ordered)
 
 
 def plan_retrain(spec: FeatureSpec, as_of: date, train_days: int, every_days: int) -> tuple[date, Split]:

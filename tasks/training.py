@@ -239,6 +239,7 @@ def register_task(candidate: dict[str, Any], evaluation: dict[str, Any], champio
             train_end=train_end, evaluation=evaluation["evaluation"],
             champion_version=champion if "champion" in evaluation["evaluation"] else None,
             promote_margin=margin, policy=policy, version=version, blend=model.blend,
+            split=evaluation.get("split", "out_of_time"),
             metrics={k: v for k, v in evaluation.items() if k not in ("evaluation", "curves")},
             reference=drift_reference(np.concatenate([valid_probs, test_probs]), [*valid, *test],
                                       training=training_nights, negative_keep=negative_keep),

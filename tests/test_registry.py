@@ -160,6 +160,9 @@ def test_promotion_decision_is_pure() -> None:
     never = promotion_decision(_evaluation(0.1), None, None, 0.0, policy="never")
     assert never == (False, "promote_policy=never")
     assert promotion_decision(_evaluation(0.1, 0.9), "a", "b", 0.0, policy="always")[0]
+    in_period = promotion_decision(_evaluation(0.9, 0.1), "a", "a", 0.0, split="account_hash")
+    assert not in_period[0] and "in-period" in in_period[1]
+    assert promotion_decision(_evaluation(0.9), None, None, 0.0, split="account_hash")[0]
     with pytest.raises(ConfigError, match="promote_policy='sometimes'"):
         promotion_decision(_evaluation(0.1), None, None, 0.0, policy="sometimes")
 

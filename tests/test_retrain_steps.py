@@ -48,10 +48,17 @@ def test_the_baseline_trains_on_denser_cutoffs_of_the_same_training_window() -> 
     assert baseline_cutoffs(spec, hashed, start, every_days=3, as_of=as_of) == hashed.train
 
 
-def test_too_few_cutoffs_fall_back_to_account_hash_split() -> None:
+def test_too_few_cutoffs_fall_back_to_account_hash_split(caplog: pytest.LogCaptureFixture) -> None:
     split = plan_split([date(2026, 3, 1)], horizon_days=30)
     assert split.kind == "account_hash"
+    assert not caplog.records
     assert plan_split([date(2026, 3, 1) + timedelta(days=7 * i) for i in range(4)], 30).kind == "account_hash"
+    assert "cannot hold training, validation and test windows 30 days apart" in caplog.text
+    dense = [date(2026, 1, 1) + timedelta(days=3 * i) for i in range(26)]
+    shrunk = plan_split(dense, horizon_days=30)
+    assert shrunk.kind == "out_of_time" and len(shrunk.test) == len(shrunk.valid) >= 1 and shrunk.train
+    assert shrunk.valid[-1] <= shrunk.test[0] - timedelta(days=30)
+    assert shrunk.train[-1] <= shrunk.valid[0] - timedelta(days=30)
     with pytest.raises(ConfigError, match="closed label window"):
         plan_split([], horizon_days=30)
     parts = hash_part(np.arange(20_000, dtype=np.int64))
