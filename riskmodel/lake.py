@@ -376,13 +376,29 @@ def _empty_partition(store: LakeStore, staged: _Staged, present: list[date]) -> 
 
 
 def _commit(store: LakeStore, day: date, staged: Path) -> None:
+    """Move a staged (already fsynced) partition into place; on a local lake the rename is made
+    durable too, before the database's watermark moves past the day."""
     key = _partition_key(store, day)
     if store.local:
-        Path(key).parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(key).parent
+        new = not folder.is_dir()
+        folder.mkdir(parents=True, exist_ok=True)
         os.replace(staged, key)
+        _fsync_dir(folder)
+        if new:
+            _fsync_dir(folder.parent)
         return
     store.fs.put_file(str(staged), key)
     staged.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _clean_staging(store: LakeStore) -> None:
