@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from riskmodel.db import connect
-from riskmodel.errors import DatabaseError, first_line
+from riskmodel.errors import ConfigError, DatabaseError, first_line
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 
@@ -68,6 +68,9 @@ def _grant_sources(cur: psycopg.Cursor, settings: Settings, spec: FeatureSpec) -
 
 def init_database(settings: Settings, spec: FeatureSpec, *, demo_source: bool = False) -> InitReport:
     """Create roles, riskflow's schema and views (and the demo source tables) in one transaction."""
+    if not (SQL_DIR / ROLES_FILE).is_file():
+        raise ConfigError(f"riskflow's SQL files are not in {SQL_DIR}: riskflow runs from its checkout "
+                          "(install it with `pip install -e .`), not from a copied wheel")
     applied: list[str] = []
     with connect(settings, admin=True) as conn, conn.cursor() as cur:
         try:
