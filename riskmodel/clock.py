@@ -9,8 +9,10 @@ from riskmodel.errors import ConfigError
 
 
 def today(tz: ZoneInfo, at: datetime | None = None) -> date:
-    """The local date in `tz` at the aware moment `at` (now when None)."""
-    return (at or datetime.now(tz)).astimezone(tz).date()
+    """The local date in `tz` at the aware moment `at` (now when None), as a plain `date` (Prefect
+    hands a scheduled time over as a pendulum DateTime, whose `.date()` is pendulum's own type)."""
+    local = (at or datetime.now(tz)).astimezone(tz)
+    return date(local.year, local.month, local.day)
 
 
 def yesterday(tz: ZoneInfo, at: datetime | None = None) -> date:
