@@ -34,7 +34,8 @@ def fit_candidate(name: str, train: list[str], valid: list[str], test: list[str]
     logits, labels = retrain.lstm_logits(fitted.net, [Path(p) for p in test], device=config.device)
     probs = fitted.calibrator.apply(logits)
     folder = Path(out_dir) / name
-    features = {**features, "agg_neutral": retrain.aggregate_medians([Path(p) for p in train])}
+    features = {**features, "agg_neutral": retrain.aggregate_medians([Path(p) for p in train]),
+                "time_neutral": retrain.time_means([Path(p) for p in train])}
     summary = {**fitted.summary, "started_at": started, "finished_at": datetime.now(UTC).isoformat()}
     manifest = registry.build_manifest(
         version=name, net=fitted.net, calibrator=fitted.calibrator, bands=fitted.bands,

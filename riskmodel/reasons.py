@@ -4,10 +4,11 @@ Each group (amount pattern, merchant / category, country / channel change, timin
 burst, activity level, account profile) is a set of columns of a `SequenceBatch`, matched by
 name. For each group one batched predict pass runs with that group neutralised: categorical
 ids -> 1 (unseen; padding stays 0), normalised numeric features -> 0 (the training mean),
-aggregates -> a neutral value (e.g. training medians). Time features are not standardised, so 0
-is not their mean but "every event at the cutoff": the timing group's drop measures how much the
-score rests on when the events happened, a sensitivity rather than a typical-account counterfactual.
-The groups whose removal lowers the score most (only positive drops) are the account's reasons.
+time features (not standardised) -> their training means over real events, aggregates -> a
+neutral value (the training medians). Models registered before the manifest kept the time means
+occlude time features with 0 ("every event at the cutoff"), a sensitivity rather than a
+typical-account counterfactual. The groups whose removal lowers the score most (only positive
+drops) are the account's reasons.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def feature_groups(names: dict[str, list[str]]) -> list[ReasonGroup]:
     return [g for g in groups if not g.empty]
 
 
-def neutralise(batch: SequenceBatch, group: ReasonGroup, agg_neutral: np.ndarray) -> SequenceBatch:
+def neutralise(batch: SequenceBatch, group: ReasonGroup, agg_neutral: np.ndarray,
+               time_neutral: np.ndarray | None = None) -> SequenceBatch:
     """A copy of `batch` with `group`'s columns set to their neutral values (padding untouched)."""
     real = np.arange(batch.seq_len)[None, :] < batch.lengths[:, None]
     changed: dict[str, np.ndarray] = {}
@@ -114,6 +116,8 @@ def neutralise(batch: SequenceBatch, group: ReasonGroup, agg_neutral: np.ndarray
         values = getattr(batch, part).copy()
         if part == "cat":
             values[..., idx] = np.where(real[..., None], 1, 0).astype(values.dtype)
+        elif part == "time" and time_neutral is not None:
+            values[..., idx] = np.where(real[..., None], time_neutral[idx], values[..., idx])
         elif part in ("num", "time"):
             values[..., idx] = 0.0
         elif part == "static_cat":
@@ -127,22 +131,27 @@ def neutralise(batch: SequenceBatch, group: ReasonGroup, agg_neutral: np.ndarray
 
 
 def group_drops(predict: Callable[[SequenceBatch], np.ndarray], batch: SequenceBatch,
-                groups: list[ReasonGroup], agg_neutral: np.ndarray | None = None) -> np.ndarray:
+                groups: list[ReasonGroup], agg_neutral: np.ndarray | None = None,
+                time_neutral: np.ndarray | None = None) -> np.ndarray:
     """(N, G) score drop when each group is neutralised (base score minus occluded score)."""
     neutral = np.zeros(batch.agg.shape[1], np.float32) if agg_neutral is None else np.asarray(agg_neutral)
     if neutral.shape != (batch.agg.shape[1],):
         raise ConfigError(f"agg_neutral has shape {neutral.shape}; the batch has {batch.agg.shape[1]} "
                           f"aggregates {batch.names.get('agg', [])}")
+    times = None if time_neutral is None else np.asarray(time_neutral, np.float32)
+    if times is not None and times.shape != (batch.time.shape[2],):
+        raise ConfigError(f"time_neutral has shape {times.shape}; the batch has {batch.time.shape[2]} "
+                          f"time features {batch.names.get('time', [])}")
     base = np.asarray(predict(batch), np.float64)
     drops = np.empty((len(batch), len(groups)), np.float64)
     for g, group in enumerate(groups):
-        drops[:, g] = base - np.asarray(predict(neutralise(batch, group, neutral)), np.float64)
+        drops[:, g] = base - np.asarray(predict(neutralise(batch, group, neutral, times)), np.float64)
     return drops
 
 
 def reason_codes(predict: Callable[[SequenceBatch], np.ndarray], batch: SequenceBatch,
                  selected: np.ndarray, top_k: int = 3, agg_neutral: np.ndarray | None = None,
-                 ) -> list[list[str]]:
+                 time_neutral: np.ndarray | None = None) -> list[list[str]]:
     """Per row, the labels of up to `top_k` groups that raised its score most; [] for unselected rows.
 
     One predict pass for the base scores and one per group, over the selected rows only.
@@ -155,7 +164,7 @@ def reason_codes(predict: Callable[[SequenceBatch], np.ndarray], batch: Sequence
     groups = feature_groups(batch.names)
     if rows.size == 0 or not groups:
         return out
-    drops = group_drops(predict, batch.subset(rows), groups, agg_neutral)
+    drops = group_drops(predict, batch.subset(rows), groups, agg_neutral, time_neutral)
     order = np.argsort(-drops, axis=1, kind="stable")[:, :top_k]
     for r, row in enumerate(rows):
         out[row] = [groups[g].label for g in order[r] if drops[r, g] > 0]

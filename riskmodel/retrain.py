@@ -266,6 +266,21 @@ def aggregate_medians(paths: Sequence[Path]) -> list[float]:
     return np.median(stacked, axis=0).astype(float).tolist() if len(stacked) else []
 
 
+def time_means(paths: Sequence[Path]) -> list[float]:
+    """Mean of each time feature over the real (not padding) events of the training rows: the
+    neutral value reason codes occlude the timing group with."""
+    total: np.ndarray | None = None
+    count = 0
+    for path in paths:
+        with np.load(Path(path), allow_pickle=False) as data:
+            times, lengths = data["time"], data["lengths"]
+        real = np.arange(times.shape[1])[None, :] < lengths[:, None]
+        part = times[real].astype(np.float64).sum(axis=0)
+        total = part if total is None else total + part
+        count += int(real.sum())
+    return (total / count).tolist() if total is not None and count else []
+
+
 def pattern_groups(account_ids: np.ndarray, truth: dict[str, str]) -> np.ndarray:
     """Each row's planted pattern (from ground truth), "look-alike:<pattern>", or "unplanted"."""
     return np.array([truth.get(a, "unplanted") for a in account_ids.astype(str)], dtype=object)

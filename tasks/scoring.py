@@ -69,12 +69,14 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
     if with_reasons and len(batch):
         selected = at_or_above(bands, settings.reason_min_band)
         neutral = model.manifest["features"].get("agg_neutral")
+        times = model.manifest["features"].get("time_neutral")
         if selected.any():
             reasons = reason_codes(lambda b: score_batch(model, b, device=device,
                                                          batch_size=settings.score_batch_size,
                                                          precision=report.precision, bf16_sample=0),
                                    batch, selected, top_k=3,
-                                   agg_neutral=np.asarray(neutral, np.float32) if neutral else None)
+                                   agg_neutral=np.asarray(neutral, np.float32) if neutral else None,
+                                   time_neutral=np.asarray(times, np.float32) if times else None)
     out = Path(shard).with_suffix(f".{version}.scores.parquet")
     pl.DataFrame({
         "account_id": batch.account_id.astype(str),

@@ -99,6 +99,7 @@ def test_retrain_registers_a_champion_with_full_evaluation(bank: Settings, train
         "average_precision"]
     assert registry.champion_version(bank) == trained["version"]
     assert manifest["training_window"]["horizon_days"] == HORIZON
+    assert len(manifest["features"]["time_neutral"]) == 4 and len(manifest["features"]["agg_neutral"]) > 0
     assert manifest["model"]["max_embedded_cardinality"] == EMBED_CAP
     challenger, ablation = trained["training"], trained["ablation_training"]
     overlap = (challenger["started_at"] < ablation["finished_at"]

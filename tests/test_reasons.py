@@ -8,6 +8,7 @@ import pytest
 from riskmodel.batch import SequenceBatch
 from riskmodel.errors import ConfigError
 from riskmodel.reasons import GROUP_LABELS, at_or_above, feature_groups, neutralise, reason_codes
+from riskmodel.retrain import time_means
 
 NAMES = {
     "num": ["amount"],
@@ -62,6 +63,25 @@ def test_neutralise_keeps_padding_and_the_other_groups() -> None:
     assert np.all(out.agg[:, [2, 3]] == -1) and np.array_equal(out.agg[:, [0, 1, 4, 5, 6]],
                                                                b.agg[:, [0, 1, 4, 5, 6]])
     assert np.array_equal(b.cat, _batch().cat), "the input batch was modified"
+
+
+def test_timing_is_occluded_with_the_training_means_of_real_events(tmp_path) -> None:
+    b = _batch()
+    timing = next(g for g in feature_groups(NAMES) if g.key == "timing")
+    means = np.array([0.5, 1.5, -2.0, 3.0], np.float32)
+    out = neutralise(b, timing, np.zeros(len(NAMES["agg"]), np.float32), means)
+    real = np.arange(6)[None, :] < b.lengths[:, None]
+    assert np.array_equal(out.time[real], np.broadcast_to(means, (int(real.sum()), 4)))
+    assert np.array_equal(out.time[~real], b.time[~real]), "padding untouched"
+    legacy = neutralise(b, timing, np.zeros(len(NAMES["agg"]), np.float32))
+    assert np.all(legacy.time == 0)
+    with pytest.raises(ConfigError, match="time_neutral has shape"):
+        reason_codes(lambda x: np.zeros(len(x)), b, np.ones(40, bool), time_neutral=np.zeros(3))
+    paths = []
+    for k, part in enumerate((b.subset(np.arange(25)), b.subset(np.arange(25, 40)))):
+        paths.append(tmp_path / f"train-shard-{k:04d}.npz")
+        part.save(paths[-1])
+    np.testing.assert_allclose(time_means(paths), b.time[real].astype(np.float64).mean(axis=0), rtol=1e-9)
 
 
 def test_the_group_the_score_depends_on_ranks_first() -> None:
