@@ -423,15 +423,13 @@ def _extract_drops_child(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def prepare_lake(ctx: Ctx) -> None:
-    """Both lakes reset and extracted up to the day before the night (the faults lake's committed state).
-
-    The night's own rows are "future" for that run and quarantined, so the bad-row threshold is lifted
-    for this preparation only; the extract under test runs with the real settings."""
+    """Both lakes reset and extracted up to the day before the night (the faults lake's committed
+    state); the night's own rows wait for the extract under test."""
     from riskmodel.lake import extract, reset_lake
 
     for s in (ctx.settings, ctx.reference):
         reset_lake(s)
-        extract(s.model_copy(update={"max_bad_fraction": 1.0}), ctx.spec, ctx.score_date - timedelta(days=1))
+        extract(s, ctx.spec, ctx.score_date - timedelta(days=1))
 
 
 # ---- the matrix ----------------------------------------------------------------------------------

@@ -71,14 +71,18 @@ def score_with(model: dict[str, str], score_date: date, run_dir: Path, device: s
 
 
 def scoring_line(shards: list[dict]) -> str:
-    """How the shards were scored: device, precision, and whether the LSTM ran at all."""
+    """How the shards were scored: device, precision (per shard: a bf16 shard whose sample disagreed
+    with fp32 was scored in fp32), and whether the LSTM ran at all."""
     if not shards:
         return "no shard to score"
     first = shards[0]
     if not first["lstm_ran"]:
         return "LightGBM alone: the served blend gives the LSTM weight 0, so the network was not run"
     retries = sum(s["oom_retries"] for s in shards)
-    return (f"LSTM on {first['device']} in {first['precision']}, batch {first['batch_size']}"
+    fell_back = sum(s["precision"] == "fp32" for s in shards)
+    precision = first["precision"] if len({s["precision"] for s in shards}) == 1 else (
+        f"bf16 ({fell_back} of {len(shards)} shards in fp32: their bf16 sample disagreed with fp32)")
+    return (f"LSTM on {first['device']} in {precision}, batch {first['batch_size']}"
             + (f", {retries} out-of-memory back-offs" if retries else ""))
 
 

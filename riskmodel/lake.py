@@ -58,12 +58,13 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 from riskmodel import quality
+from riskmodel.clock import not_after_today
 from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DataQualityError
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
-from riskmodel.source_stream import Range, plan_ranges, prefetch, stream_ranges
 from riskmodel.source_stream import extract_query as extract_query
+from riskmodel.source_stream import plan_ranges, prefetch, stream_ranges
 from riskmodel.spec import FeatureSpec, TransactionsSpec
 from riskmodel.spill import KeySpill
 from riskmodel.storage import LakeStore, check_store_writable, lake_store, redact_lake
@@ -426,6 +427,7 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
 
     `before_rename(day, staged_file)` runs just before each partition is committed (tests use it
     to simulate a crash there)."""
+    not_after_today("run_date", run_date, settings.tz)
     started = clock.perf_counter()
     store = lake_store(settings)
     check_store_writable(settings, store)
@@ -467,7 +469,7 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
         future = quality.future_cutoff()
         spill = KeySpill(scratch / "spill", TXN_DATE, SPILL_BUDGET_BYTES)
         stager = _Stager(tx, future, _staging_dir(store, scratch, run_id), fsync=store.local)
-        ranges = [*plan_ranges(conn, settings, tx, lo, hi, RANGE_DAYS), Range(max(hi, future), None, False)]
+        ranges = plan_ranges(conn, settings, tx, lo, hi, RANGE_DAYS, max(hi, future))
         conn.commit()
         for chunk in prefetch(stream_ranges(settings, tx, ranges), PREFETCH_CHUNKS):
             if chunk is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     import psycopg
 
     from riskmodel.settings import Settings
+
+log = logging.getLogger("riskflow.registry")
 
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
@@ -341,6 +344,10 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
     if earlier is not None:
         return earlier
     folder = settings.models / version
+    if folder.exists():
+        log.warning("model %s: an earlier try wrote %s but its row never landed; writing it again",
+                    version, folder)
+        shutil.rmtree(folder)
     manifest = build_manifest(version=version, net=net, calibrator=calibrator, bands=bands,
                               features=features, spec_hash=spec_hash, train_start=train_start,
                               train_end=train_end, evaluation=evaluation, metrics=metrics,
@@ -373,8 +380,14 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
 
 
 def _horizon(settings: Settings, version: str) -> int | None:
-    """The prediction horizon H (days) a registered version was trained for, when its manifest says."""
-    return load_version(settings, version).manifest.get("training_window", {}).get("horizon_days")
+    """The prediction horizon H (days) a registered version was trained for, when its manifest says
+    (read alone, not the whole artifact: this runs under the registry lock)."""
+    try:
+        folder = Path(get_model(settings, version)["artifact_path"])
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (RegistryError, OSError, ValueError):
+        return None
+    return manifest.get("training_window", {}).get("horizon_days")
 
 
 def _registration(settings: Settings, version: str) -> Registration | None:

@@ -82,7 +82,7 @@ def plan_split(cutoffs: Sequence[date], horizon_days: int) -> Split:
             return Split("out_of_time", train, valid, test)
     if len(ordered) >= 3:
         log.warning("the %d closed cutoffs (%s to %s, %d days) cannot hold training, validation and test "
-                    "windows %d days apart (that takes more than %d days between the first and the last): "
+                    "windows %d days apart (that takes at least %d days between the first and the last): "
                     "splitting rows by account instead, an in-period evaluation; widen train_days",
                     len(ordered), ordered[0], ordered[-1], (ordered[-1] - ordered[0]).days, horizon_days,
                     2 * horizon_days)

@@ -32,33 +32,41 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Range:
-    """Rows with `lo <= ts < hi` (None = unbounded), plus the null-timestamp rows when `nulls`."""
+    """Rows with `lo <= ts < hi` (None = unbounded), plus the null-timestamp rows when `nulls` and
+    the rows stamped from `also_from` on when it is set."""
 
     lo: datetime | None
     hi: datetime | None
     nulls: bool
+    also_from: datetime | None = None
 
     def params(self) -> dict[str, str]:
         """The query parameters of `extract_query` for this range."""
         return {"lo": self.lo.isoformat() if self.lo else "-infinity",
-                "hi": self.hi.isoformat() if self.hi else "infinity"}
+                "hi": self.hi.isoformat() if self.hi else "infinity",
+                "also": self.also_from.isoformat() if self.also_from else "infinity"}
 
 
-def extract_query(tx: TransactionsSpec, nulls: bool = True) -> sql.Composed:
+def extract_query(tx: TransactionsSpec, nulls: bool = True, also: bool = False) -> sql.Composed:
     """SELECT of the spec's columns (NUMERIC as float8, categories as text) from `lo` to `hi`.
 
-    With `nulls`, rows with a null timestamp come too (the quality rules quarantine them)."""
+    With `nulls`, rows with a null timestamp come too (the quality rules quarantine them); with
+    `also`, the rows stamped from `also` on (the future-stamped ones, read in the same scan when the
+    source has no timestamp index; an index range scan keeps its plain range condition)."""
     ident = sql.Identifier
     cols = [ident(tx.id), ident(tx.account_id), ident(tx.timestamp),
             sql.SQL("{}::float8 AS {}").format(ident(tx.amount), ident(tx.amount))]
     cols += [sql.SQL("{}::float8 AS {}").format(ident(c), ident(c)) for c in tx.numeric]
     cols += [sql.SQL("{}::text AS {}").format(ident(c), ident(c)) for c in tx.categorical]
     ts = ident(tx.timestamp)
-    where = (sql.SQL("{ts} IS NULL OR ({ts} >= {lo} AND {ts} < {hi})") if nulls
-             else sql.SQL("{ts} >= {lo} AND {ts} < {hi}"))
+    text = "{ts} IS NULL OR ({ts} >= {lo} AND {ts} < {hi})" if nulls else "{ts} >= {lo} AND {ts} < {hi}"
+    bounds = {"ts": ts, "lo": param("lo", "timestamptz"), "hi": param("hi", "timestamptz")}
+    if also:
+        text += " OR {ts} >= {also}"
+        bounds["also"] = param("also", "timestamptz")
     return sql.SQL("SELECT {cols} FROM {table} WHERE {where}").format(
         cols=sql.SQL(", ").join(cols), table=ident(tx.db_schema, tx.table),
-        where=where.format(ts=ts, lo=param("lo", "timestamptz"), hi=param("hi", "timestamptz")))
+        where=sql.SQL(text).format(**bounds))
 
 
 def timestamp_indexed(conn: psycopg.Connection, tx: TransactionsSpec) -> bool:
@@ -72,11 +80,14 @@ def timestamp_indexed(conn: psycopg.Connection, tx: TransactionsSpec) -> bool:
 
 
 def plan_ranges(conn: psycopg.Connection, settings: Settings, tx: TransactionsSpec, lo: datetime | None,
-                hi: datetime | None, days: int) -> list[Range]:
-    """Cut the window [lo, hi) at local midnights every `days` days between its first and last row."""
-    whole = [Range(lo, hi, True)]
+                hi: datetime | None, days: int, future: datetime | None = None) -> list[Range]:
+    """Cut the window [lo, hi) at local midnights every `days` days between its first and last row,
+    and read the rows stamped from `future` on too: with a timestamp index as one more range, without
+    one in the window's single scan."""
     if not timestamp_indexed(conn, tx):
-        return whole
+        return [Range(lo, hi, True, future)]
+    tail = [] if future is None else [Range(future, None, False)]
+    whole = [Range(lo, hi, True), *tail]
     ts = sql.Identifier(tx.timestamp)
     first, last = conn.execute(
         sql.SQL("SELECT min({ts}), max({ts}) FROM {t} "
@@ -92,7 +103,7 @@ def plan_ranges(conn: psycopg.Connection, settings: Settings, tx: TransactionsSp
         cuts.append(local_midnight(day, tz))
         day += timedelta(days=days)
     bounds = [lo, *cuts, hi]
-    return [Range(a, b, k == 0) for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
+    return [*(Range(a, b, k == 0) for k, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))), *tail]
 
 
 def stream_ranges(settings: Settings, tx: TransactionsSpec,
@@ -106,7 +117,8 @@ def stream_ranges(settings: Settings, tx: TransactionsSpec,
                 cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             conn.commit()
         for part in ranges:
-            for batch in stream_arrow(conn, extract_query(tx, part.nulls), part.params()):
+            query = extract_query(tx, part.nulls, part.also_from is not None)
+            for batch in stream_arrow(conn, query, part.params()):
                 frame = pl.from_arrow(batch)
                 assert isinstance(frame, pl.DataFrame)
                 yield frame.with_columns(ts, local_date)

@@ -18,6 +18,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from riskmodel import lake
+from riskmodel.clock import today
 from riskmodel.errors import ConfigError
 from riskmodel.lake import check_writable, extract, lake_dates, lake_root, partition_path, scan_transactions
 from riskmodel.seen_ids import SeenIds
@@ -141,6 +142,10 @@ def test_lost_partitions_are_found_and_read_again(bank: tuple[Settings, list[tup
     with pytest.raises(ConfigError, match=r"last partition is 2026-06-30, before 2026-07-03; run `riskflow "
                                           r"extract --date 2026-07-03`"):
         scan_transactions(settings, END - timedelta(days=3), END + timedelta(days=3))
+    before = lake_digest(settings)
+    with pytest.raises(ConfigError, match=r"run_date=\S+ is after today"):
+        extract(settings, demo_spec, today(settings.tz) + timedelta(days=1))
+    assert lake_digest(settings) == before
 
 
 def _first_date(settings: Settings) -> date | None:
@@ -375,6 +380,7 @@ def test_ranges_over_an_indexed_timestamp_give_the_same_lake(bank: tuple[Setting
         (970001, 1, first, 10.0, "5411", "pos", "DE", "m1"),
         (970001, 2, first + timedelta(days=20), 11.0, "5411", "pos", "DE", "m1"),
         (970002, 3, None, 12.0, "5411", "pos", "DE", "m1"),
+        (970003, 3, datetime(2099, 1, 1, tzinfo=UTC), 13.0, "5411", "pos", "DE", "m1"),
     ])
     single = extract(settings, demo_spec, END)
     whole = lake_digest(settings)
@@ -390,9 +396,10 @@ def test_ranges_over_an_indexed_timestamp_give_the_same_lake(bank: tuple[Setting
 
     monkeypatch.setattr(lake, "plan_ranges", plan)
     ranged = extract(settings, demo_spec, END, full=True)
-    assert planned == [14]
+    assert planned == [15], "14 ranges of 3 days in the window, then the future-stamped rows"
     assert ranged.quarantined == single.quarantined
     assert ranged.quarantined["duplicate_txn_id"] == 1 and ranged.quarantined["null_timestamp"] == 1
+    assert ranged.quarantined["future_timestamp"] == 1
     assert (ranged.rows_read, ranged.rows_written) == (single.rows_read, single.rows_written)
     assert lake_digest(settings) == whole
 

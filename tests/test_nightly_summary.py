@@ -6,7 +6,17 @@ from __future__ import annotations
 import math
 from datetime import date
 
-from flows.nightly_scoring import drift_line, movers_table, realised_line
+from flows.nightly_scoring import drift_line, movers_table, realised_line, scoring_line
+
+
+def test_scoring_line_says_which_model_ran_and_in_which_precision() -> None:
+    shard = {"lstm_ran": True, "device": "cpu", "precision": "bf16", "batch_size": 4096, "oom_retries": 0}
+    assert scoring_line([shard, shard]) == "LSTM on cpu in bf16, batch 4096"
+    mixed = [shard, shard | {"precision": "fp32", "oom_retries": 2}]
+    assert scoring_line(mixed) == ("LSTM on cpu in bf16 (1 of 2 shards in fp32: their bf16 sample disagreed "
+                                   "with fp32), batch 4096, 2 out-of-memory back-offs")
+    assert scoring_line([shard | {"lstm_ran": False}]).startswith("LightGBM alone")
+    assert scoring_line([]) == "no shard to score"
 
 
 def test_drift_line_names_the_closest_reference_or_why_there_is_none() -> None:

@@ -182,6 +182,11 @@ def test_policies_and_horizons_in_the_registry_and_a_retried_registration(initia
     assert "earlier try" in again.reason
     assert {p.name: p.stat().st_mtime_ns for p in again.path.iterdir()} == files
     assert [r["version"] for r in list_models(initialised)].count("v14") == 1
+    leftover = initialised.models / "v15"
+    leftover.mkdir(parents=True)
+    (leftover / "manifest.json").write_text("{}")
+    retried = _register(initialised, 15, ap=0.1, policy="never")
+    assert retried.status == "challenger" and load_version(initialised, "v15").version == "v15"
 
 
 def test_models_cli_list_show_promote_rollback(initialised: Settings, monkeypatch: pytest.MonkeyPatch,

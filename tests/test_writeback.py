@@ -112,7 +112,7 @@ def test_a_lost_connection_fails_with_its_own_error_and_is_recorded(
     good = _write(initialised, score_frame(300, seed=2))
     mark = tmp_path / "paused"
     monkeypatch.setenv(faults.PAUSE_ENV, "writeback.after_staging")
-    monkeypatch.setenv(faults.PAUSE_SECONDS_ENV, "3")
+    monkeypatch.setenv(faults.PAUSE_SECONDS_ENV, "8")
     monkeypatch.setenv(faults.MARK_ENV, str(mark))
 
     def cut_off() -> None:
