@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -317,12 +318,14 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     stage = f"{part}_stage"
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
     lock_wait_ms = settings.lock_timeout_ms * lock_attempts
-    with (ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskflow-write") as pool,
-          connect(settings) as conn, advisory_lock(conn, date_lock_name(schema, table, score_date))):
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskflow-write"))
         rows = df.to_arrow()
         order = pool.submit(account_order, rows)
         encoded = pool.submit(encode_varying_rows, rows)
         digest = pool.submit(lambda: sorted_checksum(score_date, rows, model_version, order.result()))
+        conn = stack.enter_context(connect(settings))
+        stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
                       model_sha256, table)
         try:
