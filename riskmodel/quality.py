@@ -48,10 +48,10 @@ def local_midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
 
 
-def future_cutoff(now: datetime | None = None) -> datetime:
-    """The first instant a row's timestamp counts as in the future: the extract's clock (`now`, the
-    wall clock when None) plus `FUTURE_TOLERANCE` for clock skew between the bank's systems."""
-    return (now or datetime.now(UTC)) + FUTURE_TOLERANCE
+def future_cutoff() -> datetime:
+    """The first instant a row's timestamp counts as in the future: the extract's clock plus
+    `FUTURE_TOLERANCE` for clock skew between the bank's systems."""
+    return datetime.now(UTC) + FUTURE_TOLERANCE
 
 
 def rule_exprs(tx: TransactionsSpec, future: datetime) -> list[tuple[str, pl.Expr, pl.Expr]]:

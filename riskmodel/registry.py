@@ -358,8 +358,7 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
         with connect(settings) as conn:
             _lock(conn, settings)
             current = _champion(conn, settings)
-            compared = policy == "if_better" and current is not None and current == champion_version
-            theirs = _horizon(settings, current) if compared and current is not None else None
+            theirs = _horizon(conn, settings, current) if current and current == champion_version else None
             horizons = ((training or {}).get("horizon_days"), theirs)
             promote, reason = promotion_decision(evaluation, current, champion_version, promote_margin,
                                                  policy=policy, horizons=horizons, split=split)
@@ -379,13 +378,16 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
                         path=folder, reason=reason)
 
 
-def _horizon(settings: Settings, version: str) -> int | None:
+def _horizon(conn: psycopg.Connection, settings: Settings, version: str) -> int | None:
     """The prediction horizon H (days) a registered version was trained for, when its manifest says
-    (read alone, not the whole artifact: this runs under the registry lock)."""
+    (the manifest alone, on the caller's connection: this runs under the registry lock)."""
+    from psycopg import sql
+
+    row = conn.execute(sql.SQL("SELECT artifact_path FROM {} WHERE version = %s").format(_table(settings)),
+                       (version,)).fetchone()
     try:
-        folder = Path(get_model(settings, version)["artifact_path"])
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (RegistryError, OSError, ValueError):
+        manifest = json.loads((Path(row[0]) / MANIFEST).read_text()) if row else {}
+    except (OSError, ValueError):
         return None
     return manifest.get("training_window", {}).get("horizon_days")
 
