@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"riskflow {args.command}: invalid configuration: {problems}", file=sys.stderr)
         return 2
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:
         first = first_line(redact(str(exc))) or type(exc).__name__
         print(f"riskflow {args.command}: database error: {first}", file=sys.stderr)
         return 2

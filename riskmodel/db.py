@@ -10,6 +10,7 @@ import hashlib
 import logging
 import re
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +25,11 @@ from riskmodel.settings import Settings
 
 log = logging.getLogger("riskflow.db")
 
-_PASSWORD = re.compile(r"(://[^:/@?#]*:)([^@/?#]*)(@)")
-_PASSWORD_PARAM = re.compile(r"(password=)([^&\s]*)", re.IGNORECASE)
+# A URL's password runs to the last "@" of the URL (a raw "/", "?" or "#" in it is still the password);
+# a libpq parameter's value may be quoted and have spaces around "=".
+_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*(@[^@\s/?#]*)", re.IGNORECASE)
+_PASSWORD_PARAM = re.compile(r"(password)\s*=\s*('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
+MIN_SCRUBBED = 3
 # The server answered and refused these logins; another try with the same URL meets the same answer.
 # (libpq gives no SQLSTATE for a failed connect, so the server's English message is what we read.)
 _REFUSED_LOGIN = re.compile(r"password authentication failed|no pg_hba\.conf entry"
@@ -34,15 +38,40 @@ _REFUSED_LOGIN = re.compile(r"password authentication failed|no pg_hba\.conf ent
 
 def redact(text: str) -> str:
     """Replace any password in a URL or libpq string with `***` (for logs and errors)."""
-    return _PASSWORD_PARAM.sub(r"\1***", _PASSWORD.sub(r"\1***\3", text))
+    return _PASSWORD_PARAM.sub(r"\1=***", _PASSWORD.sub(r"\1***\2", text))
+
+
+def _passwords(target: str) -> set[str]:
+    """The password of connection string `target`, as written and decoded (a driver's message may
+    quote either, e.g. psycopg's "invalid percent-encoded token"); very short ones are left out."""
+    found: set[str] = set()
+    try:
+        found.add(psycopg.conninfo.conninfo_to_dict(target).get("password") or "")
+    except psycopg.Error:
+        pass
+    if "://" in target:
+        password = urllib.parse.urlsplit(target).password or ""
+        found |= {password, urllib.parse.unquote(password)}
+    return {p for p in found if len(p) >= MIN_SCRUBBED}
+
+
+def scrub(text: str, target: str) -> str:
+    """`text` with `target`'s password removed wherever it appears, and any URL password redacted."""
+    for password in sorted(_passwords(target), key=len, reverse=True):
+        text = text.replace(password, "***")
+    return redact(text)
 
 
 def connect_error(target: str, exc: BaseException, driver: str = "") -> DatabaseError:
-    """A failed connect as our error: a refused login (bad password, unknown role or database) is a
-    plain `DatabaseError`; anything else (refused, unreachable, server starting up) is transient."""
-    message = first_line(redact(str(exc)))[:300]
+    """A failed connect as our error: a refused login (bad password, unknown role or database) or a
+    URL that cannot be parsed is a plain `DatabaseError`; anything else (refused, unreachable, server
+    starting up) is transient. The message never holds the password."""
+    message = first_line(scrub(str(exc), target))[:300]
+    if isinstance(exc, psycopg.ProgrammingError):
+        return DatabaseError(f"the database URL {scrub(target, target)} cannot be parsed: {message} "
+                             "(percent-encode special characters in the user name and password)")
     kind = DatabaseError if _REFUSED_LOGIN.search(message) else TransientDatabaseError
-    return kind(f"cannot connect{driver} to Postgres at {redact(target)}: {message}")
+    return kind(f"cannot connect{driver} to Postgres at {scrub(target, target)}: {message}")
 
 
 @cache
@@ -81,7 +110,7 @@ def connect(settings: Settings, *, admin: bool = False, autocommit: bool = False
     target = url or database_url(settings)
     try:
         conn = psycopg.connect(target, autocommit=autocommit, connect_timeout=15)
-    except psycopg.OperationalError as exc:
+    except (psycopg.OperationalError, psycopg.ProgrammingError) as exc:
         raise connect_error(target, exc) from None
     if not admin and settings.run_as_writer:
         try:

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from riskmodel.bands import BandPolicy, assign_bands
 from riskmodel.batch import SequenceBatch
 from riskmodel.blend import BOOSTER_FILE, Blend
 from riskmodel.calibrate import Calibrator
-from riskmodel.errors import ConfigError, ModelIntegrityError, RiskflowError
+from riskmodel.errors import ConfigError, ModelIntegrityError, RiskflowError, first_line
 from riskmodel.model import ModelConfig, RiskLSTM
 
 if TYPE_CHECKING:
@@ -56,6 +57,8 @@ ARTIFACT_FILES = (MANIFEST, WEIGHTS)
 OPTIONAL_FILES = (BOOSTER_FILE,)
 FORMAT_VERSION = 1
 PROMOTE_POLICIES = ("if_better", "always", "never")
+# A version names its artifact's folder under the models folder: no separators, no "." or "..".
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class RegistryError(RiskflowError):
@@ -262,12 +265,13 @@ def build_manifest(*, version: str, net: RiskLSTM, calibrator: Calibrator, bands
 def promotion_decision(evaluation: dict[str, dict[str, float]], current_champion: str | None,
                        evaluated_champion: str | None, margin: float, *, policy: str = "if_better",
                        horizons: tuple[int | None, int | None] = (None, None),
-                       split: str = "out_of_time") -> tuple[bool, str]:
+                       split: str = "out_of_time", champion_problem: str | None = None) -> tuple[bool, str]:
     """Whether a new model should become champion, and why (pure; see the module docstring).
 
     `policy` "always" and "never" decide alone; `horizons` is (this model's H, the evaluated
     champion's H) in days, and models of different horizons are never compared; nor are they on an
-    in-period (`split` "account_hash") test, where the challenger saw the test weeks in training."""
+    in-period (`split` "account_hash") test, where the challenger saw the test weeks in training,
+    nor when `champion_problem` says the champion's manifest could not be read (its H is unknown)."""
     if policy not in PROMOTE_POLICIES:
         raise ConfigError(f"promote_policy={policy!r} must be one of {PROMOTE_POLICIES}")
     if policy != "if_better":
@@ -277,6 +281,9 @@ def promotion_decision(evaluation: dict[str, dict[str, float]], current_champion
     if evaluated_champion != current_champion or "champion" not in evaluation:
         return False, (f"not compared with the current champion {current_champion} on the same "
                        f"window (compared with {evaluated_champion}); stays challenger")
+    if champion_problem:
+        return False, (f"the champion's manifest cannot be read ({champion_problem}), so its horizon is "
+                       "unknown and the two do not compare; stays challenger")
     if split != "out_of_time":
         return False, (f"the test window is in-period ({split} split): the challenger trained on the same "
                        "weeks, so its win over the champion does not count; stays challenger")
@@ -340,6 +347,9 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
     from riskmodel.db import connect
 
     version = version or new_version()
+    if not VERSION_NAME.fullmatch(version):
+        raise ConfigError(f"model version {version!r}: use 1..64 letters, digits, '.', '_' or '-', starting "
+                          "with a letter or digit (it names the artifact's folder)")
     earlier = _registration(settings, version)
     if earlier is not None:
         return earlier
@@ -358,10 +368,12 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
         with connect(settings) as conn:
             _lock(conn, settings)
             current = _champion(conn, settings)
-            theirs = _horizon(conn, settings, current) if current and current == champion_version else None
+            theirs, problem = (_horizon(conn, settings, current) if current and current == champion_version
+                               else (None, None))
             horizons = ((training or {}).get("horizon_days"), theirs)
             promote, reason = promotion_decision(evaluation, current, champion_version, promote_margin,
-                                                 policy=policy, horizons=horizons, split=split)
+                                                 policy=policy, horizons=horizons, split=split,
+                                                 champion_problem=problem)
             conn.execute(
                 sql.SQL("INSERT INTO {} (version, status, train_start, train_end, spec_hash, metrics, "
                         "artifact_path, sha256) VALUES (%s, 'challenger', %s, %s, %s, %s, %s, %s)")
@@ -378,18 +390,19 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
                         path=folder, reason=reason)
 
 
-def _horizon(conn: psycopg.Connection, settings: Settings, version: str) -> int | None:
-    """The prediction horizon H (days) a registered version was trained for, when its manifest says
-    (the manifest alone, on the caller's connection: this runs under the registry lock)."""
+def _horizon(conn: psycopg.Connection, settings: Settings, version: str) -> tuple[int | None, str | None]:
+    """The prediction horizon H (days) a registered version was trained for (None when its manifest
+    predates the field), and why the manifest could not be read, if it could not (the manifest
+    alone, on the caller's connection: this runs under the registry lock)."""
     from psycopg import sql
 
     row = conn.execute(sql.SQL("SELECT artifact_path FROM {} WHERE version = %s").format(_table(settings)),
                        (version,)).fetchone()
     try:
         manifest = json.loads((Path(row[0]) / MANIFEST).read_text()) if row else {}
-    except (OSError, ValueError):
-        return None
-    return manifest.get("training_window", {}).get("horizon_days")
+    except (OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {first_line(exc)}"
+    return manifest.get("training_window", {}).get("horizon_days"), None
 
 
 def _registration(settings: Settings, version: str) -> Registration | None:

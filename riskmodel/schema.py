@@ -1,8 +1,10 @@
 """Apply `sql/` to a database: roles, riskflow's schema, views, and optionally the demo source.
 
 `init_database` runs in one transaction and is idempotent: running it twice is a no-op.
-Templates in `sql/` use `{schema}`, `{reader}`, `{writer}` placeholders that are filled with
-quoted identifiers by psycopg.sql (and `{reader_name}`/`{writer_name}` with quoted literals).
+Templates in `sql/` use `{schema}`, `{reader}`, `{writer}`, `{analyst}` placeholders that are filled
+with quoted identifiers by psycopg.sql (and `{reader_name}`, `{writer_name}`, `{analyst_name}` with
+quoted literals). Settings keep those names to characters that cannot end a comment or a
+dollar-quoted block, and the templates' comments name no placeholder.
 """
 
 from __future__ import annotations
@@ -42,9 +44,14 @@ def render(path: Path, settings: Settings) -> sql.Composed:
         schema=sql.Identifier(settings.db_schema),
         reader=sql.Identifier(settings.reader_role),
         writer=sql.Identifier(settings.writer_role),
+        analyst=sql.Identifier(settings.analyst_role),
         reader_name=sql.Literal(settings.reader_role),
         writer_name=sql.Literal(settings.writer_role),
+        analyst_name=sql.Literal(settings.analyst_role),
     )
+
+
+SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 
 
 def owned_schema_files() -> list[Path]:
@@ -54,8 +61,15 @@ def owned_schema_files() -> list[Path]:
 
 
 def _grant_sources(cur: psycopg.Cursor, settings: Settings, spec: FeatureSpec) -> list[str]:
+    """Grant the reader SELECT on the spec's source tables, refusing any in a system schema or in
+    riskflow's own (the grant runs as the admin: a spec must not hand out the catalog or the scores)."""
     refs = [r for r in (spec.transactions, spec.events, spec.accounts, spec.ground_truth) if r]
     tables = [(r.db_schema, r.table) for r in refs]
+    for schema_name, table in tables:
+        if schema_name == settings.db_schema or schema_name.lower() in SYSTEM_SCHEMAS \
+                or schema_name.lower().startswith("pg_"):
+            raise ConfigError(f"feature spec source {schema_name}.{table}: a source table cannot live in a "
+                              f"system schema or in riskflow's own schema {settings.db_schema!r}")
     reader = sql.Identifier(settings.reader_role)
     for schema_name in sorted({s for s, _ in tables}):
         cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(

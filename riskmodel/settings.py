@@ -7,13 +7,14 @@ Environment variables always win over the file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +25,9 @@ from pydantic_settings import (
 DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
 
 
+# Schema and role names: quoted wherever they are used, and also kept to characters that cannot end
+# an SQL comment or a dollar-quoted block in sql/*.sql, whatever the quoting.
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
 SCHEMA_VARIABLE = "RISKFLOW_SCHEMA"
 SCHEMA_KEY = "schema"
 
@@ -94,6 +98,8 @@ class Settings(BaseSettings):
 
     reader_role: str = Field("riskflow_reader", description="Role with SELECT on sources.")
     writer_role: str = Field("riskflow_writer", description="Role owning riskflow's schema.")
+    analyst_role: str = Field(
+        "riskflow_analyst", description="Role that reads the analyst views and functions only.")
     run_as_writer: bool = Field(
         True, description="Pipeline connections `SET ROLE` to the writer role."
     )
@@ -150,12 +156,22 @@ class Settings(BaseSettings):
             raise ValueError(f"RISKFLOW_TIMEZONE: unknown time zone {value!r}") from exc
         return value
 
-    @field_validator("db_schema", "reader_role", "writer_role")
+    @field_validator("db_schema", "reader_role", "writer_role", "analyst_role")
     @classmethod
     def _plain_identifier(cls, value: str) -> str:
-        if not value or len(value) > 63 or "\x00" in value:
-            raise ValueError(f"identifier {value!r} must be 1..63 characters without NUL")
+        if not IDENTIFIER.fullmatch(value):
+            raise ValueError(f"identifier {value!r} must be 1..63 letters, digits, _ or -, not starting "
+                             "with a digit or -")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_roles(self) -> Settings:
+        roles = {"reader_role": self.reader_role, "writer_role": self.writer_role,
+                 "analyst_role": self.analyst_role}
+        if len(set(roles.values())) < len(roles):
+            raise ValueError(f"the reader, writer and analyst roles must differ (each holds different "
+                             f"rights): {roles}")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -40,7 +40,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from riskmodel import faults, pgcopy
-from riskmodel.db import advisory_lock, connect
+from riskmodel.db import advisory_lock, connect, redact
 from riskmodel.errors import ConfigError, DatabaseError, RiskflowError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
 
@@ -290,7 +290,7 @@ def _record_failure(settings: Settings, run_id: uuid.UUID, error: BaseException)
                 sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(),"
                         " details = details || %s::jsonb WHERE run_id = %s AND status <> 'succeeded'").format(
                     sql.Identifier(settings.db_schema, "pipeline_runs")),
-                (json.dumps({"error": f"{type(error).__name__}: {error}"[:500]}), run_id),
+                (json.dumps({"error": redact(f"{type(error).__name__}: {error}")[:500]}), run_id),
             )
     except (psycopg.Error, RiskflowError) as exc:
         log.warning("could not mark run %s failed: %s", run_id, exc)

@@ -1,5 +1,5 @@
 -- Tables riskflow owns. Applied by `riskflow db init` in one transaction, as the writer role,
--- inside schema {schema}. Placeholders in braces are filled with quoted identifiers
+-- inside riskflow's schema. Placeholders in braces are filled with quoted identifiers
 -- (psycopg.sql), never pasted text. Every statement is idempotent.
 
 -- One index per day partition: the primary key leads with account_id, so it serves one account's

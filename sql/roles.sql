@@ -1,6 +1,9 @@
--- Least-privilege roles. {reader}: SELECT on the source tables named by the feature spec.
--- {writer}: owns schema {schema} and is a member of {reader}. Both NOLOGIN: grant them to
--- the login users the pipeline runs as (`GRANT {writer} TO etl_user`).
+-- Least-privilege roles, all NOLOGIN: grant them to login users.
+-- reader: SELECT on the source tables named by the feature spec.
+-- writer: owns riskflow's schema and is a member of reader; the pipeline runs as it
+--   (`GRANT <writer> TO etl_user`).
+-- analyst: reads the analyst views and calls the analyst functions (sql/090_grants.sql), and
+--   nothing else: neither the source tables nor riskflow's tables (`GRANT <analyst> TO analyst`).
 
 DO $roles$
 BEGIN
@@ -9,6 +12,9 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {writer_name}) THEN
         EXECUTE format('CREATE ROLE %I NOLOGIN', {writer_name});
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {analyst_name}) THEN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', {analyst_name});
     END IF;
 END
 $roles$;

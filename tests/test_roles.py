@@ -1,6 +1,7 @@
 """Least privilege: the retrain and nightly flows run under a password LOGIN that is only a member of
-the writer role (not a superuser); that login cannot change the bank's source tables; a reader
-login reads the analyst views (sql/090_grants.sql) but cannot write scores; the password never
+the writer role (not a superuser); that login cannot change the bank's source tables; an analyst
+login reads the analyst views (sql/090_grants.sql) but neither riskflow's tables nor the bank's
+source tables, and cannot write scores; the password never
 reaches logs, stderr, Prefect artifacts, stored run details or error messages."""
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ class Logins:
 
     admin: Settings
     writer_url: str
-    reader_url: str
+    analyst_url: str
     writer_user: str
-    reader_user: str
+    analyst_user: str
     password: str
     enforced: bool
 
@@ -107,24 +108,24 @@ def _wait_enforced(url: str, password: str) -> bool:
 @pytest.fixture(scope="module")
 def logins(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
            prefect_harness: None) -> Iterator[Logins]:
-    """Schema and bank created as the admin; a writer login and a reader login with a password."""
+    """Schema and bank created as the admin; a writer login and an analyst login with a password."""
     url = create_database(pg_server_url, "rf_roles")
     admin = seeded_bank(url, tmp_path_factory.mktemp("roles-home"), accounts=400, days=130, seed=9)
     suffix = uuid.uuid4().hex[:8]
-    writer_user, reader_user = f"rf_etl_{suffix}", f"rf_analyst_{suffix}"
+    writer_user, analyst_user = f"rf_etl_{suffix}", f"rf_analyst_{suffix}"
     password = f"pw{secrets.token_hex(12)}"
     with connect(admin, admin=True, autocommit=True) as conn:
-        for user, role in ((writer_user, admin.writer_role), (reader_user, admin.reader_role)):
+        for user, role in ((writer_user, admin.writer_role), (analyst_user, admin.analyst_role)):
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} NOSUPERUSER NOCREATEDB NOCREATEROLE")
                          .format(sql.Identifier(user), sql.Literal(password)))
             conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(user)))
-    hba, original = _require_passwords(pg_server_url, [writer_user, reader_user])
+    hba, original = _require_passwords(pg_server_url, [writer_user, analyst_user])
     dbname = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
     writer_url = _login_url(pg_server_url, dbname, writer_user, password)
-    reader_url = _login_url(pg_server_url, dbname, reader_user, password)
+    analyst_url = _login_url(pg_server_url, dbname, analyst_user, password)
     try:
         enforced = hba is not None and _wait_enforced(writer_url, password)
-        yield Logins(admin, writer_url, reader_url, writer_user, reader_user, password, enforced)
+        yield Logins(admin, writer_url, analyst_url, writer_user, analyst_user, password, enforced)
     finally:
         if hba is not None:
             hba.write_text(original)
@@ -132,7 +133,7 @@ def logins(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory,
                 conn.execute("SELECT pg_reload_conf()")
         drop_database(pg_server_url, url)
         with psycopg.connect(pg_server_url, autocommit=True) as conn:
-            for user in (writer_user, reader_user):
+            for user in (writer_user, analyst_user):
                 conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(user)))
 
 
@@ -215,12 +216,13 @@ def test_writer_login_cannot_modify_source_tables(logins: Logins, ran: Ran, set_
     assert after == before and tables == 4
 
 
-def test_reader_login_reads_views_but_cannot_write_scores(logins: Logins, ran: Ran) -> None:
-    reader = logins.admin.model_copy(update={"database_url": SecretStr(logins.reader_url),
-                                                "run_as_writer": False})
+def test_analyst_login_reads_views_but_neither_tables_nor_sources_and_writes_nothing(
+        logins: Logins, ran: Ran) -> None:
+    analyst = logins.admin.model_copy(update={"database_url": SecretStr(logins.analyst_url),
+                                                 "run_as_writer": False})
     with pytest.raises(DatabaseError, match="cannot SET ROLE"):
-        connect(reader.model_copy(update={"run_as_writer": True}))
-    with connect(reader) as conn:
+        connect(analyst.model_copy(update={"run_as_writer": True}))
+    with connect(analyst) as conn:
         latest = conn.execute("SELECT count(*) FROM riskflow.latest_scores").fetchone()[0]
         night = conn.execute("SELECT count(*) FROM riskflow.latest_night").fetchone()[0]
         bands = conn.execute("SELECT sum(accounts) FROM riskflow.band_counts WHERE score_date = %s",
@@ -239,7 +241,11 @@ def test_reader_login_reads_views_but_cannot_write_scores(logins: Logins, ran: R
                           "UPDATE riskflow.model_versions SET status = 'retired'",
                           "DELETE FROM riskflow.pipeline_runs",
                           "DROP VIEW riskflow.latest_scores",
-                          "UPDATE bank.accounts SET credit_limit = 0"]:
+                          "UPDATE bank.accounts SET credit_limit = 0",
+                          "SELECT count(*) FROM riskflow.risk_scores",
+                          "SELECT count(*) FROM riskflow.model_versions",
+                          "SELECT count(*) FROM bank.transactions",
+                          "SELECT count(*) FROM bank.accounts"]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
             conn.rollback()

@@ -7,6 +7,7 @@ import argparse
 from flows.output import emit, table
 from riskmodel.db import embedded_pgdata, redact
 from riskmodel.settings import config_file, load_settings
+from riskmodel.storage import redact_lake
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     url = settings.database_url
     values["database_url"] = redact(url.get_secret_value()) if url else None
     values["embedded_postgres"] = None if url else str(embedded_pgdata(settings))
-    values["lake"] = settings.lake
+    values["lake_url"] = redact_lake(settings, settings.lake_url) if settings.lake_url else None
+    values["lake"] = redact_lake(settings, settings.lake)
     values["models"] = str(settings.models)
     values["config_file"] = str(config_file())
     rows = [{"setting": k, "value": v} for k, v in values.items()]

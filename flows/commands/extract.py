@@ -7,6 +7,7 @@ from datetime import date
 
 from flows.output import emit, table
 from riskmodel.lake import extract
+from riskmodel.storage import redact_lake
 from tasks.context import settings_and_spec
 
 
@@ -26,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     report = extract(settings, spec, args.date, full=args.full)
     payload = report.as_dict()
     rows = [{"rule": r, "quarantined": n} for r, n in report.quarantined.items()]
-    text = (f"extract {report.source} -> {settings.lake}: {report.rows_read} rows read, "
+    lake = redact_lake(settings, settings.lake)
+    text = (f"extract {report.source} -> {lake}: {report.rows_read} rows read, "
             f"{report.rows_written} written to {len(report.dates_written)} dates "
             f"(from {report.read_from or 'the beginning'}), {len(report.dates_empty)} dates without rows, "
             f"{report.seconds:.2f}s\n"
