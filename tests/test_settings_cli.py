@@ -103,3 +103,18 @@ def test_bad_spec_and_bad_arguments_exit_2(tmp_path: Path) -> None:
 def test_redact_hides_passwords() -> None:
     assert redact("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
     assert "pw" not in redact("host=h password=pw dbname=x")
+
+
+def test_help_and_config_load_no_heavy_library(tmp_path: Path) -> None:
+    """`riskflow --help` and `riskflow config` answer at once: building the parser and printing the
+    settings import neither torch, Prefect, Polars, pyarrow nor LightGBM (each command imports what
+    it runs)."""
+    probe = ("import sys\nfrom flows.cli import main\nmain(['config'])\n"
+             "heavy = ('torch', 'prefect', 'polars', 'pyarrow', 'lightgbm')\n"
+             "print('HEAVY', [m for m in heavy if m in sys.modules])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKFLOW_")}
+    env.update({"RISKFLOW_HOME": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])})
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout and "database_url" in done.stdout

@@ -13,12 +13,9 @@ import time
 from psycopg import sql
 
 from flows.output import emit, table
-from riskmodel import lake
 from riskmodel.clock import yesterday
 from riskmodel.db import database_url, redact
 from riskmodel.schema import init_database
-from riskmodel.served import top_accounts
-from riskmodel.synthetic import seed_bank
 from tasks.context import settings_and_spec
 
 NEXT_STEPS_SQL = """\
@@ -47,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from flows.nightly_scoring import nightly_scoring
     from flows.params import RetrainParams, ScoreParams
     from flows.retrain import retrain
+    from riskmodel import lake
+    from riskmodel.served import top_accounts
+    from riskmodel.synthetic import seed_bank
 
     settings, spec = settings_and_spec()
     started = time.perf_counter()
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     text = "\n".join(steps + ["", f"The ten riskiest accounts on {end}:", table(rows), "",
                               "Look further with SQL (psql, or any client):", sql_hint, "",
                               f"demo finished in {seconds:.0f} s; "
-                              f"scores for {end} are in riskflow.risk_scores"])
+                              f"scores for {end} are in {sql.Identifier(settings.db_schema).as_string(None)}"
+                              ".risk_scores"])
     emit(args.json, {"steps": steps, "top": rows, "train": trained["evaluation"],
                      "seconds": round(seconds, 1)}, text)
     return 0

@@ -6,7 +6,6 @@ import argparse
 from datetime import date
 
 from flows.output import emit, table
-from riskmodel.lake import extract
 from riskmodel.storage import redact_lake
 from tasks.context import settings_and_spec
 
@@ -23,6 +22,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     """Run the extract and print what it wrote and quarantined."""
+    from riskmodel.lake import extract
+
     settings, spec = settings_and_spec()
     report = extract(settings, spec, args.date, full=args.full)
     payload = report.as_dict()

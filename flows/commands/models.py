@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from flows.output import emit, table, to_json
-from riskmodel.registry import get_model, list_models, promote, read_manifest, rollback
 from riskmodel.settings import load_settings
 
 
@@ -36,7 +35,9 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     """Print the registry, oldest first."""
-    rows = [_summary(r) for r in list_models(load_settings())]
+    from riskmodel import registry
+
+    rows = [_summary(r) for r in registry.list_models(load_settings())]
     columns = ["version", "status", "created_at", "train_start", "train_end", "average_precision", "roc_auc"]
     emit(args.json, rows, table(rows, columns))
     return 0
@@ -44,9 +45,11 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print one version: the registry row for people, the verified manifest with --json."""
+    from riskmodel import registry
+
     settings = load_settings()
-    row = get_model(settings, args.version)
-    manifest = read_manifest(settings, args.version)
+    row = registry.get_model(settings, args.version)
+    manifest = registry.read_manifest(settings, args.version)
     evaluation = manifest.get("evaluation", {})
     lines = [table([{"field": k, "value": v} for k, v in _summary(row).items()]), "", "evaluation:"]
     lines.append(table([{"model": name, **metrics} for name, metrics in evaluation.items()]))
@@ -57,7 +60,9 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_promote(args: argparse.Namespace) -> int:
     """Promote a version by hand (its artifact is verified first)."""
-    result = promote(load_settings(), args.version)
+    from riskmodel import registry
+
+    result = registry.promote(load_settings(), args.version)
     emit(args.json, result, f"models promote: {result['champion']} is champion"
          + (f"; {result['retired']} retired" if result["retired"] else ""))
     return 0
@@ -65,7 +70,9 @@ def run_promote(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     """Restore the previous champion and retire the current one."""
-    result = rollback(load_settings())
+    from riskmodel import registry
+
+    result = registry.rollback(load_settings())
     emit(args.json, result, f"models rollback: {result['champion']} is champion again"
          + (f"; {result['retired']} retired" if result["retired"] else ""))
     return 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 from flows.output import emit, table
+from riskmodel.clock import yesterday
 from riskmodel.errors import ConfigError
 from riskmodel.schema import init_database
-from riskmodel.synthetic import seed_bank
 from tasks.context import settings_and_spec
 
 
@@ -26,9 +27,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=run)
 
 
-def _end_date(text: str | None, tz: dt.tzinfo) -> dt.date:
+def _end_date(text: str | None, tz: ZoneInfo) -> dt.date:
     if text is None:
-        return dt.datetime.now(tz).date() - dt.timedelta(days=1)
+        return yesterday(tz)
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
@@ -37,6 +38,8 @@ def _end_date(text: str | None, tz: dt.tzinfo) -> dt.date:
 
 def run(args: argparse.Namespace) -> int:
     """Initialise the database with the demo source tables, then seed them and report volumes."""
+    from riskmodel.synthetic import seed_bank
+
     settings, spec = settings_and_spec()
     end_date = _end_date(args.end_date, settings.tz)
     init_database(settings, spec, demo_source=True)
