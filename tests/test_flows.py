@@ -149,10 +149,11 @@ def test_nightly_scores_every_active_account_once_and_rerun_is_identical(
     assert second["checksum"] == first["checksum"]
     assert second["replaced_rows"] == len(rows)
     with connect(bank) as conn:
-        audited = conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit WHERE score_date = %s",
-                               (day,)).fetchone()[0]
+        audited = conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit WHERE score_date = %s"
+                               " AND replaced_by_run::text = %s", (day, second["run_id"])).fetchone()[0]
         runs = conn.execute("SELECT status, checksum, model_sha256 FROM riskflow.pipeline_runs "
-                            "WHERE score_date = %s AND flow = 'nightly_scoring'", (day,)).fetchall()
+                            "WHERE score_date = %s AND flow = 'nightly_scoring' AND run_id::text = ANY(%s)"
+                            " ORDER BY started_at", (day, [first["run_id"], second["run_id"]])).fetchall()
     assert audited == len(rows)
     assert [r[0] for r in runs] == ["succeeded", "succeeded"]
     assert runs[0][1] == runs[1][1] and runs[0][2] == trained["sha256"]
@@ -314,3 +315,19 @@ def test_serve_builds_three_deployments_with_schedules_and_drift_trigger() -> No
     trigger = deps["weekly-retrain"].triggers[0]
     assert trigger.expect == {"riskflow.drift.detected"}
     assert not deps["backfill"].schedules
+
+
+def test_a_second_retrain_is_judged_against_the_champion_on_the_same_test_rows(
+        bank: Settings, trained: dict) -> None:
+    """With a champion registered, the retrain scores it on the challenger's test rows and promotes
+    only past the margin: an impossible margin keeps the champion (last in this module: it leaves a
+    challenger behind)."""
+    again = retrain(RetrainParams(as_of=END, train_days=150, epochs=1, max_train_minutes=1.0, seed=2,
+                                  horizon_days=HORIZON, max_embedded_cardinality=EMBED_CAP,
+                                  run_ablation=False, min_ap_margin=1.0))
+    champion_ap = again["evaluation"]["champion"]["average_precision"]
+    assert 0.0 < champion_ap <= 1.0 and again["evaluation"]["model"]["average_precision"] > 0.0
+    assert again["status"] == "challenger" and "does not beat champion's" in again["reason"]
+    assert f"{champion_ap:.4f}" in again["reason"]
+    assert registry.champion_version(bank) == trained["version"]
+    assert registry.latest_challenger(bank) == again["version"]
