@@ -37,6 +37,7 @@ from riskmodel.db import connect
 from riskmodel.errors import ModelIntegrityError, RiskflowError
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import FeatureSpec, load_spec
+from riskmodel.storage import lake_key
 
 REPO = Path(__file__).resolve().parent.parent
 TABLE_COLUMNS = ["fault", "survived", "rows_lost", "rows", "seconds", "detail"]
@@ -355,7 +356,7 @@ def drop_holds(ctx: Ctx) -> dict[str, tuple[sql.Composable, str, tuple[object, .
                  f"%{source.as_string(None)}%", ()),
         "commit": (sql.SQL("INSERT INTO {} (lake, source, watermark, last_date) VALUES (%s, %s, now(), %s)"
                            " ON CONFLICT (lake, source) DO UPDATE SET updated_at = now()").format(marks),
-                   "%extract_watermarks%", (ctx.settings.lake, tx.qualified, ctx.score_date)),
+                   "%extract_watermarks%", (lake_key(ctx.settings), tx.qualified, ctx.score_date)),
     }
 
 

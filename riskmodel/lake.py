@@ -67,7 +67,7 @@ from riskmodel.source_stream import extract_query as extract_query
 from riskmodel.source_stream import plan_ranges, prefetch, stream_ranges
 from riskmodel.spec import FeatureSpec, TransactionsSpec
 from riskmodel.spill import KeySpill
-from riskmodel.storage import LakeStore, check_store_writable, lake_store, redact_lake
+from riskmodel.storage import LakeStore, check_store_writable, lake_key, lake_store, redact_lake
 
 log = logging.getLogger("riskflow.lake")
 
@@ -254,7 +254,7 @@ def _watermark(conn, settings: Settings, source: str, recorded: bool) -> _Mark |
     first = sql.SQL("first_date") if recorded else sql.SQL("NULL::date")
     table = sql.Identifier(settings.db_schema, "extract_watermarks")
     query = sql.SQL("SELECT watermark, last_date, {} FROM {} WHERE lake = %s AND source = %s")
-    row = conn.execute(query.format(first, table), (settings.lake, source)).fetchone()
+    row = conn.execute(query.format(first, table), (lake_key(settings), source)).fetchone()
     return _Mark(*row) if row else None
 
 
@@ -282,7 +282,7 @@ def _set_watermark(conn, settings: Settings, source: str, mark: _Mark, rebuilt: 
     ).format(table=sql.Identifier(settings.db_schema, "extract_watermarks"), t=t,
              column=sql.SQL(", first_date" if recorded else ""),
              value=sql.SQL(", %(first)s" if recorded else ""), first=first if recorded else sql.SQL("")),
-        {"lake": settings.lake, "source": source, "watermark": mark.watermark, "last": mark.last_date,
+        {"lake": lake_key(settings), "source": source, "watermark": mark.watermark, "last": mark.last_date,
          "first": mark.first_date, "rebuilt": rebuilt})
 
 
@@ -435,7 +435,7 @@ def extract(settings: Settings, spec: FeatureSpec, run_date: date, *, full: bool
     source = tx.qualified
     run_id = uuid.uuid4()
     with (connect(settings) as conn,
-          advisory_lock(conn, f"extract:{settings.lake}", timeout_s=lock_timeout_s),
+          advisory_lock(conn, f"extract:{lake_key(settings)}", timeout_s=lock_timeout_s),
           tempfile.TemporaryDirectory(prefix="riskflow-extract-") as scratch_dir):
         scratch = Path(scratch_dir)
         _clean_staging(store)
@@ -530,12 +530,12 @@ def reset_lake(settings: Settings) -> None:
     Used after the source was replaced wholesale, e.g. a re-seeded demo bank.
     """
     store = lake_store(settings)
-    with connect(settings) as conn, advisory_lock(conn, f"extract:{settings.lake}"):
+    with connect(settings) as conn, advisory_lock(conn, f"extract:{lake_key(settings)}"):
         base = store.path(TABLE)
         if store.local:
             shutil.rmtree(base, ignore_errors=True)
         elif store.fs.exists(base):
             store.fs.rm(base, recursive=True)
         conn.execute(sql.SQL("DELETE FROM {} WHERE lake = %s").format(
-            sql.Identifier(settings.db_schema, "extract_watermarks")), (settings.lake,))
+            sql.Identifier(settings.db_schema, "extract_watermarks")), (lake_key(settings),))
         conn.commit()

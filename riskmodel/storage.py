@@ -43,6 +43,12 @@ def redact_lake(settings: Settings, text: str) -> str:
     return redact(text)
 
 
+def lake_key(settings: Settings) -> str:
+    """The lake's name in `extract_watermarks` and in its advisory lock: its URL with any credentials
+    redacted (the same string as before for a URL without them), so no secret is stored."""
+    return redact_lake(settings, settings.lake)
+
+
 @dataclass(frozen=True)
 class LakeStore:
     """The lake's filesystem and root path in it (no protocol, no trailing slash)."""

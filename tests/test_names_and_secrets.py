@@ -126,3 +126,12 @@ def test_psycopg_reports_a_bad_percent_encoding_with_the_token() -> None:
     """Why `connect` scrubs the password itself: the driver's own message quotes it."""
     with pytest.raises(psycopg.ProgrammingError, match="zzsecretword"):
         psycopg.connect("postgresql://me:p%zzsecretword@127.0.0.1:1/db")
+
+
+def test_the_lake_key_stored_with_watermarks_holds_no_credentials(tmp_path) -> None:
+    from riskmodel.storage import lake_key
+
+    remote = Settings(home=tmp_path, lake_url="sftp://etl:lakepass99@files.example/lake")
+    assert lake_key(remote) == "sftp://etl:***@files.example/lake"
+    local = Settings(home=tmp_path)
+    assert lake_key(local) == local.lake
