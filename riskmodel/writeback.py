@@ -552,7 +552,9 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
     writer held it keeps its audit rows too).
 
     Each date is dropped under that table and date's write lock, tried once: a date a writer holds
-    now is skipped (logged) and dropped by a later run."""
+    now is skipped (logged) and dropped by a later run. The DETACH and DROP wait for analysts'
+    queries on the partition as the swap does (`lock_timeout` tries with backoff, a few seconds in
+    all), and a partition still read after that is skipped the same way."""
     if retention_days < 1:
         raise ConfigError(f"retention_days must be >= 1, got {retention_days}")
     cutoff = today - dt.timedelta(days=retention_days)

@@ -106,7 +106,7 @@ def test_a_stop_file_kills_the_child_and_names_the_reason(tmp_path: Path) -> Non
         stop.write_text("the shuffled_order fit of this retrain failed")
 
     with pytest.raises(ChildStopped, match="sit: stopped before it finished: the shuffled_order fit"):
-        run_in_child(sit, {"pid_file": str(pid_file), "seconds": 600}, write_stop, stop_file=stop)
+        run_in_child(sit, {"pid_file": str(pid_file), "seconds": 60}, write_stop, stop_file=stop)
     assert not _alive(int(pid_file.read_text()))
 
 
@@ -128,7 +128,10 @@ def test_await_fits_stops_the_sibling_of_a_failed_fit_and_raises_the_first_error
 
     @task
     def failing_fit() -> None:
+        deadline = time.monotonic() + 60
         while not pid_file.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{pid_file} never appeared: the long fit's child did not start")
             time.sleep(0.05)
         fail_now()
 

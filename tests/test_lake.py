@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from riskmodel import lake
 from riskmodel.clock import today
-from riskmodel.errors import ConfigError
+from riskmodel.db import advisory_lock, connect
+from riskmodel.errors import ConfigError, DatabaseError
 from riskmodel.lake import check_writable, extract, lake_dates, lake_root, partition_path, scan_transactions
 from riskmodel.seen_ids import SeenIds
 from riskmodel.settings import Settings
@@ -423,3 +424,30 @@ def test_prefetch_hands_over_items_and_errors_and_closes_early() -> None:
         if item == 1:
             break
     assert got == [0, 1] and closed == ["closed", "closed"]
+
+
+def _extract_state(settings: Settings) -> tuple[list, int]:
+    """The lake's watermark rows and the number of quarantined rows."""
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        marks = conn.execute("SELECT lake, source, watermark, last_date, first_date, updated_at "
+                             "FROM riskflow.extract_watermarks ORDER BY 1, 2").fetchall()
+        return marks, conn.execute("SELECT count(*) FROM riskflow.quarantine").fetchone()[0]
+
+
+def test_an_extract_that_cannot_get_the_lake_lock_gives_up_and_writes_nothing(
+        bank: tuple[Settings, list[tuple]], demo_spec: FeatureSpec) -> None:
+    """While another session holds the lake's lock, extract gives up after lock_timeout_s untouched."""
+    settings, _ = bank
+    extract(settings, demo_spec, END)
+    before, state = lake_digest(settings), _extract_state(settings)
+    noon = datetime(2026, 6, 30, 12, tzinfo=UTC)
+    insert(settings, "transactions", TXN_COLUMNS, [(910001, 2, noon, 5.0, "5411", "pos", "DE", "m1"),
+                                                   (910002, None, noon, 6.0, "5411", "pos", "DE", "m1")])
+    with connect(settings) as holder, advisory_lock(holder, f"extract:{settings.lake}"):
+        gave_up = r"another run holds the lock 'extract:.*'; gave up after 0\.3s"
+        with pytest.raises(DatabaseError, match=gave_up):
+            extract(settings, demo_spec, END, lock_timeout_s=0.3)
+        assert lake_digest(settings) == before and _extract_state(settings) == state
+    report = extract(settings, demo_spec, END)
+    assert report.quarantined["null_account"] == 1
+    assert 910001 in pl.read_parquet(partition_path(settings, END))["txn_id"].to_list()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
@@ -9,7 +10,7 @@ import psycopg
 import pytest
 
 from riskmodel.errors import DataQualityError
-from riskmodel.lake import extract, lake_dates, scan_transactions
+from riskmodel.lake import extract, lake_dates, lake_root, scan_transactions
 from riskmodel.quality import RULES, check_batch, future_cutoff
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
@@ -102,3 +103,32 @@ def test_undated_rows_already_quarantined_do_not_fail_later_small_batches(
     insert(initialised, "transactions", TXN_COLUMNS, [(990001, 1, None, 1.0, "5411", "pos", "DE", "m1")])
     with pytest.raises(DataQualityError, match="null_timestamp"):
         extract(strict, demo_spec, END)
+
+
+def _lake_files(settings: Settings) -> dict[str, str]:
+    """sha256 of every file in the lake, hidden and staged ones included."""
+    base = lake_root(settings)
+    return {str(p.relative_to(base)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def test_an_incremental_run_over_the_threshold_changes_no_partition_nor_the_watermark(
+        initialised: Settings, demo_spec: FeatureSpec) -> None:
+    """After a good first extract, a bad batch fails; the lake's bytes and the watermark stay as they were."""
+    seed_tiny_bank(initialised, accounts=30, days=40)
+    strict = initialised.model_copy(update={"max_bad_fraction": 0.05})
+    extract(strict, demo_spec, END)
+    before, dates = _lake_files(strict), lake_dates(strict)
+    query = "SELECT watermark, last_date, first_date, updated_at FROM riskflow.extract_watermarks"
+    with psycopg.connect(strict.database_url.get_secret_value()) as conn:
+        mark = conn.execute(query).fetchall()
+    late = datetime(2026, 6, 29, 9, tzinfo=UTC)
+    insert(strict, "transactions", TXN_COLUMNS,
+           [(940000 + i, 2, late, 9e9, "5411", "pos", "DE", "m1") for i in range(40)]
+           + [(949999, 3, late + timedelta(days=2), 7.0, "5411", "pos", "DE", "m1")])
+    with pytest.raises(DataQualityError, match=r"rule bad_amount: 40 rows"):
+        extract(strict, demo_spec, END + timedelta(days=1))
+    assert _lake_files(strict) == before and lake_dates(strict) == dates
+    with psycopg.connect(strict.database_url.get_secret_value()) as conn:
+        assert conn.execute(query).fetchall() == mark
+    assert quarantined(strict).height == 40

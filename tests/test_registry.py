@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 import torch
 from model_helpers import order_batch
@@ -18,6 +21,7 @@ from riskmodel.model import ModelConfig, RiskLSTM
 from riskmodel.registry import (
     RegistryError,
     champion_version,
+    get_model,
     latest_challenger,
     list_models,
     load_artifact,
@@ -212,3 +216,90 @@ def test_models_cli_list_show_promote_rollback(initialised: Settings, monkeypatc
     assert "v1 is champion again" in capsys.readouterr().out
     assert main(["models", "show", "nope"]) == 2
     assert "'nope' is not registered" in capsys.readouterr().err
+
+
+def _flip_last_byte(path: Path) -> None:
+    """Tamper with a file: invert its last byte."""
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+def test_a_registration_whose_insert_fails_removes_its_new_folder(initialised: Settings) -> None:
+    """An INSERT refused by a constraint never committed: the artifact written for it is removed."""
+    _register(initialised, 1, ap=0.3)
+    with pytest.raises(psycopg.errors.NotNullViolation, match="spec_hash"):
+        register_model(initialised, net=_net(2), calibrator=Calibrator(),
+                       bands=BandPolicy(mode="probability", high=0.5, medium=0.2), features={},
+                       spec_hash=None,  # type: ignore[arg-type]  # breaks NOT NULL
+                       train_start=date(2026, 1, 1), train_end=date(2026, 5, 31),
+                       evaluation=_evaluation(0.9), version="v2", policy="always")
+    assert not (initialised.models / "v2").exists()
+    assert sorted(p.name for p in initialised.models.iterdir()) == ["v1"], "no temp folder left either"
+    assert [r["version"] for r in list_models(initialised)] == ["v1"]
+    assert champion_version(initialised) == "v1"
+    assert _register(initialised, 2, ap=0.1, policy="never").status == "challenger"
+
+
+def test_a_registration_beaten_to_its_version_keeps_the_folder(initialised: Settings) -> None:
+    """When the failed INSERT's version is in the table after all, the folder is kept, not deleted."""
+    from riskmodel.db import connect, lock_key
+
+    errors: list[BaseException] = []
+
+    def register() -> None:
+        try:
+            _register(initialised, 7, ap=0.3)
+        except BaseException as exc:  # noqa: BLE001 - checked by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=register)
+    with connect(initialised) as holder, connect(initialised, autocommit=True) as watcher:
+        holder.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(f"registry:{initialised.db_schema}"),))
+        thread.start()
+        deadline = time.monotonic() + 60
+        while not watcher.execute("SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                                  "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
+                                  "AND NOT l.granted").fetchone()[0]:
+            assert time.monotonic() < deadline, "the registration never waited on the registry lock"
+            time.sleep(0.05)
+        holder.execute("INSERT INTO riskflow.model_versions (version, status, spec_hash, artifact_path, "
+                       "sha256) VALUES ('v7', 'challenger', %s, '/elsewhere/v7', %s)", ("b" * 64, "0" * 64))
+        holder.commit()
+    thread.join(60)
+    assert not thread.is_alive() and len(errors) == 1
+    assert isinstance(errors[0], psycopg.errors.UniqueViolation)
+    kept = sorted(p.name for p in (initialised.models / "v7").iterdir())
+    assert kept == ["manifest.json", "model.safetensors"]
+    assert get_model(initialised, "v7")["artifact_path"] == "/elsewhere/v7"
+
+
+def test_rollback_to_a_tampered_former_champion_is_refused(initialised: Settings) -> None:
+    """Rolling back to a champion whose weights changed raises and leaves every status as it was."""
+    old = _register(initialised, 1, ap=0.3)
+    _register(initialised, 2, ap=0.5, champion_ap=0.3, champion="v1")
+    keys = ("version", "status", "promoted_at", "retired_at")
+    before = [tuple(r[k] for k in keys) for r in list_models(initialised)]
+    assert [b[1] for b in before] == ["retired", "champion"]
+    _flip_last_byte(old.path / "model.safetensors")
+    with pytest.raises(ModelIntegrityError, match=r"v1/model\.safetensors has sha256 .* was registered"):
+        rollback(initialised)
+    assert [tuple(r[k] for k in keys) for r in list_models(initialised)] == before
+    assert load_champion(initialised).version == "v2"
+
+
+def test_cached_model_refuses_a_changed_sha256(initialised: Settings,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A version asked for with another sha256 than the run started with is refused, naming both."""
+    from tasks.models import cached_model
+
+    monkeypatch.setenv("RISKFLOW_DATABASE_URL", initialised.database_url.get_secret_value())
+    monkeypatch.setenv("RISKFLOW_HOME", str(initialised.home))
+    reg = _register(initialised, 1, ap=0.3)
+    first = cached_model("v1", reg.sha256)
+    assert first.version == "v1" and first.sha256 == reg.sha256
+    assert cached_model("v1", reg.sha256) is first
+    stale = "0" * 64
+    changed = f"model v1: sha256 changed during the run \\({stale} -> {reg.sha256}\\)"
+    with pytest.raises(RegistryError, match=changed):
+        cached_model("v1", stale)

@@ -118,3 +118,34 @@ def test_help_and_config_load_no_heavy_library(tmp_path: Path) -> None:
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout and "database_url" in done.stdout
+
+
+def test_the_cli_starts_prefects_temporary_api_once_and_early(tmp_path: Path) -> None:
+    """With no Prefect API configured, `api_started_early` starts the temporary server during the
+    imports, and the flow run that follows uses that same server instead of starting another."""
+    probe = ("from flows.ephemeral import api_started_early\n"
+             "from prefect.server.api.server import SubprocessASGIServer\n"
+             "with api_started_early():\n    import flows.nightly_scoring\n"
+             "server = SubprocessASGIServer()\n"
+             "assert server.running and server.server_process.poll() is None\n"
+             "from prefect import flow\n"
+             "@flow\ndef one() -> int:\n    return 1\n"
+             "print('RESULT', one(), server.port)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKFLOW_", "PREFECT_"))}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                "PYTHONPATH": str(Path(__file__).parents[1])})
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    port = done.stdout.split()[-1]
+    logs = done.stdout + done.stderr
+    assert "RESULT 1" in done.stdout and logs.count("Stopping temporary server") == 1
+    assert f"Stopping temporary server on http://127.0.0.1:{port}" in logs
+
+
+def test_with_an_api_configured_nothing_is_started_early(prefect_harness: None) -> None:
+    from flows.ephemeral import _temporary_server
+
+    assert _temporary_server() is None

@@ -202,7 +202,7 @@ def test_long_reader_is_not_broken_and_writer_waits_within_bounds(initialised: S
     started = threading.Event()
     reader = threading.Thread(target=_hold_reader, args=(initialised, 1.5, seen, errors, started))
     reader.start()
-    started.wait(10)
+    assert started.wait(10), "the reader never started"
     t0 = time.monotonic()
     report = _write(fast, score_frame(300, seed=8), version="v2")
     waited = time.monotonic() - t0
@@ -221,7 +221,7 @@ def test_writer_gives_up_cleanly_when_readers_hold_on(initialised: Settings) -> 
     started = threading.Event()
     reader = threading.Thread(target=_hold_reader, args=(initialised, 2.5, seen, errors, started))
     reader.start()
-    started.wait(10)
+    assert started.wait(10), "the reader never started"
     t0 = time.monotonic()
     with pytest.raises(DatabaseError, match="lock_timeout_ms=100"):
         _write(fast, score_frame(300, seed=10), version="v2", lock_attempts=3)
@@ -354,3 +354,26 @@ def test_duplicate_account_fails_the_run_and_leaves_no_stage(initialised: Settin
         _write(initialised, pl.concat([frame, frame.slice(5, 1)]), run_id=failing)
     assert "risk_scores_p20260630_stage" not in _relnames(initialised)
     assert [(r[0], r[1]) for r in _runs(initialised)] == [(failing, "failed")]
+
+
+def test_retention_skips_a_partition_a_reader_holds_and_drops_it_later(initialised: Settings) -> None:
+    """A reader's lock outlasting lock_timeout keeps the expired date (and its audit) until a later run."""
+    old = DAY - dt.timedelta(days=10)
+    part = "risk_scores_p20260620"
+    _write(initialised, score_frame(20, seed=1), day=old)
+    _write(initialised, score_frame(20, seed=2), day=old)
+    quick = initialised.model_copy(update={"lock_timeout_ms": 20})
+    with connect(initialised) as reader:
+        reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        assert reader.execute(sql.SQL("SELECT count(*) FROM {}").format(
+            sql.Identifier("riskflow", part))).fetchone()[0] == 20
+        report = drop_expired_partitions(quick, DAY, retention_days=7)
+        assert (report.dropped, report.skipped, report.skipped_days) == ([], [part], [old])
+        assert report.audit_rows == 0 and part in _relnames(initialised)
+        with connect(initialised) as conn:
+            assert conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit").fetchone()[0] == 20
+        reader.rollback()
+    later = drop_expired_partitions(quick, DAY, retention_days=7)
+    assert (later.dropped, later.skipped, later.audit_rows) == ([part], [], 20)
+    assert part not in _relnames(initialised)
+    assert scores_for_date(initialised, old).height == 0
