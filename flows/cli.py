@@ -11,13 +11,16 @@ import importlib
 import logging
 import os
 import sys
+import tomllib
 from collections.abc import Sequence
 
 import psycopg
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from riskmodel.db import redact
 from riskmodel.errors import RiskflowError, first_line
+from riskmodel.settings import config_file
 
 COMMAND_MODULES = [
     "flows.commands.db",
@@ -86,6 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in exc.errors()
         )
         print(f"riskflow {args.command}: invalid configuration: {problems}", file=sys.stderr)
+        return 2
+    except (SettingsError, tomllib.TOMLDecodeError) as exc:
+        where = f"{config_file()}: " if isinstance(exc, tomllib.TOMLDecodeError) else ""
+        print(f"riskflow {args.command}: invalid configuration: {where}{first_line(redact(str(exc)))}",
+              file=sys.stderr)
         return 2
     except psycopg.Error as exc:
         first = first_line(redact(str(exc))) or type(exc).__name__

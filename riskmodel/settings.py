@@ -28,6 +28,9 @@ DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
 # Schema and role names: quoted wherever they are used, and also kept to characters that cannot end
 # an SQL comment or a dollar-quoted block in sql/*.sql, whatever the quoting.
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
+# A cron schedule's shape (Prefect checks the values when `riskflow serve` builds its deployments).
+CRON_FIELDS = 5
+CRON_FIELD = re.compile(r"[0-9A-Za-z*,/?#-]+")
 SCHEMA_VARIABLE = "RISKFLOW_SCHEMA"
 SCHEMA_KEY = "schema"
 
@@ -162,6 +165,15 @@ class Settings(BaseSettings):
         if not IDENTIFIER.fullmatch(value):
             raise ValueError(f"identifier {value!r} must be 1..63 letters, digits, _ or -, not starting "
                              "with a digit or -")
+        return value
+
+    @field_validator("nightly_cron", "retrain_cron")
+    @classmethod
+    def _five_cron_fields(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != CRON_FIELDS or not all(CRON_FIELD.fullmatch(f) for f in fields):
+            raise ValueError(f"cron {value!r} must be five fields (minute hour day month weekday) "
+                             "like '0 2 * * *'")
         return value
 
     @model_validator(mode="after")

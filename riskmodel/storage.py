@@ -45,7 +45,10 @@ def redact_lake(settings: Settings, text: str) -> str:
 
 def lake_key(settings: Settings) -> str:
     """The lake's name in `extract_watermarks` and in its advisory lock: its URL with any credentials
-    redacted (the same string as before for a URL without them), so no secret is stored."""
+    redacted, so no secret is stored, and a local folder as its absolute path, so a relative
+    `RISKFLOW_HOME` (the CLI's default) and an absolute one (a worker's) name one lake once."""
+    if "://" not in settings.lake:
+        return str(Path(settings.lake).resolve())
     return redact_lake(settings, settings.lake)
 
 

@@ -135,3 +135,13 @@ def test_the_lake_key_stored_with_watermarks_holds_no_credentials(tmp_path) -> N
     assert lake_key(remote) == "sftp://etl:***@files.example/lake"
     local = Settings(home=tmp_path)
     assert lake_key(local) == local.lake
+
+
+def test_a_relative_and_an_absolute_home_name_one_lake(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from riskmodel.storage import lake_key
+
+    monkeypatch.chdir(tmp_path)
+    relative = Settings(home=".riskflow")
+    absolute = Settings(home=tmp_path / ".riskflow")
+    assert relative.lake != absolute.lake
+    assert lake_key(relative) == lake_key(absolute) == str(tmp_path / ".riskflow" / "lake")

@@ -149,3 +149,33 @@ def test_with_an_api_configured_nothing_is_started_early(prefect_harness: None) 
     from flows.ephemeral import _temporary_server
 
     assert _temporary_server() is None
+
+
+@pytest.mark.parametrize(("args", "env", "toml", "expected"), [
+    (["score", "--date", "2099-01-01"], {}, None, "--date=2099-01-01 is after today"),
+    (["train", "--as-of", "2099-01-01"], {}, None, "--as-of=2099-01-01 is after today"),
+    (["backfill", "--start", "2026-06-29", "--end", "2026-06-27"], {}, None,
+     "--end 2026-06-27 is before --start 2026-06-29"),
+    (["score", "--spec", "/nonexistent/spec.toml"], {}, None, "/nonexistent/spec.toml: file not found"),
+    (["config"], {"RISKFLOW_LAKE_STORAGE_OPTIONS": '{"key": "A", "secret": "S3CRETXYZ",}'}, None,
+     'field "lake_storage_options"'),
+    (["config"], {}, "n_shards = \n", "riskflow.toml: Invalid value"),
+    (["config"], {"RISKFLOW_NIGHTLY_CRON": "every night"}, None,
+     "nightly_cron: Value error, cron 'every night'"),
+    (["serve", "--dry-run"], {"RISKFLOW_NIGHTLY_CRON": "99 2 * * *"}, None,
+     'RISKFLOW_NIGHTLY_CRON: Invalid cron string: "99 2 * * *"'),
+    (["extract", "--date", "yesterday"], {}, None, "not a date (YYYY-MM-DD): 'yesterday'"),
+])
+def test_mistakes_are_refused_in_one_line_before_any_flow_starts(
+        tmp_path: Path, args: list[str], env: dict[str, str], toml: str | None, expected: str) -> None:
+    """A date after today, a reversed range, a missing spec, unparsable settings or a bad cron: exit 2,
+    one line naming the option or setting, no traceback, nothing run (no Prefect server started)."""
+    if toml is not None:
+        (tmp_path / "riskflow.toml").write_text(toml)
+    env = {"RISKFLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(Path(__file__).parents[1]), **env}
+    out = _cli(args, env, tmp_path)
+    lines = out.stderr.strip().splitlines()
+    one_line = len(lines) == 1 or lines[0].startswith("usage:")  # argparse prints its usage first
+    assert out.returncode == 2 and one_line and expected in lines[-1], out.stderr
+    assert "Traceback" not in out.stderr
+    assert "S3CRETXYZ" not in out.stderr and "temporary server" not in out.stderr

@@ -187,6 +187,14 @@ def test_cli_seed_json(database_url: str, tmp_path: Path, monkeypatch: pytest.Mo
         assert conn.execute("SELECT count(*) FROM bank.transactions").fetchone()[0] == \
             payload["rows"]["transactions"] > 0
     assert main(["seed", "--accounts", "400", "--days", "60", "--end-date", "30/06/2026"]) == 2
+    capsys.readouterr()
+    assert main(["extract", "--date", "2026-06-30", "--json"]) == 0
+    settings = Settings(database_url=database_url, home=tmp_path / "home")
+    assert any(settings.home.joinpath("lake").rglob("*.parquet"))
+    assert main(["seed", "--accounts", "300", "--days", "50", "--end-date", "2026-05-31", "--seed", "5"]) == 0
+    assert not any(settings.home.joinpath("lake").rglob("*.parquet")), "a re-seeded bank starts a new lake"
+    with connect(settings) as conn:
+        assert conn.execute("SELECT count(*) FROM riskflow.extract_watermarks").fetchone()[0] == 0
 
 
 def test_binary_encoder_round_trips_edge_values(initialised: Settings) -> None:

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     values["lake_url"] = redact_lake(settings, settings.lake_url) if settings.lake_url else None
     values["lake"] = redact_lake(settings, settings.lake)
     values["models"] = str(settings.models)
+    values["reports"] = str(settings.reports)
     values["config_file"] = str(config_file())
     rows = [{"setting": k, "value": v} for k, v in values.items()]
     emit(args.json, values, table(rows))

@@ -12,6 +12,8 @@ import time
 
 from psycopg import sql
 
+from flows.commands.args import show_defaults
+from flows.ephemeral import api_started_early
 from flows.output import emit, table
 from riskmodel.clock import yesterday
 from riskmodel.db import database_url, redact
@@ -33,20 +35,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="initialise the database, seed a small bank, train, score, report")
     p.add_argument("--accounts", type=int, default=4000, help="accounts in the synthetic bank")
     p.add_argument("--days", type=int, default=240, help="days of history")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--max-train-minutes", type=float, default=1.5)
+    p.add_argument("--seed", type=int, default=7, help="random seed of the bank and the model")
+    p.add_argument("--epochs", type=int, default=4, help="most LSTM epochs")
+    p.add_argument("--max-train-minutes", type=float, default=1.5, help="each LSTM's training budget")
+    show_defaults(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run each demo step in order and print what it did."""
-    from flows.nightly_scoring import nightly_scoring
-    from flows.params import RetrainParams, ScoreParams
-    from flows.retrain import retrain
-    from riskmodel import lake
-    from riskmodel.served import top_accounts
-    from riskmodel.synthetic import seed_bank
+    with api_started_early():
+        from flows.nightly_scoring import nightly_scoring
+        from flows.params import RetrainParams, ScoreParams
+        from flows.retrain import retrain
+        from riskmodel import lake
+        from riskmodel.served import top_accounts
+        from riskmodel.synthetic import seed_bank
 
     settings, spec = settings_and_spec()
     started = time.perf_counter()
@@ -69,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                  f"LightGBM alone {aps['baseline']}; LSTM weight in the blend {trained['blend_weight']}); "
                  f"ROC, precision-recall and calibration curves in {settings.reports / trained['version']}")
     scored = nightly_scoring(ScoreParams(score_date=end))
-    steps.append(f"score: {scored['accounts_scored']} accounts for {end}, bands {scored['bands']}")
+    steps.append(f"score: {scored['accounts_scored']} accounts for {end} ({scored['scoring']}), "
+                 f"bands {scored['bands']}")
     top = top_accounts(settings, end, 10)
     rows = [{"account_id": r["account_id"], "risk_score": round(r["risk_score"], 4),
              "band": r["risk_band"], "reasons": "; ".join(r["reason_codes"])} for r in top]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
 
+from flows.commands.args import DATE_METAVAR, iso_date
 from flows.output import emit, table
 from riskmodel.storage import redact_lake
 from tasks.context import settings_and_spec
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     """Add `extract`."""
     p = sub.add_parser("extract", parents=[common],
                        help="extract source transactions into the Parquet lake up to a date")
-    p.add_argument("--date", required=True, type=date.fromisoformat, metavar="YYYY-MM-DD",
+    p.add_argument("--date", required=True, type=iso_date, metavar=DATE_METAVAR,
                    help="run date D (local business date); reads ts < D+1")
     p.add_argument("--full", action="store_true", help="ignore the watermark and re-extract all history")
     p.set_defaults(func=run)

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from datetime import date
 
+from flows.commands.args import DATE_METAVAR, iso_date, ordered, preflight, show_defaults
+from flows.ephemeral import api_started_early
 from flows.output import emit, table
 from flows.params import RetrainParams
 
 _RETRAIN = {name: field.default for name, field in RetrainParams.model_fields.items()}
 
 
-def _date(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add `score`, `backfill` and `train`."""
     score = sub.add_parser("score", parents=[common], help="run the nightly scoring flow for a date")
-    score.add_argument("--date", type=_date, help="score date D (default: yesterday, business zone)")
+    score.add_argument("--date", type=iso_date, metavar=DATE_METAVAR,
+                       help="score date D (default: yesterday, business zone)")
     score.add_argument("--device", choices=["auto", "cpu", "cuda"],
                        help="inference device (default: RISKFLOW_DEVICE, which defaults to auto)")
     score.add_argument("--no-extract", action="store_true", help="score from the lake as it is")
@@ -29,19 +24,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     score.set_defaults(func=run_score)
 
     back = sub.add_parser("backfill", parents=[common], help="score a range of dates")
-    back.add_argument("--start", type=_date, required=True)
-    back.add_argument("--end", type=_date, required=True)
+    back.add_argument("--start", type=iso_date, required=True, metavar=DATE_METAVAR, help="first date")
+    back.add_argument("--end", type=iso_date, required=True, metavar=DATE_METAVAR, help="last date")
     back.add_argument("--force", action="store_true", help="rescore dates already scored")
-    back.add_argument("--max-parallel", type=int, default=2)
+    back.add_argument("--max-parallel", type=int, default=2,
+                      help="dates scored at the same time (default %(default)s)")
     back.set_defaults(func=run_backfill)
 
     train = sub.add_parser("train", parents=[common], help="run the retrain flow")
-    train.add_argument("--as-of", type=_date, help="labels known up to this date (default yesterday)")
-    train.add_argument("--train-days", type=int, default=_RETRAIN["train_days"])
+    train.add_argument("--as-of", type=iso_date, metavar=DATE_METAVAR,
+                       help="labels known up to this date (default yesterday)")
+    train.add_argument("--train-days", type=int, default=_RETRAIN["train_days"],
+                       help="days of training cutoffs before the validation and test windows")
     train.add_argument("--every", type=int, default=_RETRAIN["cutoff_every_days"],
                        help="days between the LSTM's training snapshots and the validation/test ones")
-    train.add_argument("--epochs", type=int, default=_RETRAIN["epochs"])
-    train.add_argument("--hidden", type=int, default=_RETRAIN["hidden_size"])
+    train.add_argument("--epochs", type=int, default=_RETRAIN["epochs"], help="most LSTM epochs")
+    train.add_argument("--hidden", type=int, default=_RETRAIN["hidden_size"], help="LSTM hidden size")
     train.add_argument("--max-embedded-cardinality", type=int, default=_RETRAIN["max_embedded_cardinality"],
                        help="event categoricals with more values (merchant ids) get no embedding")
     train.add_argument("--aggregate-dropout", type=float, default=_RETRAIN["aggregate_dropout"],
@@ -52,8 +50,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="most weight of a positive training row in the LSTM's loss")
     train.add_argument("--max-train-minutes", type=float, default=_RETRAIN["max_train_minutes"],
                        help="each LSTM's training budget (the challenger and the ablation train at once)")
-    train.add_argument("--seed", type=int, default=_RETRAIN["seed"])
-    train.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better")
+    train.add_argument("--seed", type=int, default=_RETRAIN["seed"], help="random seed")
+    train.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better",
+                       help="promote the new model if it beats the champion, always, or never")
     train.add_argument("--margin", type=float, default=0.0, help="AP margin to beat the champion by")
     train.add_argument("--negative-keep", type=float, default=_RETRAIN["negative_keep"],
                        help="share of negative training rows kept (positives always kept)")
@@ -65,12 +64,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     train.add_argument("--no-blend", action="store_true",
                        help="serve the LSTM alone instead of its blend with the LightGBM baseline")
     train.set_defaults(func=run_train)
+    for parser in (score, back, train):
+        show_defaults(parser)
 
 
 def run_score(args: argparse.Namespace) -> int:
     """Run `nightly_scoring` once and print its summary."""
-    from flows.nightly_scoring import input_line, monitoring_lines, movers_table, nightly_scoring
-    from flows.params import ScoreParams
+    preflight({"--date": args.date})
+    with api_started_early():
+        from flows.nightly_scoring import input_line, monitoring_lines, movers_table, nightly_scoring
+        from flows.params import ScoreParams
 
     summary = nightly_scoring(ScoreParams(score_date=args.date, device=args.device,
                                           extract=not args.no_extract, shadow=not args.no_shadow))
@@ -87,8 +90,11 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_backfill(args: argparse.Namespace) -> int:
     """Run the backfill flow over [start, end]."""
-    from flows.backfill import backfill
-    from flows.params import BackfillParams
+    ordered("--start", args.start, "--end", args.end)
+    preflight({"--end": args.end})
+    with api_started_early():
+        from flows.backfill import backfill
+        from flows.params import BackfillParams
 
     result = backfill(BackfillParams(start=args.start, end=args.end, force=args.force,
                                      max_parallel=args.max_parallel))
@@ -114,7 +120,9 @@ def evaluation_window_line(result: dict) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run the retrain flow and print the evaluation table."""
-    from flows.retrain import retrain
+    preflight({"--as-of": args.as_of})
+    with api_started_early():
+        from flows.retrain import retrain
 
     result = retrain(RetrainParams(
         as_of=args.as_of, train_days=args.train_days, cutoff_every_days=args.every,
