@@ -90,14 +90,18 @@ def _blend_part(sample: Any, lstm_logits: Any) -> tuple[Any, Any]:
 
 
 def run_flow(settings: Settings) -> dict[str, Any]:
-    """Run the nightly flow with the bank's settings in this (child) process."""
+    """Run the nightly flow with the bank's settings in this (child) process, as `riskflow score`
+    does (Prefect's temporary API started while the flow's libraries import)."""
     env = {"RISKFLOW_DATABASE_URL": settings.database_url.get_secret_value(),
            "RISKFLOW_HOME": str(settings.home), "RISKFLOW_LAKE_URL": settings.lake,
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
     os.environ.update(env)
-    from flows.nightly_scoring import nightly_scoring
-    from flows.params import ScoreParams
+    from flows.ephemeral import api_started_early
+
+    with api_started_early():
+        from flows.nightly_scoring import nightly_scoring
+        from flows.params import ScoreParams
 
     started = time.perf_counter()
     summary = nightly_scoring(ScoreParams(score_date=END_DATE, shadow=False))
