@@ -6,8 +6,12 @@ Environment variables always win over the file.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import logging
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +26,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from riskmodel.errors import ConfigError
+
 DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
+log = logging.getLogger("riskflow.settings")
 
 
 # Schema and role names: quoted wherever they are used, and also kept to characters that cannot end
@@ -229,5 +236,52 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read settings from the environment and TOML file; keyword overrides win over both."""
+    """Read settings from the environment and TOML file; keyword overrides win over both. A
+    `RISKFLOW_CONFIG` naming no file is refused; unknown `RISKFLOW_*` variables and TOML keys are
+    warned about once (a misspelt setting would otherwise be ignored in silence)."""
+    named = os.environ.get("RISKFLOW_CONFIG")
+    if named and not Path(named).is_file():
+        raise ConfigError(f"RISKFLOW_CONFIG={named}: no such file")
+    for problem in unknown_settings():
+        _warn_once(problem)
     return Settings(**overrides)
+
+
+# Variables riskflow reads besides the settings' own (tooling, tests, fault injection).
+OTHER_VARIABLES = frozenset({"RISKFLOW_CONFIG", SCHEMA_VARIABLE, "RISKFLOW_CHECKOUT",
+                             "RISKFLOW_TEST_DATABASE_URL"})
+OTHER_PREFIXES = ("RISKFLOW_FAULT_",)
+
+
+def unknown_settings() -> list[str]:
+    """A line for each `RISKFLOW_*` variable and `riskflow.toml` key that names no setting, with the
+    closest setting when one is close."""
+    fields = {name.upper() for name in Settings.model_fields}
+    problems = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("RISKFLOW_") or upper in OTHER_VARIABLES or upper.startswith(OTHER_PREFIXES):
+            continue
+        if upper.removeprefix("RISKFLOW_") not in fields:
+            problems.append(_unknown(name, upper.removeprefix("RISKFLOW_"), fields, "RISKFLOW_"))
+    path = config_file()
+    if path.is_file():
+        try:
+            keys = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError:
+            keys = {}
+        for key in sorted(keys):
+            if key.upper() not in fields and key != SCHEMA_KEY:
+                problems.append(_unknown(f"{path}: {key}", key.upper(), fields, ""))
+    return problems
+
+
+def _unknown(where: str, name: str, fields: set[str], prefix: str) -> str:
+    close = difflib.get_close_matches(name, sorted(fields), n=1)
+    hint = f" (did you mean {prefix}{close[0] if prefix else close[0].lower()}?)" if close else ""
+    return f"unknown setting {where} is ignored{hint}"
+
+
+@functools.cache
+def _warn_once(problem: str) -> None:
+    log.warning("%s", problem)

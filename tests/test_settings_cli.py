@@ -179,3 +179,22 @@ def test_mistakes_are_refused_in_one_line_before_any_flow_starts(
     assert out.returncode == 2 and one_line and expected in lines[-1], out.stderr
     assert "Traceback" not in out.stderr
     assert "S3CRETXYZ" not in out.stderr and "temporary server" not in out.stderr
+
+
+def test_misspelt_settings_are_named_and_a_missing_config_file_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from riskmodel.errors import ConfigError
+    from riskmodel.settings import load_settings, unknown_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RISKFLOW_CONFIG", raising=False)
+    monkeypatch.setenv("RISKFLOW_SHARDS", "8")
+    monkeypatch.setenv("RISKFLOW_FAULT_PAUSE", "x")
+    (tmp_path / "riskflow.toml").write_text('nshards = 3\nschema = "kept"\n')
+    problems = unknown_settings()
+    assert problems == ["unknown setting RISKFLOW_SHARDS is ignored (did you mean RISKFLOW_N_SHARDS?)",
+                        "unknown setting riskflow.toml: nshards is ignored (did you mean n_shards?)"]
+    assert load_settings().db_schema == "kept"
+    monkeypatch.setenv("RISKFLOW_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match="nope.toml: no such file"):
+        load_settings()
