@@ -32,8 +32,8 @@ def _temporary_server() -> object | None:
 @contextmanager
 def api_started_early() -> Iterator[None]:
     """Start the temporary Prefect API (when one will be needed) during the block, and wait for it
-    at the end of the block. A failed start is left to the flow run, which starts it again and
-    reports the error."""
+    at the end of the block (not when the block raises: the daemon thread is left behind). A failed
+    start is left to the flow run, which starts it again and reports the error."""
     server = _temporary_server()
     if server is None:
         yield
@@ -47,7 +47,5 @@ def api_started_early() -> Iterator[None]:
 
     thread = threading.Thread(target=start, name="prefect-api-early-start", daemon=True)
     thread.start()
-    try:
-        yield
-    finally:
-        thread.join()
+    yield
+    thread.join()

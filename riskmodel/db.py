@@ -29,7 +29,6 @@ log = logging.getLogger("riskflow.db")
 # a libpq parameter's value may be quoted and have spaces around "=".
 _PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)\S*(@[^@\s/?#]*)", re.IGNORECASE)
 _PASSWORD_PARAM = re.compile(r"(password)\s*=\s*('(?:[^'\\]|\\.)*'|[^&\s]*)", re.IGNORECASE)
-MIN_SCRUBBED = 3
 # The server answered and refused these logins; another try with the same URL meets the same answer.
 # (libpq gives no SQLSTATE for a failed connect, so the server's English message is what we read.)
 _REFUSED_LOGIN = re.compile(r"password authentication failed|no pg_hba\.conf entry"
@@ -43,22 +42,27 @@ def redact(text: str) -> str:
 
 def _passwords(target: str) -> set[str]:
     """The password of connection string `target`, as written and decoded (a driver's message may
-    quote either, e.g. psycopg's "invalid percent-encoded token"); very short ones are left out."""
+    quote either, e.g. psycopg's "invalid percent-encoded token")."""
     found: set[str] = set()
     try:
         found.add(psycopg.conninfo.conninfo_to_dict(target).get("password") or "")
     except psycopg.Error:
         pass
     if "://" in target:
-        password = urllib.parse.urlsplit(target).password or ""
+        try:
+            password = urllib.parse.urlsplit(target).password or ""
+        except ValueError:  # e.g. a "[" in the password reads as a malformed IPv6 host
+            password = ""
         found |= {password, urllib.parse.unquote(password)}
-    return {p for p in found if len(p) >= MIN_SCRUBBED}
+    return {p for p in found if p}
 
 
 def scrub(text: str, target: str) -> str:
-    """`text` with `target`'s password removed wherever it appears, and any URL password redacted."""
+    """`text` with `target`'s password removed where a message quotes it, and any URL or libpq
+    password redacted."""
     for password in sorted(_passwords(target), key=len, reverse=True):
-        text = text.replace(password, "***")
+        for quote in ('"', "'"):
+            text = text.replace(f"{quote}{password}{quote}", f"{quote}***{quote}")
     return redact(text)
 
 

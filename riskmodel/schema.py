@@ -10,7 +10,7 @@ dollar-quoted block, and the templates' comments name no placeholder.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -36,6 +36,7 @@ class InitReport:
     files: list[str]
     source_tables: list[str]
     demo_source: bool
+    reader_members: list[str] = field(default_factory=list)
 
 
 def render(path: Path, settings: Settings) -> sql.Composed:
@@ -100,6 +101,7 @@ def init_database(settings: Settings, spec: FeatureSpec, *, demo_source: bool = 
                 cur.execute(render(path, settings))
                 applied.append(path.name)
             cur.execute("RESET ROLE")
+            members = _reader_members(cur, settings)
         except psycopg.errors.UndefinedTable as exc:
             raise DatabaseError(
                 f"db init: a source table named by the spec does not exist "
@@ -111,4 +113,19 @@ def init_database(settings: Settings, spec: FeatureSpec, *, demo_source: bool = 
                 f"{first_line(exc)}"
             ) from None
     log.info("db init: applied %s to schema %s", ", ".join(applied), settings.db_schema)
-    return InitReport(settings.db_schema, applied, sources, demo_source)
+    if members:
+        log.warning("db init: %s hold the reader role %s, which reads the source tables but (since the "
+                    "analyst role) no longer the analyst views; give analysts %s instead (GRANT %s TO "
+                    "...; REVOKE %s FROM ...)", ", ".join(members), settings.reader_role,
+                    settings.analyst_role, settings.analyst_role, settings.reader_role)
+    return InitReport(settings.db_schema, applied, sources, demo_source, members)
+
+
+def _reader_members(cur: psycopg.Cursor, settings: Settings) -> list[str]:
+    """Roles granted the reader role directly, other than the writer: before the analyst role the
+    docs told analysts to take the reader role, which reads the bank's source tables."""
+    rows = cur.execute(
+        "SELECT m.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.roleid"
+        " JOIN pg_roles m ON m.oid = a.member WHERE r.rolname = %s AND m.rolname <> %s ORDER BY 1",
+        (settings.reader_role, settings.writer_role)).fetchall()
+    return [r[0] for r in rows]

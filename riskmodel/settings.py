@@ -32,11 +32,14 @@ DEMO_SPEC = Path(__file__).parent / "data" / "demo_spec.toml"
 log = logging.getLogger("riskflow.settings")
 
 
-# Schema and role names: quoted wherever they are used, and also kept to characters that cannot end
-# an SQL comment or a dollar-quoted block in sql/*.sql, whatever the quoting.
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}")
-# A cron schedule's shape (Prefect checks the values when `riskflow serve` builds its deployments).
-CRON_FIELDS = 5
+# Schema and role names: quoted wherever they are used, and also kept free of what could end an SQL
+# comment or a dollar-quoted block in sql/*.sql whatever the quoting (a line break, "$", "*", "/",
+# "\"); at most 63 bytes, Postgres' limit. "role@corp.example" and non-ASCII letters are fine.
+IDENTIFIER = re.compile(r"[^\x00-\x1f\x7f$*/\\]+")
+IDENTIFIER_BYTES = 63
+# A cron schedule's shape: five fields (six with seconds) or a nickname such as "@daily"; Prefect
+# checks the values when `riskflow serve` builds its deployments.
+CRON_FIELDS = (5, 6)
 CRON_FIELD = re.compile(r"[0-9A-Za-z*,/?#-]+")
 SCHEMA_VARIABLE = "RISKFLOW_SCHEMA"
 SCHEMA_KEY = "schema"
@@ -169,18 +172,20 @@ class Settings(BaseSettings):
     @field_validator("db_schema", "reader_role", "writer_role", "analyst_role")
     @classmethod
     def _plain_identifier(cls, value: str) -> str:
-        if not IDENTIFIER.fullmatch(value):
-            raise ValueError(f"identifier {value!r} must be 1..63 letters, digits, _ or -, not starting "
-                             "with a digit or -")
+        if not IDENTIFIER.fullmatch(value) or len(value.encode()) > IDENTIFIER_BYTES:
+            raise ValueError(f"identifier {value!r} must be 1..{IDENTIFIER_BYTES} bytes without line "
+                             "breaks or other control characters, '$', '*', '/' or '\\'")
         return value
 
     @field_validator("nightly_cron", "retrain_cron")
     @classmethod
     def _five_cron_fields(cls, value: str) -> str:
         fields = value.split()
-        if len(fields) != CRON_FIELDS or not all(CRON_FIELD.fullmatch(f) for f in fields):
+        nickname = len(fields) == 1 and value.startswith("@")
+        shaped = len(fields) in CRON_FIELDS and all(CRON_FIELD.fullmatch(f) for f in fields)
+        if not (nickname or shaped):
             raise ValueError(f"cron {value!r} must be five fields (minute hour day month weekday) "
-                             "like '0 2 * * *'")
+                             "like '0 2 * * *', or a nickname like '@daily'")
         return value
 
     @model_validator(mode="after")

@@ -7,6 +7,8 @@ them, and any password in the URL, from text shown in errors and logs.
 
 from __future__ import annotations
 
+import os
+import urllib.parse
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +46,20 @@ def redact_lake(settings: Settings, text: str) -> str:
 
 
 def lake_key(settings: Settings) -> str:
-    """The lake's name in `extract_watermarks` and in its advisory lock: its URL with any credentials
-    redacted, so no secret is stored, and a local folder as its absolute path, so a relative
-    `RISKFLOW_HOME` (the CLI's default) and an absolute one (a worker's) name one lake once."""
-    if "://" not in settings.lake:
-        return str(Path(settings.lake).resolve())
-    return redact_lake(settings, settings.lake)
+    """The lake's name in `extract_watermarks` and in its advisory lock: a local folder as its
+    absolute path (symlinks kept), so a relative `RISKFLOW_HOME` (the CLI's default) and an absolute
+    one (a worker's) name one lake once; a URL as written, with the password of its user part
+    replaced by `***`, so no secret is stored."""
+    lake = settings.lake
+    if "://" not in lake:
+        return os.path.abspath(lake)
+    parts = urllib.parse.urlsplit(lake)
+    if "@" not in parts.netloc:
+        return lake
+    user, host = parts.netloc.rsplit("@", 1)
+    name = user.split(":", 1)[0]
+    masked = f"{name}:***@{host}" if ":" in user else parts.netloc
+    return urllib.parse.urlunsplit(parts._replace(netloc=masked))
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def test_extract_command_prints_json(initialised: Settings, monkeypatch: pytest.
     rows = seed_tiny_bank(initialised, accounts=5, days=6)
     monkeypatch.setenv("RISKFLOW_DATABASE_URL", initialised.database_url.get_secret_value())
     monkeypatch.setenv("RISKFLOW_HOME", str(tmp_path / "cli-home"))
-    monkeypatch.setenv("RISKFLOW_CONFIG", str(tmp_path / "absent.toml"))
+    (tmp_path / "empty.toml").write_text("")
+    monkeypatch.setenv("RISKFLOW_CONFIG", str(tmp_path / "empty.toml"))
     assert main(["extract", "--date", "2026-06-30", "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["rows_written"] == len(rows) and payload["dates_written"] == 6

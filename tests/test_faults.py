@@ -22,6 +22,7 @@ from riskmodel.db import connect
 from riskmodel.errors import DatabaseError, RiskflowError, TransientDatabaseError
 from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
+from riskmodel.storage import lake_key
 from riskmodel.writeback import scores_for_date, stored_checksum, write_scores
 from tests.datapath_helpers import END, TXN_COLUMNS, execute, insert, seed_tiny_bank
 from tests.flow_helpers import conninfo_with
@@ -41,7 +42,7 @@ def ctx(initialised: Settings, demo_spec: FeatureSpec, tmp_path: Path) -> fb.Ctx
 def _watermark(settings: Settings) -> tuple:
     with connect(settings) as conn:
         return conn.execute("SELECT watermark, last_date FROM riskflow.extract_watermarks WHERE lake = %s",
-                            (settings.lake,)).fetchone()
+                            (lake_key(settings),)).fetchone()
 
 
 @pytest.mark.parametrize("point", ["read", "commit"])

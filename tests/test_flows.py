@@ -320,14 +320,20 @@ def test_serve_builds_three_deployments_with_schedules_and_drift_trigger() -> No
 def test_a_second_retrain_is_judged_against_the_champion_on_the_same_test_rows(
         bank: Settings, trained: dict) -> None:
     """With a champion registered, the retrain scores it on the challenger's test rows and promotes
-    only past the margin: an impossible margin keeps the champion (last in this module: it leaves a
-    challenger behind)."""
+    only past the margin: an impossible margin keeps the champion. The challenger is retired after,
+    so later nights do not shadow-score it."""
     again = retrain(RetrainParams(as_of=END, train_days=150, epochs=1, max_train_minutes=1.0, seed=2,
                                   horizon_days=HORIZON, max_embedded_cardinality=EMBED_CAP,
                                   run_ablation=False, min_ap_margin=1.0))
-    champion_ap = again["evaluation"]["champion"]["average_precision"]
-    assert 0.0 < champion_ap <= 1.0 and again["evaluation"]["model"]["average_precision"] > 0.0
-    assert again["status"] == "challenger" and "does not beat champion's" in again["reason"]
-    assert f"{champion_ap:.4f}" in again["reason"]
-    assert registry.champion_version(bank) == trained["version"]
-    assert registry.latest_challenger(bank) == again["version"]
+    try:
+        champion_ap = again["evaluation"]["champion"]["average_precision"]
+        assert 0.0 < champion_ap <= 1.0 and again["evaluation"]["model"]["average_precision"] > 0.0
+        assert again["status"] == "challenger" and "does not beat champion's" in again["reason"]
+        assert f"{champion_ap:.4f}" in again["reason"]
+        assert registry.champion_version(bank) == trained["version"]
+        assert registry.latest_challenger(bank) == again["version"]
+    finally:
+        with connect(bank) as conn:
+            conn.execute("UPDATE riskflow.model_versions SET status = 'retired', retired_at = now()"
+                         " WHERE version = %s AND status = 'challenger'", (again["version"],))
+            conn.commit()

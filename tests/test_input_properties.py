@@ -330,7 +330,7 @@ def test_cli_and_flow_calls_with_bad_parameters_write_nothing(initialised: Setti
              "min_ap_margin": ["train", "--margin", "-0.1"], "seed": ["train", "--seed", "-3"],
              "max_parallel": ["backfill", "--start", "2026-06-01", "--end", "2026-06-02",
                               "--max-parallel", "0"],
-             "before start": ["backfill", "--start", "2026-06-10", "--end", "2026-06-01"]}
+             "is before --start": ["backfill", "--start", "2026-06-10", "--end", "2026-06-01"]}
     for word, argv in cases.items():
         assert cli_main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -27,6 +27,7 @@ from riskmodel.settings import Settings
 from riskmodel.source_stream import prefetch
 from riskmodel.spec import FeatureSpec
 from riskmodel.spill import KeySpill
+from riskmodel.storage import lake_key
 from tests.datapath_helpers import END, TXN_COLUMNS, execute, insert, seed_tiny_bank
 
 
@@ -443,7 +444,7 @@ def test_an_extract_that_cannot_get_the_lake_lock_gives_up_and_writes_nothing(
     noon = datetime(2026, 6, 30, 12, tzinfo=UTC)
     insert(settings, "transactions", TXN_COLUMNS, [(910001, 2, noon, 5.0, "5411", "pos", "DE", "m1"),
                                                    (910002, None, noon, 6.0, "5411", "pos", "DE", "m1")])
-    with connect(settings) as holder, advisory_lock(holder, f"extract:{settings.lake}"):
+    with connect(settings) as holder, advisory_lock(holder, f"extract:{lake_key(settings)}"):
         gave_up = r"another run holds the lock 'extract:.*'; gave up after 0\.3s"
         with pytest.raises(DatabaseError, match=gave_up):
             extract(settings, demo_spec, END, lock_timeout_s=0.3)

@@ -4,7 +4,6 @@ outside the models folder, and no connection error shows the password."""
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from pydantic import ValidationError
 from test_registry import _register
@@ -17,12 +16,18 @@ from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 
 
-@pytest.mark.parametrize("name", ["a\nb", "x$roles$", 'q"uote', "sp ace", "-lead", "1lead", "", "x" * 64,
-                                  "semi;colon", "--"])
+@pytest.mark.parametrize("name", ["a\nb", "x$roles$", "a*/b", "back\\slash", "tab\there", "", "x" * 64,
+                                  "é" * 32])
 @pytest.mark.parametrize("field", ["db_schema", "reader_role", "writer_role", "analyst_role"])
 def test_schema_and_role_names_outside_the_safe_alphabet_are_refused(field: str, name: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: name})
+
+
+def test_real_world_role_and_schema_names_are_accepted() -> None:
+    names = Settings(reader_role="etl-reader@corp.example", analyst_role="Analysts.EU", db_schema="scoring_é")
+    assert (names.reader_role, names.analyst_role, names.db_schema) == (
+        "etl-reader@corp.example", "Analysts.EU", "scoring_é")
 
 
 def test_the_three_roles_must_differ() -> None:
@@ -30,14 +35,15 @@ def test_the_three_roles_must_differ() -> None:
         Settings(analyst_role="riskflow_reader")
 
 
-def test_a_hyphenated_schema_initialises_and_is_quoted_everywhere(settings: Settings,
-                                                                   demo_spec: FeatureSpec) -> None:
-    hyphenated = Settings(database_url=settings.database_url, home=settings.home, db_schema="risk-flow")
-    report = init_database(hyphenated, demo_spec, demo_source=True)
-    assert "050_views.sql" in report.files and report.schema == "risk-flow"
-    with connect(hyphenated) as conn:
+def test_an_awkward_schema_name_initialises_and_is_quoted_everywhere(settings: Settings,
+                                                                      demo_spec: FeatureSpec) -> None:
+    awkward = 'Risk-Flow.é "q" --x'
+    named = Settings(database_url=settings.database_url, home=settings.home, db_schema=awkward)
+    report = init_database(named, demo_spec, demo_source=True)
+    assert "050_views.sql" in report.files and report.schema == awkward
+    with connect(named) as conn:
         views = {r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.views WHERE table_schema = 'risk-flow'")}
+            "SELECT table_name FROM information_schema.views WHERE table_schema = %s", (awkward,))}
     assert {"latest_scores", "latest_night", "band_counts", "latest_movers"} <= views
 
 
@@ -122,17 +128,21 @@ def test_promotion_decision_with_a_champion_problem_only_yields_to_an_explicit_p
     assert promotion_decision(evaluation, "v1", "v1", 0.0, policy="always", champion_problem="gone")[0]
 
 
-def test_psycopg_reports_a_bad_percent_encoding_with_the_token() -> None:
-    """Why `connect` scrubs the password itself: the driver's own message quotes it."""
-    with pytest.raises(psycopg.ProgrammingError, match="zzsecretword"):
-        psycopg.connect("postgresql://me:p%zzsecretword@127.0.0.1:1/db")
+def test_a_bracket_in_a_url_password_still_fails_in_one_plain_error(tmp_path) -> None:
+    """urllib reads "[" after "@"-less text as a malformed IPv6 host; the error must still be ours."""
+    with pytest.raises(DatabaseError) as caught:
+        connect(Settings(database_url="postgresql://me:pa[ss]word9@127.0.0.1:1/db", home=tmp_path))
+    assert "pa[ss]word9" not in str(caught.value) and "127.0.0.1" in str(caught.value)
 
 
-def test_the_lake_key_stored_with_watermarks_holds_no_credentials(tmp_path) -> None:
+def test_the_lake_key_stored_with_watermarks_holds_no_credentials(tmp_path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from riskmodel.storage import lake_key
 
+    monkeypatch.delenv("RISKFLOW_LAKE_URL", raising=False)
     remote = Settings(home=tmp_path, lake_url="sftp://etl:lakepass99@files.example/lake")
     assert lake_key(remote) == "sftp://etl:***@files.example/lake"
+    assert lake_key(Settings(home=tmp_path, lake_url="sftp://h:22/a@v1")) == "sftp://h:22/a@v1"
     local = Settings(home=tmp_path)
     assert lake_key(local) == local.lake
 
@@ -141,7 +151,31 @@ def test_a_relative_and_an_absolute_home_name_one_lake(tmp_path, monkeypatch: py
     from riskmodel.storage import lake_key
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RISKFLOW_LAKE_URL", raising=False)
     relative = Settings(home=".riskflow")
     absolute = Settings(home=tmp_path / ".riskflow")
     assert relative.lake != absolute.lake
     assert lake_key(relative) == lake_key(absolute) == str(tmp_path / ".riskflow" / "lake")
+
+
+def test_db_init_names_logins_that_still_hold_the_reader_role(initialised: Settings, demo_spec: FeatureSpec,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Analysts told (before the analyst role) to take the reader role keep reading the source tables;
+    db init names them so they can be moved to the analyst role."""
+    import uuid
+
+    from psycopg import sql
+
+    old = f"rf_old_analyst_{uuid.uuid4().hex[:6]}"
+    with connect(initialised, admin=True, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(old)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(initialised.reader_role),
+                                                     sql.Identifier(old)))
+    try:
+        with caplog.at_level("WARNING", logger="riskflow.schema"):
+            report = init_database(initialised, demo_spec, demo_source=True)
+        assert old in report.reader_members and initialised.writer_role not in report.reader_members
+        assert old in caplog.text and initialised.analyst_role in caplog.text
+    finally:
+        with connect(initialised, admin=True, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(old)))

@@ -187,7 +187,8 @@ def test_misspelt_settings_are_named_and_a_missing_config_file_is_refused(
     from riskmodel.settings import load_settings, unknown_settings
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RISKFLOW_CONFIG", raising=False)
+    for name in [n for n in os.environ if n.upper().startswith("RISKFLOW_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("RISKFLOW_SHARDS", "8")
     monkeypatch.setenv("RISKFLOW_FAULT_PAUSE", "x")
     (tmp_path / "riskflow.toml").write_text('nshards = 3\nschema = "kept"\n')

@@ -24,8 +24,11 @@ def run_init(args: argparse.Namespace) -> int:
     settings, spec = settings_and_spec()
     report = init_database(settings, spec, demo_source=args.demo_source)
     payload = {"schema": report.schema, "applied": report.files,
-               "reader_can_select": report.source_tables}
+               "reader_can_select": report.source_tables, "reader_members": report.reader_members}
     text = (f"db init: schema {report.schema!r} ready; applied {', '.join(report.files)}; "
-            f"reader role may SELECT {', '.join(report.source_tables)}")
+            f"reader role may SELECT {', '.join(report.source_tables)}"
+            + (f"\nreader role held by {', '.join(report.reader_members)}: analysts should hold "
+               f"{settings.analyst_role} instead (the reader role reads the source tables)"
+               if report.reader_members else ""))
     emit(args.json, payload, text)
     return 0

@@ -10,6 +10,8 @@ from flows.output import emit, table
 from riskmodel.clock import yesterday
 from riskmodel.errors import ConfigError
 from riskmodel.schema import init_database
+from riskmodel.settings import DEMO_SPEC
+from riskmodel.spec import load_spec
 from tasks.context import settings_and_spec
 
 
@@ -37,21 +39,27 @@ def _end_date(text: str | None, tz: ZoneInfo) -> dt.date:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Initialise the database with the demo source tables, seed them, forget the lake built from
-    the bank they replace (the next extract reads the new one whole), and report volumes."""
+    """Initialise the database with the demo source tables, seed them and report volumes. When the
+    spec reads the seeded tables, the lake built from the bank they replace is forgotten first (the
+    next extract reads the new bank whole); a lake built from another source is left alone."""
     from riskmodel import lake
     from riskmodel.synthetic import seed_bank
 
     settings, spec = settings_and_spec()
     end_date = _end_date(args.end_date, settings.tz)
     init_database(settings, spec, demo_source=True)
+    seeded_source = load_spec(DEMO_SPEC).transactions.qualified
+    resets = spec.transactions.qualified == seeded_source
+    if resets:
+        lake.reset_lake(settings)
     report = seed_bank(settings, accounts=args.accounts, days=args.days, end_date=end_date,
                        seed=args.seed, order_patterns=args.order_patterns, progress=True)
-    lake.reset_lake(settings)
     rows = [{"pattern": name, **counts} for name, counts in report.patterns.items()]
+    lake_line = ("lake reset for a full extract" if resets else
+                 f"lake kept: the spec reads {spec.transactions.qualified}, not {seeded_source}")
     text = (f"seed: {report.accounts} accounts x {report.days} days to {end_date} (seed {report.seed}, "
             f"{'ordered' if report.order_patterns else 'control'} bank) in {report.seconds:.1f} s; "
-            "lake reset for a full extract\n"
+            f"{lake_line}\n"
             + table([{"table": k, "rows": v} for k, v in report.rows.items()]) + "\n\n" + table(rows))
     emit(args.json, report.to_dict(), text)
     return 0
