@@ -20,6 +20,7 @@ from writeback_helpers import score_frame
 from riskmodel import faults
 from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DatabaseError
+from riskmodel.faults import MARK_ENV, PAUSE_ENV, PAUSE_SECONDS_ENV
 from riskmodel.settings import Settings
 from riskmodel.writeback import (
     InjectedFailure,
@@ -156,11 +157,32 @@ def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> No
 
 
 def test_same_date_from_two_processes_never_interleaves(initialised: Settings, tmp_path: Path) -> None:
+    """The first writer pauses after staging, holding the date's lock; the second is seen polling for
+    that lock (so the two do compete) and writes only after the first has finished."""
     url = initialised.database_url.get_secret_value()
     helper = Path(__file__).with_name("writeback_helpers.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    procs = [subprocess.Popen([sys.executable, str(helper), url, str(tmp_path / "h"), DAY.isoformat(),
-                               str(seed)], env=env, stderr=subprocess.PIPE) for seed in (5, 6)]
+    mark = tmp_path / "paused"
+    paused = {**env, PAUSE_ENV: "writeback.after_staging", MARK_ENV: str(mark), PAUSE_SECONDS_ENV: "8"}
+
+    def writer(seed: int, environment: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(helper), url, str(tmp_path / "h"), DAY.isoformat(),
+                                 str(seed)], env=environment, stderr=subprocess.PIPE)
+
+    procs = [writer(5, paused)]
+    deadline = time.monotonic() + 120
+    while not mark.exists():
+        assert procs[0].poll() is None and time.monotonic() < deadline, "the first writer never paused"
+        time.sleep(0.05)
+    procs.append(writer(6, env))
+    with connect(initialised, admin=True) as watcher:  # other sessions' queries need the admin's sight
+        polling = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                   " AND pid <> pg_backend_pid() AND query LIKE 'SELECT pg_try_advisory_lock%%'")
+        while not watcher.execute(polling).fetchone()[0]:
+            assert procs[0].poll() is None, "the first writer finished before the second was seen waiting"
+            assert time.monotonic() < deadline, "the second writer never waited for the date's lock"
+            time.sleep(0.02)
+            watcher.rollback()
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]
