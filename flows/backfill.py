@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.nightly_scoring import nightly_scoring
 from flows.params import BackfillParams, ScoreParams
+from flows.runners import quiet_worker_thread_timeouts
 from riskmodel import registry
 from riskmodel.clock import not_after_today
 from riskmodel.served import scored_dates
@@ -25,6 +26,7 @@ def score_date_task(score_date: date) -> dict:
 @flow(name="backfill", log_prints=False)
 def backfill(params: BackfillParams) -> dict:
     """Score every date in [start, end]; dates the champion already scored are skipped unless forced."""
+    quiet_worker_thread_timeouts()
     logger = get_run_logger()
     settings, _ = settings_and_spec()
     not_after_today("end", params.end, settings.tz)

@@ -14,6 +14,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 
 from flows.params import RetrainParams
+from flows.runners import quiet_worker_thread_timeouts
 from riskmodel import registry
 from riskmodel import retrain as steps
 from riskmodel.clock import not_after_today, yesterday
@@ -36,6 +37,7 @@ from tasks.training import (
 @flow(name="retrain", log_prints=False)
 def retrain(params: RetrainParams = RetrainParams()) -> dict:  # noqa: B008
     """Train a challenger on closed label windows and promote it only if it beats the champion."""
+    quiet_worker_thread_timeouts()
     logger = get_run_logger()
     settings, spec = settings_and_spec(params.horizon_days)
     as_of = not_after_today("as_of", params.as_of or yesterday(settings.tz, flow_run.scheduled_start_time),
