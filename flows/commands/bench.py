@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("bench", help="run one benchmark stage and print a table")
     p.add_argument("--spec", metavar="PATH", help=argparse.SUPPRESS)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    p.add_argument("--stage", required=True, help="stage module in bench/ (extract, sequences, ...)")
+    p.add_argument("--stage", required=True,
+                   help=f"stage module in bench/: {', '.join(stages())}")
     p.add_argument("--scale", required=True, choices=["S", "M"], help="S = 5k x 90 days, M = 100k x 180")
     p.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list ('-' for stdout)")
     p.add_argument("--workdir", type=Path, default=Path(".riskflow/bench"),
