@@ -392,16 +392,22 @@ def register_model(settings: Settings, *, net: RiskLSTM, calibrator: Calibrator,
 
 def _horizon(conn: psycopg.Connection, settings: Settings, version: str) -> tuple[int | None, str | None]:
     """The prediction horizon H (days) a registered version was trained for (None when its manifest
-    predates the field), and why the manifest could not be read, if it could not (the manifest
-    alone, on the caller's connection: this runs under the registry lock)."""
+    predates the field), and why the manifest could not be trusted, if it could not: unreadable, or
+    not the bytes registered (the manifest alone, hashed, on the caller's connection: this runs
+    under the registry lock)."""
     from psycopg import sql
 
-    row = conn.execute(sql.SQL("SELECT artifact_path FROM {} WHERE version = %s").format(_table(settings)),
-                       (version,)).fetchone()
+    row = conn.execute(sql.SQL("SELECT artifact_path, metrics -> 'files' ->> %s FROM {} WHERE version = %s")
+                       .format(_table(settings)), (MANIFEST, version)).fetchone()
+    if row is None:
+        return None, None
     try:
-        manifest = json.loads((Path(row[0]) / MANIFEST).read_text()) if row else {}
+        blob = (Path(row[0]) / MANIFEST).read_bytes()
+        manifest = json.loads(blob)
     except (OSError, ValueError) as exc:
         return None, f"{type(exc).__name__}: {first_line(exc)}"
+    if row[1] is not None and _digest(blob) != row[1]:
+        return None, f"{MANIFEST} has sha256 {_digest(blob)} but {row[1]} was registered"
     return manifest.get("training_window", {}).get("horizon_days"), None
 
 

@@ -179,3 +179,15 @@ def test_db_init_names_logins_that_still_hold_the_reader_role(initialised: Setti
     finally:
         with connect(initialised, admin=True, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(old)))
+
+
+def test_a_champion_whose_manifest_was_altered_is_not_replaced_by_comparison(
+        initialised: Settings) -> None:
+    """A champion manifest edited after registration (its horizon rewritten, say) is not trusted:
+    the challenger stays challenger and the reason names the hash mismatch."""
+    first = _register(initialised, 41, ap=0.3)
+    manifest = first.path / MANIFEST
+    manifest.write_text(manifest.read_text().replace('"horizon_days": 30', '"horizon_days": 31'))
+    better = _register(initialised, 42, ap=0.9, champion_ap=0.3, champion="v41")
+    assert better.status == "challenger" and "was registered" in better.reason
+    assert champion_version(initialised) == "v41"
