@@ -169,7 +169,8 @@ def artifact_files(folder: Path, registered: dict[str, str] | None = None) -> tu
 def save_artifact(folder: Path, net: RiskLSTM, manifest: dict[str, Any],
                   blend: Blend | None = None) -> tuple[str, dict[str, str]]:
     """Write weights, manifest (and a blend's booster) into a new folder atomically (temp folder +
-    rename); return its hashes."""
+    rename); return the hashes of the bytes written (not re-read: what is registered is what this
+    process wrote)."""
     folder = Path(folder)
     if folder.exists():
         raise RegistryError(f"artifact folder {folder} already exists; versions are immutable")
@@ -177,12 +178,15 @@ def save_artifact(folder: Path, net: RiskLSTM, manifest: dict[str, Any],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    (tmp / WEIGHTS).write_bytes(save_safetensors(state, metadata={"format": str(FORMAT_VERSION)}))
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    blobs = {WEIGHTS: save_safetensors(state, metadata={"format": str(FORMAT_VERSION)}),
+             MANIFEST: json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()}
     if blend is not None:
-        (tmp / BOOSTER_FILE).write_text(blend.booster_text)
+        blobs[BOOSTER_FILE] = blend.booster_text.encode()
+    for name, blob in blobs.items():
+        (tmp / name).write_bytes(blob)
     tmp.rename(folder)
-    return artifact_sha256(folder)
+    files = {name: _digest(blob) for name, blob in blobs.items()}
+    return combined_sha256(files), files
 
 
 def load_artifact(path: Path, expected_sha256: str | None = None,
