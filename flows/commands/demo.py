@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run each demo step in order and print what it did."""
+    """Run each demo step in order and print what it did (Prefect's temporary API starts while the
+    bank is seeded)."""
     with api_started_early():
         from flows.nightly_scoring import nightly_scoring
         from flows.params import RetrainParams, ScoreParams
@@ -52,17 +53,17 @@ def run(args: argparse.Namespace) -> int:
         from riskmodel.served import top_accounts
         from riskmodel.synthetic import seed_bank
 
-    settings, spec = settings_and_spec()
-    started = time.perf_counter()
-    end = yesterday(settings.tz)
-    steps = [f"database: {redact(database_url(settings))}"]
-    report = init_database(settings, spec, demo_source=True)
-    steps.append(f"db init: schema {report.schema!r} ({', '.join(report.files)})")
-    seeded = seed_bank(settings, accounts=args.accounts, days=args.days, end_date=end, seed=args.seed,
-                       progress=True)
-    lake.reset_lake(settings)
-    steps.append(f"seed: {seeded.rows['transactions']} transactions of {args.accounts} accounts over "
-                 f"{args.days} days to {end}; lake reset for a full extract")
+        settings, spec = settings_and_spec()
+        started = time.perf_counter()
+        end = yesterday(settings.tz)
+        steps = [f"database: {redact(database_url(settings))}"]
+        report = init_database(settings, spec, demo_source=True)
+        steps.append(f"db init: schema {report.schema!r} ({', '.join(report.files)})")
+        seeded = seed_bank(settings, accounts=args.accounts, days=args.days, end_date=end, seed=args.seed,
+                           progress=True)
+        lake.reset_lake(settings)
+        steps.append(f"seed: {seeded.rows['transactions']} transactions of {args.accounts} accounts over "
+                     f"{args.days} days to {end}; lake reset for a full extract")
     trained = retrain(RetrainParams(as_of=end, train_days=min(150, args.days - 60), epochs=args.epochs,
                                     max_train_minutes=args.max_train_minutes, seed=args.seed))
     aps = {k: f"{v['average_precision']:.3f}" for k, v in trained["evaluation"].items()}
