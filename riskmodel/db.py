@@ -13,7 +13,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import cache
 from pathlib import Path
 
@@ -44,10 +44,8 @@ def _passwords(target: str) -> set[str]:
     """The password of connection string `target`, as written and decoded (a driver's message may
     quote either, e.g. psycopg's "invalid percent-encoded token")."""
     found: set[str] = set()
-    try:
+    with suppress(psycopg.Error):  # not parsable: the URL branch below still reads it
         found.add(psycopg.conninfo.conninfo_to_dict(target).get("password") or "")
-    except psycopg.Error:
-        pass
     if "://" in target:
         try:
             password = urllib.parse.urlsplit(target).password or ""
@@ -72,10 +70,10 @@ def connect_error(target: str, exc: BaseException, driver: str = "") -> Database
     starting up) is transient. The message never holds the password."""
     message = first_line(scrub(str(exc), target))[:300]
     if isinstance(exc, psycopg.ProgrammingError):
-        return DatabaseError(f"the database URL {scrub(target, target)} cannot be parsed: {message} "
+        return DatabaseError(f"the database URL {redact(target)} cannot be parsed: {message} "
                              "(percent-encode special characters in the user name and password)")
     kind = DatabaseError if _REFUSED_LOGIN.search(message) else TransientDatabaseError
-    return kind(f"cannot connect{driver} to Postgres at {scrub(target, target)}: {message}")
+    return kind(f"cannot connect{driver} to Postgres at {redact(target)}: {message}")
 
 
 @cache

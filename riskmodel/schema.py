@@ -52,9 +52,6 @@ def render(path: Path, settings: Settings) -> sql.Composed:
     )
 
 
-SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
-
-
 def owned_schema_files() -> list[Path]:
     """Files that define riskflow's own tables and views, in the order they apply."""
     skip = {ROLES_FILE, DEMO_SOURCE_FILE}
@@ -67,8 +64,8 @@ def _grant_sources(cur: psycopg.Cursor, settings: Settings, spec: FeatureSpec) -
     refs = [r for r in (spec.transactions, spec.events, spec.accounts, spec.ground_truth) if r]
     tables = [(r.db_schema, r.table) for r in refs]
     for schema_name, table in tables:
-        if schema_name == settings.db_schema or schema_name.lower() in SYSTEM_SCHEMAS \
-                or schema_name.lower().startswith("pg_"):
+        system = schema_name.lower() == "information_schema" or schema_name.lower().startswith("pg_")
+        if system or schema_name == settings.db_schema:
             raise ConfigError(f"feature spec source {schema_name}.{table}: a source table cannot live in a "
                               f"system schema or in riskflow's own schema {settings.db_schema!r}")
     reader = sql.Identifier(settings.reader_role)

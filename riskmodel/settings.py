@@ -247,8 +247,8 @@ def load_settings(**overrides: object) -> Settings:
     named = os.environ.get("RISKFLOW_CONFIG")
     if named and not Path(named).is_file():
         raise ConfigError(f"RISKFLOW_CONFIG={named}: no such file")
-    for problem in unknown_settings():
-        _warn_once(problem)
+    variables = tuple(sorted(n for n in os.environ if n.upper().startswith("RISKFLOW_")))
+    _warn_unknown(variables, str(config_file()))
     return Settings(**overrides)
 
 
@@ -288,5 +288,9 @@ def _unknown(where: str, name: str, fields: set[str], prefix: str) -> str:
 
 
 @functools.cache
-def _warn_once(problem: str) -> None:
-    log.warning("%s", problem)
+def _warn_unknown(variables: tuple[str, ...], config: str) -> None:
+    """Log `unknown_settings()` once per set of `RISKFLOW_*` variable names and config file: every
+    task loads the settings, and the file need not be parsed again for each."""
+    del variables, config  # the cache key only
+    for problem in unknown_settings():
+        log.warning("%s", problem)

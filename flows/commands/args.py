@@ -22,16 +22,15 @@ def iso_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"not a date ({DATE_METAVAR}): {text!r}") from None
 
 
-def preflight(dates: dict[str, date | None], *, horizon_days: int | None = None) -> None:
+def preflight(dates: dict[str, date | None]) -> None:
     """Refuse now what the flow would refuse after starting Prefect: an unreadable spec, a date
     (named by its option) after today in the business zone, or a database that cannot be reached
-    as the writer role."""
-    settings, _ = settings_and_spec(horizon_days)
+    as the writer role (the connection is opened as a check and closed)."""
+    settings, _ = settings_and_spec()
     for option, day in dates.items():
         if day is not None:
             not_after_today(option, day, settings.tz)
-    with connect(settings):
-        pass
+    connect(settings).close()
 
 
 def ordered(start_option: str, start: date, end_option: str, end: date) -> None:

@@ -13,11 +13,11 @@ import time
 from psycopg import sql
 
 from flows.commands.args import show_defaults
+from flows.commands.seed import reseed
 from flows.ephemeral import api_started_early
 from flows.output import emit, table
 from riskmodel.clock import yesterday
 from riskmodel.db import database_url, redact
-from riskmodel.schema import init_database
 from tasks.context import settings_and_spec
 
 NEXT_STEPS_SQL = """\
@@ -49,21 +49,17 @@ def run(args: argparse.Namespace) -> int:
         from flows.nightly_scoring import nightly_scoring
         from flows.params import RetrainParams, ScoreParams
         from flows.retrain import retrain
-        from riskmodel import lake
         from riskmodel.served import top_accounts
-        from riskmodel.synthetic import seed_bank
 
         settings, spec = settings_and_spec()
         started = time.perf_counter()
         end = yesterday(settings.tz)
         steps = [f"database: {redact(database_url(settings))}"]
-        report = init_database(settings, spec, demo_source=True)
+        report, seeded, lake_line = reseed(settings, spec, accounts=args.accounts, days=args.days,
+                                           end_date=end, seed=args.seed)
         steps.append(f"db init: schema {report.schema!r} ({', '.join(report.files)})")
-        seeded = seed_bank(settings, accounts=args.accounts, days=args.days, end_date=end, seed=args.seed,
-                           progress=True)
-        lake.reset_lake(settings)
         steps.append(f"seed: {seeded.rows['transactions']} transactions of {args.accounts} accounts over "
-                     f"{args.days} days to {end}; lake reset for a full extract")
+                     f"{args.days} days to {end}; {lake_line}")
     trained = retrain(RetrainParams(as_of=end, train_days=min(150, args.days - 60), epochs=args.epochs,
                                     max_train_minutes=args.max_train_minutes, seed=args.seed))
     aps = {k: f"{v['average_precision']:.3f}" for k, v in trained["evaluation"].items()}
