@@ -31,7 +31,14 @@ from riskmodel.db import connect
 from riskmodel.schema import init_database
 from riskmodel.settings import DEMO_SPEC, Settings
 from riskmodel.spec import load_spec
-from riskmodel.writeback import COLUMNS, VARYING_COLUMNS, encode_varying_rows, validate_scores, write_scores
+from riskmodel.writeback import (
+    COLUMNS,
+    VARYING_COLUMNS,
+    encode_varying_rows,
+    plan_copy,
+    validate_scores,
+    write_scores,
+)
 
 REPEATS = 3
 REASONS = ["Amount pattern", "Merchant / category", "Country / channel change", "Transaction timing",
@@ -249,7 +256,8 @@ def run(scale: str, workdir: Path) -> list[dict]:
         baseline = _baseline(settings, rows)
         limit = min(_limit(settings, block) for _ in range(REPEATS))
         limit_indexed = min(_limit(settings, block, indexed=True) for _ in range(REPEATS))
-        varying = pgcopy.rows_block(encode_varying_rows(prepared.to_arrow()))
+        rows_arrow = prepared.to_arrow()
+        varying = pgcopy.rows_block(encode_varying_rows(rows_arrow, plan_copy(rows_arrow)))
         limit_varying = min(_limit_varying(settings, varying, END_DATE) for _ in range(REPEATS))
         write_row = min(_write_row_copy(settings, rows) for _ in range(REPEATS))
     finally:

@@ -268,15 +268,17 @@ def band_changes(settings: Settings, score_date: dt.date, table: str = "risk_sco
         raise ConfigError(f"table must be risk_scores or risk_scores_shadow, got {table!r}")
     ident = sql.Identifier(settings.db_schema, table)
     query = sql.SQL(
-        "WITH prev AS (SELECT max(score_date) AS d FROM {t} WHERE score_date < %(d)s)"
+        "WITH prev AS (SELECT max(score_date) AS d FROM {nights}"
+        "  WHERE score_table = %(t)s AND score_date < %(d)s)"
         " SELECT b.risk_band,"
         "  count(*) FILTER (WHERE b.score_date = %(d)s),"
         "  count(*) FILTER (WHERE b.score_date = (SELECT d FROM prev)),"
         "  (SELECT d FROM prev)"
         " FROM {t} b WHERE b.score_date = %(d)s OR b.score_date = (SELECT d FROM prev)"
-        " GROUP BY b.risk_band ORDER BY b.risk_band").format(t=ident)
+        " GROUP BY b.risk_band ORDER BY b.risk_band").format(
+            t=ident, nights=sql.Identifier(settings.db_schema, "scored_nights"))
     with connect(settings) as conn:
-        rows = conn.execute(query, {"d": score_date}).fetchall()
+        rows = conn.execute(query, {"d": score_date, "t": table}).fetchall()
     order = {"low": 0, "medium": 1, "high": 2}
     out = [{"band": band, "accounts": now, "previous": prev, "previous_date": prev_date,
             "change": now - prev} for band, now, prev, prev_date in rows]

@@ -20,7 +20,7 @@ TRAILER = struct.pack(">h", -1)
 PG_EPOCH = dt.date(2000, 1, 1)
 PG_EPOCH_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 TEXT_OID = 25
-_SEP = pa.scalar(b"", pa.large_binary())
+SEPARATOR = pa.scalar(b"", pa.large_binary())
 
 
 def _fixed(raw: bytes, n: int, width: int) -> pa.Array:
@@ -66,7 +66,7 @@ def text_field(values: pa.Array) -> pa.Array:
     """Per-row text fields from a string array without nulls."""
     raw = values.cast(pa.large_binary())
     lengths = pc.binary_length(raw).to_numpy(zero_copy_only=False)
-    return pc.binary_join_element_wise(_be_int32(lengths), raw, _SEP)
+    return pc.binary_join_element_wise(_be_int32(lengths), raw, SEPARATOR)
 
 
 def float8_field(values: np.ndarray) -> pa.Array:
@@ -83,9 +83,9 @@ def text_array_field(lists: pa.Array) -> pa.Array:
     lists = lists.cast(pa.large_list(pa.large_binary()))
     flat = lists.flatten()
     elem_len = pc.binary_length(flat).to_numpy(zero_copy_only=False)
-    elements = pc.binary_join_element_wise(_be_int32(elem_len), flat, _SEP)
+    elements = pc.binary_join_element_wise(_be_int32(elem_len), flat, SEPARATOR)
     rejoined = pa.LargeListArray.from_arrays(lists.offsets, elements)
-    body = pc.binary_join(rejoined, _SEP)
+    body = pc.binary_join(rejoined, SEPARATOR)
     counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     n = len(counts)
     header = np.zeros((n, 5), ">i4")
@@ -98,16 +98,17 @@ def text_array_field(lists: pa.Array) -> pa.Array:
     head = pc.if_else(pa.array(counts > 0), nonempty, empty)
     body_len = pc.binary_length(body).to_numpy(zero_copy_only=False)
     total = np.where(counts > 0, 20, 12) + body_len
-    return pc.binary_join_element_wise(_be_int32(total), head, body, _SEP)
+    return pc.binary_join_element_wise(_be_int32(total), head, body, SEPARATOR)
 
 
-def encode_row_array(fields: list[pa.Array]) -> pa.Array:
-    """The rows formed by `fields` (one array per column, equal lengths), one binary value per row.
+def encode_row_array(fields: list[pa.Array], field_count: int | None = None) -> pa.Array:
+    """The rows formed by `fields` (equal lengths), one binary value per row; `field_count` is the
+    number of columns when an array holds several fields already joined (default: one each).
 
     Reorder or slice it with `pyarrow.compute.take` before `rows_block`, e.g. to send rows sorted."""
     n = len(fields[0])
-    count = constant_field(struct.pack(">h", len(fields)), n)
-    rows = pc.binary_join_element_wise(count, *fields, _SEP)
+    count = constant_field(struct.pack(">h", len(fields) if field_count is None else field_count), n)
+    rows = pc.binary_join_element_wise(count, *fields, SEPARATOR)
     return rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
 
 

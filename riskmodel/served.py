@@ -15,9 +15,9 @@ from riskmodel.settings import Settings
 
 def scored_dates(settings: Settings, model_version: str, start: date, end: date) -> list[date]:
     """Dates in [start, end] whose served scores in `risk_scores` come from `model_version`."""
-    query = sql.SQL("SELECT DISTINCT score_date FROM {} WHERE score_date BETWEEN %s AND %s "
-                    "AND model_version = %s ORDER BY 1").format(
-        sql.Identifier(settings.db_schema, "risk_scores"))
+    query = sql.SQL("SELECT score_date FROM {} WHERE score_table = 'risk_scores'"
+                    " AND score_date BETWEEN %s AND %s AND model_version = %s ORDER BY 1").format(
+        sql.Identifier(settings.db_schema, "scored_nights"))
     with connect(settings) as conn:
         return [r[0] for r in conn.execute(query, (start, end, model_version)).fetchall()]
 

@@ -130,6 +130,9 @@ class Settings(BaseSettings):
         "CPU with native bf16 (AMX or AVX512-BF16) too; fp32 = never bf16. bf16 is checked against fp32 "
         "on a sample.")
     lock_timeout_ms: int = Field(2000, ge=1, description="Bound on lock waits at swap time.")
+    write_split_rows: int = Field(
+        50_000, ge=0, description="Nights of at least this many scores load as two account-range halves "
+        "over two connections at once; 0 = one connection.")
     retention_days: int = Field(400, ge=1, description="Score partitions older are dropped.")
     nightly_cron: str = Field("0 2 * * *", description="When `riskflow serve` runs nightly scoring.")
     retrain_cron: str = Field("0 4 * * 0", description="When `riskflow serve` runs the weekly retrain.")

@@ -1,20 +1,21 @@
-"""Atomic write-back of one night's scores: binary COPY into a staging table, then a partition swap.
+"""Atomic write-back of one night's scores: binary COPY into staging leaves, then a partition swap.
 
-The staging table is built as the day's future partition (same columns and indexes, plus a
-CHECK constraint matching the partition bound so ATTACH skips its validation scan). Only the
-columns that vary per account travel in the COPY; the night's constants (date, model version,
-scoring time, run id) are the staging table's column defaults while it is filled. The rows are
-validated first; a worker thread finds their account order while this thread connects and
-creates the staging table, then checks for repeated accounts and computes the checksum while
-the server copies and indexes. The rows are sent in account byte order (the primary key's
-COLLATE "C" order), so the index build sorts presorted input. The run record and the staging
-table commit asynchronously: the swap's synchronous commit flushes them with itself, and a crash
-before it loses nothing that was served. One short
-transaction then copies the rows being replaced into the audit table, detaches and drops the
-old partition and attaches the new one, and records the run in pipeline_runs. Lock waits in
-that transaction are bounded by `lock_timeout` and retried a bounded number of times, so
-analysts' queries are never cancelled and never queue behind the writer for long. A run that
-dies at any point leaves the previous contents of the date as they were.
+A night's partition of `risk_scores` is itself partitioned by account range into one or two
+leaves. Each leaf is built as a plain table on its own connection, both at once (same columns
+and indexes as the parent, plus a CHECK constraint matching the leaf's date and account range so
+ATTACH skips its validation scan). Only the columns that vary per account travel in the COPY;
+the night's constants (date, model version, scoring time, run id) are the leaf's column defaults
+while it is filled. The rows are validated first; worker threads find their account order, group
+the (band, reasons) pairs so each distinct pair is encoded once, and compute the checksum, while
+this thread connects. The rows are sent in account byte order (the primary key's COLLATE "C"
+order), so the index build sorts presorted input. The run record and the leaves commit
+asynchronously: the swap's synchronous commit flushes them with itself, and a crash before it
+loses nothing that was served. One short transaction then creates the night's partitioned table
+over the leaves, copies the rows being replaced into the audit table, detaches and drops the
+old partition, attaches the new one, and records the run in pipeline_runs and scored_nights.
+Lock waits in that transaction are bounded by `lock_timeout` and retried a bounded number of
+times, so analysts' queries are never cancelled and never queue behind the writer for long. A run
+that dies at any point leaves the previous contents of the date as they were.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -52,6 +54,8 @@ COLUMNS = ("score_date", "account_id", "risk_score", "risk_band", "model_version
            "scored_at", "run_id")
 VARYING_COLUMNS = ("account_id", "risk_score", "risk_band", "reason_codes")
 LOCK_ATTEMPTS = 8
+FIRST_BLOCK_ROWS = 2_048
+MAX_LEAVES = 2
 BLOCK_ROWS = 16_384
 PARALLEL_INDEX_ROWS = 1_000_000
 T = TypeVar("T")
@@ -165,12 +169,39 @@ def _digest(score_date: dt.date, table: pa.Table, model_version: pa.Array | str)
     return digest.hexdigest()
 
 
+def _short_keys(ids: pa.Array) -> np.ndarray | None:
+    """Ids of at most 8 bytes as big-endian integers, zero-padded, whose order is the ids' byte order
+    (Postgres text holds no NUL byte, so the padding sorts first like a shorter id); None when an id
+    is longer."""
+    raw = ids.cast(pa.large_binary())
+    n = len(raw)
+    offsets = np.frombuffer(raw.buffers()[1], np.int64)[raw.offset:raw.offset + n + 1]
+    lengths = np.diff(offsets)
+    if n == 0 or lengths.max() > 8:
+        return None
+    data = raw.buffers()[2]
+    values = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    block = np.zeros((n, 8), np.uint8)
+    width = int(lengths.max())
+    if lengths.min() == width:
+        block[:, :width] = values[offsets[0]:offsets[-1]].reshape(n, width)
+    else:
+        columns = np.arange(8)
+        gather = np.minimum(offsets[:-1, None] + columns, len(values) - 1)
+        block = np.where(columns < lengths[:, None], values[gather], 0).astype(np.uint8)
+    return block.view(">u8").ravel()
+
+
 def account_order(rows: pa.Table) -> pa.Array:
     """Row positions of `rows` in account_id byte order (the order of the primary key's COLLATE "C").
 
-    Arrow in and out: Arrow data is immutable, so a worker thread may sort while the caller encodes
-    (a Polars frame used by two threads at once can deadlock)."""
-    return pc.sort_indices(rows.column("account_id"))
+    Ids of at most 8 bytes sort as integers, about three times faster than a string sort; repeated
+    ids end up next to each other in either case. Arrow in and out: Arrow data is immutable, so a
+    worker thread may sort while the caller works (a Polars frame used by two threads at once can
+    deadlock)."""
+    ids = rows.column("account_id").combine_chunks()
+    keys = _short_keys(ids)
+    return pc.sort_indices(ids) if keys is None else pa.array(np.argsort(keys))
 
 
 def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
@@ -187,15 +218,83 @@ def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
     return _digest(score_date, table, model_version)
 
 
-def encode_varying_rows(rows: pa.Table) -> pa.Array:
-    """Validated rows' `VARYING_COLUMNS` as binary COPY records, one array value per row (see
-    `pgcopy.encode_row_array`); Arrow in and out, so a worker thread may encode."""
+@dataclass(frozen=True)
+class CopyPlan:
+    """How a night's rows are sent: their account order, and each row's (risk_band, reason_codes)
+    pair as a number into those pairs' COPY fields, encoded once (a night has a few dozen pairs)."""
+
+    order: pa.Array
+    pair_fields: pa.Array
+    pairs: pa.Array
+
+    def first_account(self, rows: pa.Table, position: int) -> str:
+        """The account id at `position` in account order."""
+        return rows.column("account_id")[self.order[position].as_py()].as_py()
+
+
+def plan_copy(rows: pa.Table, order: pa.Array | None = None) -> CopyPlan:
+    """The `CopyPlan` of validated rows (`order` is `account_order(rows)` when known). Polars groups
+    the pairs exactly (lists compare element by element) in a frame of its own, so a worker thread
+    may plan while the caller connects."""
+    grouped = (pl.from_arrow(rows.select(["risk_band", "reason_codes"])).with_row_index("row")
+               .group_by(["risk_band", "reason_codes"]).agg(pl.col("row")).with_row_index("pair"))
+    members = grouped.select("pair", "row").explode("row", empty_as_null=False)
+    pairs = np.empty(rows.num_rows, np.uint32)
+    pairs[members["row"].to_numpy()] = members["pair"].to_numpy()
+    distinct = grouped.select("risk_band", "reason_codes").to_arrow()
+    fields = pc.binary_join_element_wise(
+        pgcopy.text_field(distinct.column("risk_band").combine_chunks()),
+        pgcopy.text_array_field(distinct.column("reason_codes").combine_chunks()), pgcopy.SEPARATOR)
+    return CopyPlan(account_order(rows) if order is None else order, fields, pa.array(pairs))
+
+
+def encode_varying_rows(rows: pa.Table, plan: CopyPlan, start: int = 0, stop: int | None = None) -> pa.Array:
+    """Rows `start:stop` in `plan`'s order, their `VARYING_COLUMNS` as binary COPY records, one array
+    value per row (see `pgcopy.encode_row_array`); Arrow in and out."""
+    positions = plan.order.slice(start, None if stop is None else stop - start)
     return pgcopy.encode_row_array([
-        pgcopy.text_field(rows.column("account_id").combine_chunks()),
-        pgcopy.float8_field(rows.column("risk_score").to_numpy()),
-        pgcopy.text_field(rows.column("risk_band").combine_chunks()),
-        pgcopy.text_array_field(rows.column("reason_codes").combine_chunks()),
-    ])
+        pgcopy.text_field(rows.column("account_id").take(positions).combine_chunks()),
+        pgcopy.float8_field(rows.column("risk_score").take(positions).to_numpy()),
+        pc.take(plan.pair_fields, pc.take(plan.pairs, positions)),
+    ], field_count=len(VARYING_COLUMNS))
+
+
+def copy_blocks(start: int, stop: int) -> list[tuple[int, int]]:
+    """(start, stop) of the COPY blocks of rows `start:stop`: a small first block, so the server starts
+    copying early, then blocks of `BLOCK_ROWS`."""
+    first = min(stop, start + FIRST_BLOCK_ROWS)
+    return [(start, first)] + [(a, min(stop, a + BLOCK_ROWS)) for a in range(first, stop, BLOCK_ROWS)]
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """One account range of a night's partition, built as its own table on its own connection:
+    rows `start:stop` in account order, accounts from `low` (None: no bound) to before `high`."""
+
+    number: int
+    start: int
+    stop: int
+    low: str | None
+    high: str | None
+
+    def staging(self, part: str) -> str:
+        """The table's name while it is built, before the swap attaches it."""
+        return f"{part}_stage{self.number}"
+
+    def attached(self, part: str) -> str:
+        """The table's name once attached under the night's partition."""
+        return f"{part}_{self.number}"
+
+
+def plan_leaves(rows: pa.Table, plan: CopyPlan, split_rows: int) -> list[Leaf]:
+    """One leaf for the whole night, or two account-range halves when the night has at least
+    `split_rows` rows (0: never split)."""
+    n = rows.num_rows
+    if not split_rows or n < max(split_rows, 2):
+        return [Leaf(0, 0, n, None, None)]
+    middle = n // 2
+    split = plan.first_account(rows, middle)
+    return [Leaf(0, 0, middle, None, split), Leaf(1, middle, n, split, None)]
 
 
 def _partitions(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
@@ -263,8 +362,12 @@ def _mark_abandoned(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, sc
 
 def _record_start(conn: psycopg.Connection, schema: str, run_id: uuid.UUID, flow: str,
                   score_date: dt.date, watermark: dt.datetime | None, model_version: str,
-                  model_sha256: str, table: str) -> None:
+                  model_sha256: str, table: str, leftovers: list[str]) -> None:
+    """Record the run as running, close runs of the date abandoned mid-write and drop the staging
+    tables they left (the caller holds the date's lock)."""
     conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+    for name in leftovers:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
     _mark_abandoned(conn, schema, run_id, score_date, table)
     conn.execute(
         sql.SQL(
@@ -313,156 +416,215 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
         raise ConfigError("model_version must be a non-empty string")
     t0 = time.perf_counter()
     df = validate_scores(scores)
-    schema = settings.db_schema
-    part = partition_name(table, score_date)
-    stage = f"{part}_stage"
+    night = _Night(settings, df.to_arrow(), table, partition_name(table, score_date), score_date,
+                   model_version, run_id, settings.lock_timeout_ms * lock_attempts)
+    schema, part = settings.db_schema, night.part
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
-    lock_wait_ms = settings.lock_timeout_ms * lock_attempts
     with ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="riskflow-write"))
-        rows = df.to_arrow()
-        order = pool.submit(account_order, rows)
-        encoded = pool.submit(encode_varying_rows, rows)
-        digest = pool.submit(lambda: sorted_checksum(score_date, rows, model_version, order.result()))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="riskflow-write"))
+        order = pool.submit(account_order, night.rows)
+        planned = pool.submit(lambda: plan_copy(night.rows, order.result()))
+        digest = pool.submit(lambda: sorted_checksum(score_date, night.rows, model_version,
+                                                     planned.result().order))
+
         conn = stack.enter_context(connect(settings))
         stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
-                      model_sha256, table)
+                      model_sha256, table, leftovers=_staging_names(part))
         try:
             t1 = time.perf_counter()
-            try:
-                seconds |= _build_stage(conn, settings, df.height, order, encoded, table=table, stage=stage,
-                                        score_date=score_date, model_version=model_version, run_id=run_id,
-                                        lock_wait_ms=lock_wait_ms)
-            except psycopg.errors.UniqueViolation:
-                digest.result()
-                raise
-            except psycopg.errors.LockNotAvailable as exc:
-                raise TransientDatabaseError(
-                    f"staging {schema}.{stage}: another session held a lock on {schema}.{table} for over "
-                    f"{lock_wait_ms} ms (lock_timeout_ms x lock attempts); "
-                    f"nothing was changed, retry later ({first_line(exc)})") from None
+            plan = planned.result()
+            leaves = plan_leaves(night.rows, plan, settings.write_split_rows)
+            seconds["plan_wait"] = time.perf_counter() - t1
+            seconds |= _build_leaves(conn, pool, night, plan, leaves)
             seconds["stage"] = time.perf_counter() - t1
             faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
-                raise InjectedFailure(f"injected failure after staging {stage}")
+                raise InjectedFailure(f"injected failure after staging {part}")
             t2 = time.perf_counter()
             checksum = digest.result()
             seconds["checksum_wait"] = time.perf_counter() - t2
             t2 = time.perf_counter()
             replaced, attempts = _with_lock_retry(
                 conn,
-                lambda: _swap(conn, schema, table=table, part=part, stage=stage,
-                              score_date=score_date, model_version=model_version, run_id=run_id,
-                              rows=df.height, checksum=checksum, fail=fail_after == "swap"),
+                lambda: _swap(conn, night, leaves, checksum=checksum, fail=fail_after == "swap"),
                 what=f"swap {schema}.{part}", lock_timeout_ms=settings.lock_timeout_ms,
                 attempts=lock_attempts,
             )
             seconds["swap"] = time.perf_counter() - t2
         except BaseException as exc:
-            _roll_back_and_drop(conn, schema, stage)
+            _roll_back_and_drop(conn, schema, _staging_names(part))
             _record_failure(settings, run_id, exc)
             raise
     seconds["total"] = time.perf_counter() - t0
-    log.info("wrote %d scores to %s.%s (replaced %d) in %.2fs", df.height, schema, part, replaced,
+    log.info("wrote %d scores to %s.%s (replaced %d) in %.2fs", night.n, schema, part, replaced,
              seconds["total"])
-    return WriteReport(table, score_date, run_id, part, df.height, replaced, checksum, attempts,
+    return WriteReport(table, score_date, run_id, part, night.n, replaced, checksum, attempts,
                        seconds)
 
 
-def _roll_back_and_drop(conn: psycopg.Connection, schema: str, stage: str) -> None:
-    """After a failed write: roll back and drop the staging table, never raising, so the write's own
-    error is what the caller sees. On a lost connection the table stays for the next write of the date
-    (which drops it first) or for retention."""
+@dataclass(frozen=True)
+class _Night:
+    """What one write builds: validated rows (Arrow) of one table, date and model version."""
+
+    settings: Settings
+    rows: pa.Table
+    table: str
+    part: str
+    score_date: dt.date
+    model_version: str
+    run_id: uuid.UUID
+    lock_wait_ms: int
+
+    @property
+    def n(self) -> int:
+        """The night's row count."""
+        return self.rows.num_rows
+
+
+def _staging_names(part: str) -> list[str]:
+    """Every table a write of `part` may leave behind when it dies: its leaves while built, and
+    `_stage` (the partitioned table the swap builds; before leaves, the one staging table)."""
+    return [f"{part}_stage"] + [Leaf(k, 0, 0, None, None).staging(part) for k in range(MAX_LEAVES)]
+
+
+def _roll_back_and_drop(conn: psycopg.Connection, schema: str, stages: list[str]) -> None:
+    """After a failed write: roll back and drop the staging tables, never raising, so the write's own
+    error is what the caller sees. On a lost connection they stay for the next write of the date
+    (which drops them first) or for retention."""
     try:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
         with conn.transaction():
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, stage)))
+            for stage in stages:
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, stage)))
     except psycopg.Error as exc:
-        log.warning("could not drop staging table %s.%s: %s", schema, stage, first_line(exc))
+        log.warning("could not drop the staging tables of %s.%s: %s", schema, stages[0], first_line(exc))
 
 
-def _build_stage(conn: psycopg.Connection, settings: Settings, n: int, order: Future[pa.Array],
-                 encoded: Future[pa.Array], *, table: str, stage: str, score_date: dt.date,
-                 model_version: str, run_id: uuid.UUID, lock_wait_ms: int) -> dict[str, float]:
-    """Create, fill and index the staging table (committed; nobody reads it yet); seconds per step.
+def _build_leaves(conn: psycopg.Connection, pool: ThreadPoolExecutor, night: _Night, plan: CopyPlan,
+                  leaves: list[Leaf]) -> dict[str, float]:
+    """Build every leaf at once, the first on `conn` and each other one on a connection of its own in
+    `pool`; seconds per step of the first. Every builder has finished when this returns or raises,
+    so a failed write can drop what they built."""
+    others = [pool.submit(_build_leaf_connected, night, plan, leaf) for leaf in leaves[1:]]
+    try:
+        seconds = _build_leaf(conn, night, plan, leaves[0])
+        for other in others:
+            other.result()
+    except (psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation):
+        wait(others)
+        sorted_checksum(night.score_date, night.rows, night.model_version, plan.order)
+        raise
+    except psycopg.errors.LockNotAvailable as exc:
+        wait(others)
+        raise TransientDatabaseError(
+            f"staging {night.settings.db_schema}.{night.part}: another session held a lock on "
+            f"{night.settings.db_schema}.{night.table} for over {night.lock_wait_ms} ms (lock_timeout_ms x "
+            f"lock attempts); nothing was changed, retry later ({first_line(exc)})") from None
+    except BaseException:
+        wait(others)
+        raise
+    return seconds | {"leaves": float(len(leaves))}
 
-    Lock waits (the parent's, for CREATE TABLE ... LIKE) are bounded by `lock_wait_ms`, so a night
-    never hangs behind another session's exclusive lock.
 
-    The `n` `encoded` rows (`VARYING_COLUMNS` only) are sent in `order`, both made on worker threads
-    while the table is created, in blocks of `BLOCK_ROWS`; the night's constants are column
-    defaults while the COPY runs, dropped again before the commit. The COPY runs with FREEZE
-    (allowed: the table is created in the same transaction): rows are written frozen and
+def _build_leaf_connected(night: _Night, plan: CopyPlan, leaf: Leaf) -> dict[str, float]:
+    with connect(night.settings) as conn:
+        return _build_leaf(conn, night, plan, leaf)
+
+
+def _build_leaf(conn: psycopg.Connection, night: _Night, plan: CopyPlan, leaf: Leaf) -> dict[str, float]:
+    """Create, fill and index one leaf's staging table (committed; nobody reads it yet); seconds per step.
+
+    Lock waits (the parent's, for CREATE TABLE ... LIKE) are bounded by the night's `lock_wait_ms`,
+    so a night never hangs behind another session's exclusive lock.
+
+    The leaf's rows' `VARYING_COLUMNS` are sent in account order, encoded one block at a time
+    while the server copies the previous block; the night's constants are column defaults while
+    the COPY runs, dropped again before the commit. A CHECK constraint holds the rows to the
+    leaf's date and account range, so attaching it later skips the validation scan. The COPY runs with
+    FREEZE (allowed: the table is created in the same transaction): rows are written frozen and
     all-visible, so neither the index build nor readers set hint bits later. Below
     `PARALLEL_INDEX_ROWS` the index builds without parallel workers, whose start costs more than
     they save on a small heap."""
-    schema = settings.db_schema
+    schema, table = night.settings.db_schema, night.table
+    stage = leaf.staging(night.part)
     stage_id = sql.Identifier(schema, stage)
-    next_day = score_date + dt.timedelta(days=1)
-    constants = {"score_date": score_date, "model_version": model_version,
-                 "scored_at": dt.datetime.now(dt.UTC), "run_id": run_id}
+    constants = {"score_date": night.score_date, "model_version": night.model_version,
+                 "scored_at": dt.datetime.now(dt.UTC), "run_id": night.run_id}
+    bounds = [sql.SQL("score_date >= {}").format(sql.Literal(night.score_date)),
+              sql.SQL("score_date < {}").format(sql.Literal(night.score_date + dt.timedelta(days=1)))]
+    if leaf.low is not None:
+        bounds.append(sql.SQL("account_id >= {}").format(sql.Literal(leaf.low)))
+    if leaf.high is not None:
+        bounds.append(sql.SQL("account_id < {}").format(sql.Literal(leaf.high)))
     with conn.transaction():
         t_create = time.perf_counter()
         conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{lock_wait_ms}ms",))
-        if n < PARALLEL_INDEX_ROWS:
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{night.lock_wait_ms}ms",))
+        if leaf.stop - leaf.start < PARALLEL_INDEX_ROWS:
             conn.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage_id))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
                      .format(stage_id, sql.Identifier(schema, table)))
         set_defaults = sql.SQL(", ").join(
             sql.SQL("ALTER COLUMN {} SET DEFAULT {}").format(sql.Identifier(c), sql.Literal(v))
             for c, v in constants.items())
-        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {}"
-                             " CHECK (score_date >= {} AND score_date < {}), {}")
-                     .format(stage_id, sql.Identifier(f"{stage}_bound"), sql.Literal(score_date),
-                             sql.Literal(next_day), set_defaults))
-        t_wait = time.perf_counter()
-        positions, records = order.result(), encoded.result()
+        conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({}), {}").format(
+            stage_id, sql.Identifier(f"{stage}_bound"), sql.SQL(" AND ").join(bounds), set_defaults))
         t0 = time.perf_counter()
         copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
             stage_id, sql.SQL(", ").join(map(sql.Identifier, VARYING_COLUMNS)))
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
-            for start in range(0, n, BLOCK_ROWS):
-                block = pc.take(records, positions.slice(start, BLOCK_ROWS))
+            for start, stop in copy_blocks(leaf.start, leaf.stop):
+                block = encode_varying_rows(night.rows, plan, start, stop)
                 copy.write(memoryview(pgcopy.rows_block(block)))
             copy.write(pgcopy.TRAILER)
         conn.execute(sql.SQL("ALTER TABLE {} {}").format(stage_id, sql.SQL(", ").join(
             sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(c)) for c in constants)))
         t1 = time.perf_counter()
-        for primary, columns in _parent_indexes(conn, schema, table):
-            cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-            if primary:
-                conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(stage_id, cols))
-            else:
-                conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(stage_id, cols))
+        _create_indexes(conn, schema, table, stage_id)
         t2 = time.perf_counter()
-    return {"create": t_wait - t_create, "order_wait": t0 - t_wait, "copy": t1 - t0, "index": t2 - t1,
-            "commit": time.perf_counter() - t2}
+    return {"create": t0 - t_create, "copy": t1 - t0, "index": t2 - t1, "commit": time.perf_counter() - t2}
 
 
-def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage: str,
-          score_date: dt.date, model_version: str, run_id: uuid.UUID, rows: int, checksum: str,
-          fail: bool) -> int:
-    """The one short transaction: audit, keep other versions (shadow), detach+drop old, attach new."""
+def _create_indexes(conn: psycopg.Connection, schema: str, table: str, target: sql.Identifier) -> None:
+    """Give `target` every plain index of `table` (its primary key first), so ATTACH only links them."""
+    for primary, columns in _parent_indexes(conn, schema, table):
+        cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+        if primary:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, cols))
+        else:
+            conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(target, cols))
+
+
+def _swap(conn: psycopg.Connection, night: _Night, leaves: list[Leaf], *, checksum: str, fail: bool) -> int:
+    """The one short transaction: the night's partitioned table over its built leaves, audit, keep
+    other versions (shadow), detach+drop old, attach new."""
+    schema, table, part = night.settings.db_schema, night.table, night.part
     parent = sql.Identifier(schema, table)
     old = sql.Identifier(schema, part)
-    stage_id = sql.Identifier(schema, stage)
+    new = sql.Identifier(schema, f"{part}_stage")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                         " PARTITION BY RANGE (account_id)").format(new, parent))
+    _create_indexes(conn, schema, table, new)
+    for leaf in leaves:
+        conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+            new, sql.Identifier(schema, leaf.staging(part)),
+            sql.SQL("MINVALUE") if leaf.low is None else sql.Literal(leaf.low),
+            sql.SQL("MAXVALUE") if leaf.high is None else sql.Literal(leaf.high)))
     exists = part in _partitions(conn, schema, table)
     replaced = 0
     kept = 0
     if exists:
         cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
         scope = sql.SQL("model_version = %s") if table == "risk_scores_shadow" else sql.SQL("true")
-        scope_args: tuple[object, ...] = (model_version,) if table == "risk_scores_shadow" else ()
+        scope_args: tuple[object, ...] = (night.model_version,) if table == "risk_scores_shadow" else ()
         if table == "risk_scores":
             replaced = conn.execute(
                 sql.SQL("INSERT INTO {} ({}, replaced_by_run) SELECT {}, %s FROM {}").format(
                     sql.Identifier(schema, "risk_scores_audit"), cols, cols, old),
-                (run_id,),
+                (night.run_id,),
             ).rowcount
         else:
             replaced = conn.execute(
@@ -470,13 +632,17 @@ def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage
             ).fetchone()[0]
             kept = conn.execute(
                 sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT ({})").format(
-                    stage_id, cols, cols, old, scope), scope_args,
+                    new, cols, cols, old, scope), scope_args,
             ).rowcount
         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
         conn.execute(sql.SQL("DROP TABLE {}").format(old))
     conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-        parent, stage_id, sql.Literal(score_date), sql.Literal(score_date + dt.timedelta(days=1))))
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(stage_id, sql.Identifier(part)))
+        parent, new, sql.Literal(night.score_date), sql.Literal(night.score_date + dt.timedelta(days=1))))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(new, sql.Identifier(part)))
+    for leaf in leaves:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(
+            sql.Identifier(schema, leaf.staging(part)), sql.Identifier(leaf.attached(part))))
+    _record_night(conn, schema, table, night.score_date, night.model_version, night.run_id, night.n)
     faults.pause_point("writeback.in_swap")
     if fail:
         raise InjectedFailure(f"injected failure during the swap of {schema}.{part}")
@@ -484,10 +650,23 @@ def _swap(conn: psycopg.Connection, schema: str, *, table: str, part: str, stage
         sql.SQL("UPDATE {} SET status = 'succeeded', finished_at = now(), row_count = %s,"
                 " checksum = %s, details = details || %s::jsonb WHERE run_id = %s").format(
             sql.Identifier(schema, "pipeline_runs")),
-        (rows, checksum, json.dumps({"table": table, "replaced_rows": replaced, "kept_rows": kept}),
-         run_id),
+        (night.n, checksum, json.dumps({"table": table, "replaced_rows": replaced, "kept_rows": kept}),
+         night.run_id),
     )
     return replaced
+
+
+def _record_night(conn: psycopg.Connection, schema: str, table: str, score_date: dt.date,
+                  model_version: str, run_id: uuid.UUID, rows: int) -> None:
+    """List the night in scored_nights: a risk_scores night replaces the date's entry, a shadow night
+    only its model version's."""
+    nights = sql.Identifier(schema, "scored_nights")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE score_table = %s AND score_date = %s"
+                         " AND (%s OR model_version = %s)").format(nights),
+                 (table, score_date, table == "risk_scores", model_version))
+    conn.execute(sql.SQL("INSERT INTO {} (score_table, score_date, model_version, run_id, row_count)"
+                         " VALUES (%s, %s, %s, %s, %s)").format(nights),
+                 (table, score_date, model_version, run_id, rows))
 
 
 def scores_for_date(settings: Settings, score_date: dt.date, table: ScoreTable = "risk_scores",
@@ -540,7 +719,7 @@ def _expired_tables(conn: psycopg.Connection, schema: str, table: str,
     ).fetchall()
     found = []
     for (name,) in rows:
-        day = _partition_day(table, name.removesuffix("_stage"))
+        day = _partition_day(table, re.sub(r"_stage\d*$", "", name))
         if day is not None and day < cutoff:
             found.append((name, day))
     return sorted(found, key=lambda item: (item[1], item[0]))
@@ -569,12 +748,15 @@ def drop_expired_partitions(settings: Settings, today: dt.date, retention_days: 
             for name, day in _expired_tables(conn, schema, table, cutoff):
                 attached = name in partitions
 
-                def drop(name: str = name, attached: bool = attached,
-                         parent: sql.Identifier = parent) -> None:
+                def drop(name: str = name, attached: bool = attached, parent: sql.Identifier = parent,
+                         table: str = table, day: dt.date = day) -> None:
                     if attached:
                         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(
                             parent, sql.Identifier(schema, name)))
                     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
+                    if attached:
+                        conn.execute(sql.SQL("DELETE FROM {} WHERE score_table = %s AND score_date = %s")
+                                     .format(sql.Identifier(schema, "scored_nights")), (table, day))
 
                 try:
                     with advisory_lock(conn, date_lock_name(schema, table, day), timeout_s=0):

@@ -18,11 +18,39 @@ CREATE TABLE IF NOT EXISTS {schema}.risk_scores (
     PRIMARY KEY (account_id, score_date)
 ) PARTITION BY RANGE (score_date);
 
+-- The nights each score table serves, per model version, written in the swap's transaction (and
+-- deleted by the retention drop's), so "the latest night" and "nights scored by model M" are
+-- reads of this small table rather than of the partitions. A risk_scores night has one version; a
+-- shadow night has one row per challenger scored that night.
+CREATE TABLE IF NOT EXISTS {schema}.scored_nights (
+    score_table   text        NOT NULL CHECK (score_table IN ('risk_scores', 'risk_scores_shadow')),
+    score_date    date        NOT NULL,
+    model_version text        NOT NULL,
+    run_id        uuid        NOT NULL,
+    row_count     bigint      NOT NULL,
+    written_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (score_table, score_date, model_version)
+);
+
 -- A challenger's nightly scores, same shape, so promotion can be judged on live traffic.
 CREATE TABLE IF NOT EXISTS {schema}.risk_scores_shadow (
     LIKE {schema}.risk_scores INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
     PRIMARY KEY (account_id, score_date, model_version)
 ) PARTITION BY RANGE (score_date);
+
+-- Databases written before scored_nights existed: list their nights once, from the rows.
+INSERT INTO {schema}.scored_nights (score_table, score_date, model_version, run_id, row_count)
+SELECT 'risk_scores', s.score_date, s.model_version, min(s.run_id::text)::uuid, count(*)
+  FROM {schema}.risk_scores s
+ WHERE NOT EXISTS (SELECT 1 FROM {schema}.scored_nights n WHERE n.score_table = 'risk_scores')
+ GROUP BY s.score_date, s.model_version
+    ON CONFLICT DO NOTHING;
+INSERT INTO {schema}.scored_nights (score_table, score_date, model_version, run_id, row_count)
+SELECT 'risk_scores_shadow', s.score_date, s.model_version, min(s.run_id::text)::uuid, count(*)
+  FROM {schema}.risk_scores_shadow s
+ WHERE NOT EXISTS (SELECT 1 FROM {schema}.scored_nights n WHERE n.score_table = 'risk_scores_shadow')
+ GROUP BY s.score_date, s.model_version
+    ON CONFLICT DO NOTHING;
 
 -- Scores that a rerun replaced: what was served on any date stays answerable.
 CREATE TABLE IF NOT EXISTS {schema}.risk_scores_audit (

@@ -3,12 +3,12 @@
 -- Placeholders in braces are quoted identifiers; literal braces are doubled. Idempotent.
 
 -- One account's history across every partition is one probe per partition of the primary key
--- (account_id, score_date) in 001_schema.sql. The latest scored night (max(score_date), in
--- latest_night, latest_movers and score_movers) is one backward probe per partition of this
--- small index (one key value per day partition). write_scores pre-builds every index of
--- risk_scores on each new day partition, so ATTACH only links them. Databases created before
--- that key keep their risk_scores_account_idx, and write_scores pre-builds it too.
-CREATE INDEX IF NOT EXISTS risk_scores_date_idx ON {schema}.risk_scores (score_date);
+-- (account_id, score_date) in 001_schema.sql, the only index of a day partition: the latest scored
+-- night (in latest_night, latest_movers and score_movers) is read from scored_nights. Databases
+-- created before that kept a (score_date) index that every night paid for; it goes here.
+-- write_scores pre-builds every index of risk_scores on each new day partition, so ATTACH only
+-- links them.
+DROP INDEX IF EXISTS {schema}.risk_scores_date_idx;
 
 -- Every account's most recent score (accounts that stopped transacting keep their last one).
 CREATE OR REPLACE VIEW {schema}.latest_scores AS
@@ -23,7 +23,8 @@ CREATE OR REPLACE VIEW {schema}.latest_night AS
 SELECT s.account_id, s.score_date, s.risk_score, s.risk_band, s.reason_codes, s.model_version,
        s.scored_at
   FROM {schema}.risk_scores s
- WHERE s.score_date = (SELECT max(m.score_date) FROM {schema}.risk_scores m);
+ WHERE s.score_date = (SELECT max(n.score_date) FROM {schema}.scored_nights n
+                         WHERE n.score_table = 'risk_scores');
 
 -- Accounts per band per night, with the band's share and mean score.
 CREATE OR REPLACE VIEW {schema}.band_counts AS
@@ -48,8 +49,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $m
       FROM {schema}.risk_scores s
       JOIN {schema}.risk_scores p
         ON p.account_id = s.account_id
-       AND p.score_date = (SELECT max(q.score_date) FROM {schema}.risk_scores q
-                            WHERE q.score_date < on_date)
+       AND p.score_date = (SELECT max(n.score_date) FROM {schema}.scored_nights n
+                            WHERE n.score_table = 'risk_scores' AND n.score_date < on_date)
      WHERE s.score_date = on_date
      ORDER BY abs(s.risk_score - p.risk_score) DESC, s.account_id
      LIMIT top_n
@@ -58,7 +59,8 @@ $movers$;
 -- Movers of the last night.
 CREATE OR REPLACE VIEW {schema}.latest_movers AS
 SELECT m.*
-  FROM {schema}.score_movers((SELECT max(d.score_date) FROM {schema}.risk_scores d), 50) m;
+  FROM {schema}.score_movers((SELECT max(n.score_date) FROM {schema}.scored_nights n
+                               WHERE n.score_table = 'risk_scores'), 50) m;
 
 -- One account's score history, oldest first, with the change from its previous score.
 CREATE OR REPLACE FUNCTION {schema}.account_history(for_account text)

@@ -131,7 +131,7 @@ def test_extract_task_is_not_retried_when_the_login_is_refused(
 def _stage_tables(settings: Settings) -> list[str]:
     with connect(settings) as conn:
         return [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'riskflow' AND tablename LIKE '%stage'")]
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'riskflow' AND tablename ~ '_stage[0-9]*$'")]
 
 
 @pytest.mark.parametrize("point", faults.PAUSE_POINTS)
@@ -150,7 +150,7 @@ def test_sigkill_inside_the_write_back_keeps_the_night_and_the_next_run_complete
     faults.wait_for_idle_database(initialised)
     assert scores_for_date(initialised, END).equals(before)
     assert stored_checksum(initialised, END) == good.checksum
-    assert _stage_tables(initialised) == ["risk_scores_p20260630_stage"], "the kill was not after staging"
+    assert _stage_tables(initialised) == ["risk_scores_p20260630_stage0"], "the kill was not after staging"
     with connect(initialised) as conn:
         runs = dict(conn.execute("SELECT model_version, status FROM riskflow.pipeline_runs").fetchall())
         assert conn.execute("SELECT count(*) FROM riskflow.risk_scores_audit").fetchone()[0] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -21,7 +22,9 @@ from riskmodel import faults
 from riskmodel.db import advisory_lock, connect
 from riskmodel.errors import ConfigError, DatabaseError
 from riskmodel.faults import MARK_ENV, PAUSE_ENV, PAUSE_SECONDS_ENV
+from riskmodel.schema import init_database
 from riskmodel.settings import Settings
+from riskmodel.spec import FeatureSpec
 from riskmodel.writeback import (
     InjectedFailure,
     date_lock_name,
@@ -57,7 +60,18 @@ def _relnames(settings: Settings) -> set[str]:
             "WHERE n.nspname = %s", (settings.db_schema,)).fetchall()}
 
 
-def test_rerun_gives_identical_rows_and_audits_the_replaced(initialised: Settings) -> None:
+def _staging(settings: Settings) -> set[str]:
+    return {name for name in _relnames(settings) if re.search(r"_stage\d*$", name)}
+
+
+def _split(settings: Settings, split_rows: int) -> Settings:
+    """The settings with nights of `split_rows` rows or more written as two account-range leaves."""
+    return settings.model_copy(update={"write_split_rows": split_rows})
+
+
+@pytest.mark.parametrize("split_rows", [0, 100])
+def test_rerun_gives_identical_rows_and_audits_the_replaced(initialised: Settings, split_rows: int) -> None:
+    initialised = _split(initialised, split_rows)
     frame = score_frame(500, seed=1)
     first = _write(initialised, frame)
     stored = scores_for_date(initialised, DAY)
@@ -85,8 +99,10 @@ def test_rerun_gives_identical_rows_and_audits_the_replaced(initialised: Setting
     assert changed.checksum != first.checksum
 
 
-@pytest.mark.parametrize("stage", ["staging", "swap"])
-def test_injected_failure_keeps_previous_scores(initialised: Settings, stage: str) -> None:
+@pytest.mark.parametrize(("stage", "split_rows"),
+                         [("staging", 0), ("swap", 0), ("staging", 100), ("swap", 100)])
+def test_injected_failure_keeps_previous_scores(initialised: Settings, stage: str, split_rows: int) -> None:
+    initialised = _split(initialised, split_rows)
     good = _write(initialised, score_frame(300, seed=2))
     before = scores_for_date(initialised, DAY)
     failing = uuid.uuid4()
@@ -95,7 +111,7 @@ def test_injected_failure_keeps_previous_scores(initialised: Settings, stage: st
     after = scores_for_date(initialised, DAY)
     assert after.equals(before)
     assert stored_checksum(initialised, DAY) == good.checksum
-    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+    assert not _staging(initialised)
     statuses = {r[0]: r[1] for r in _runs(initialised)}
     assert statuses == {good.run_id: "succeeded", failing: "failed"}
     with connect(initialised) as conn:
@@ -136,7 +152,7 @@ def test_a_lost_connection_fails_with_its_own_error_and_is_recorded(
     assert statuses == {good.run_id: "succeeded", lost: "failed"}
     assert stored_checksum(initialised, DAY) == good.checksum
     assert _write(initialised, score_frame(400, seed=3), version="v2").rows == 400
-    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+    assert not _staging(initialised)
 
 
 def test_bad_frames_are_rejected_with_the_row_named(initialised: Settings) -> None:
@@ -263,12 +279,12 @@ def test_staging_never_hangs_behind_an_exclusive_lock(initialised: Settings) -> 
     with connect(initialised) as holder:
         holder.execute("LOCK TABLE riskflow.risk_scores IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
-        with pytest.raises(DatabaseError, match=r"staging riskflow\.risk_scores_p20260630_stage: .* 40 ms"):
+        with pytest.raises(DatabaseError, match=r"staging riskflow\.risk_scores_p20260630: .* 40 ms"):
             _write(quick, score_frame(40, seed=41), lock_attempts=2)
         assert time.monotonic() - started < 10
         holder.rollback()
     assert stored_checksum(initialised, DAY) == good.checksum
-    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+    assert not _staging(initialised)
 
 
 def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
@@ -279,13 +295,14 @@ def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
     _write(initialised, score_frame(20, seed=11), day=DAY - dt.timedelta(days=9), table="risk_scores_shadow")
     with connect(initialised) as conn:
         conn.execute("CREATE TABLE riskflow.risk_scores_p20260618_stage (LIKE riskflow.risk_scores)")
+        conn.execute("CREATE TABLE riskflow.risk_scores_p20260618_stage1 (LIKE riskflow.risk_scores)")
         conn.commit()
     with connect(initialised) as holder, advisory_lock(
             holder, date_lock_name("riskflow", "risk_scores", DAY - dt.timedelta(days=8))):
         report = drop_expired_partitions(initialised, DAY, retention_days=7)
     assert report.cutoff == DAY - dt.timedelta(days=7)
-    assert report.dropped == ["risk_scores_p20260618_stage", "risk_scores_p20260620",
-                              "risk_scores_shadow_p20260621"]
+    assert report.dropped == ["risk_scores_p20260618_stage", "risk_scores_p20260618_stage1",
+                              "risk_scores_p20260620", "risk_scores_shadow_p20260621"]
     assert report.skipped == ["risk_scores_p20260622"] and report.audit_rows == 20
     assert report.skipped_days == [DAY - dt.timedelta(days=8)]
     with connect(initialised) as conn:
@@ -299,7 +316,9 @@ def test_retention_drops_only_expired_partitions(initialised: Settings) -> None:
     assert drop_expired_partitions(initialised, DAY, retention_days=7).dropped == []
 
 
-def test_shadow_rewrite_keeps_other_challengers(initialised: Settings) -> None:
+@pytest.mark.parametrize("split_rows", [0, 20])
+def test_shadow_rewrite_keeps_other_challengers(initialised: Settings, split_rows: int) -> None:
+    initialised = _split(initialised, split_rows)
     _write(initialised, score_frame(50, seed=12), version="c1", table="risk_scores_shadow")
     _write(initialised, score_frame(60, seed=13), version="c2", table="risk_scores_shadow")
     report = _write(initialised, score_frame(70, seed=14), version="c1", table="risk_scores_shadow")
@@ -340,41 +359,63 @@ def test_different_dates_write_in_parallel(initialised: Settings) -> None:
     assert scores_for_date(initialised, days[1]).height == 50
 
 
-def test_day_partition_is_presorted_with_its_indexes_and_no_staging_defaults(initialised: Settings) -> None:
+def _leaves(settings: Settings, partition: str) -> list[tuple[str, str]]:
+    """(leaf, bound) of a night's partition, by leaf name."""
+    with connect(settings) as conn:
+        return conn.execute(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = %s::regclass ORDER BY 1",
+            (f"riskflow.{partition}",)).fetchall()
+
+
+@pytest.mark.parametrize("split_rows", [0, 100])
+def test_day_partition_is_presorted_with_its_key_and_no_staging_defaults(
+        initialised: Settings, split_rows: int) -> None:
     frame = score_frame(300, seed=30).with_columns(
         pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("Zed")).otherwise(pl.col("account_id"))
         .alias("account_id"))
-    report = _write(initialised, frame, version="v9")
-    part = sql.Identifier("riskflow", report.partition)
+    report = _write(_split(initialised, split_rows), frame, version="v9")
+    leaves = _leaves(initialised, report.partition)
+    expected = sorted(frame["account_id"].to_list(), key=str.encode)
+    physical: list[str] = []
     with connect(initialised) as conn:
-        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'riskflow'"
-                               " AND tablename = %s", (report.partition,)).fetchall()
-        defaults = conn.execute("SELECT count(*) FROM pg_attrdef WHERE adrelid = %s::regclass",
-                                (f"riskflow.{report.partition}",)).fetchone()[0]
+        indexes = conn.execute("SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'riskflow'"
+                               " AND tablename LIKE %s", (f"{report.partition}%",)).fetchall()
+        for leaf, _ in leaves:
+            physical += [r[0] for r in conn.execute(sql.SQL("SELECT account_id FROM {} ORDER BY ctid").format(
+                sql.Identifier("riskflow", leaf))).fetchall()]
+        defaults = conn.execute("SELECT count(*) FROM pg_attrdef WHERE adrelid = ANY(%s::regclass[])",
+                                ([f"riskflow.{n}" for n, _ in leaves] + [f"riskflow.{report.partition}"],)
+                                ).fetchone()[0]
         collation = conn.execute(
             "SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
             " WHERE a.attrelid = %s::regclass AND a.attname = 'account_id'",
             (f"riskflow.{report.partition}",)).fetchone()[0]
-        physical = [r[0] for r in conn.execute(
-            sql.SQL("SELECT account_id FROM {} ORDER BY ctid").format(part)).fetchall()]
         constants = conn.execute(sql.SQL(
             "SELECT DISTINCT score_date, model_version, run_id, scored_at IS NOT NULL FROM {}").format(
-            part)).fetchall()
-    assert sorted(i[0].split(" USING btree ")[1] for i in indexes) == ["(account_id, score_date)",
-                                                                       "(score_date)"], indexes
-    assert any("UNIQUE INDEX" in i[0] and i[0].endswith("(account_id, score_date)") for i in indexes)
+            sql.Identifier("riskflow", report.partition))).fetchall()
+    if split_rows:
+        assert leaves == [(f"{report.partition}_0", f"FOR VALUES FROM (MINVALUE) TO ('{expected[150]}')"),
+                          (f"{report.partition}_1", f"FOR VALUES FROM ('{expected[150]}') TO (MAXVALUE)")]
+    else:
+        assert leaves == [(f"{report.partition}_0", "FOR VALUES FROM (MINVALUE) TO (MAXVALUE)")]
+    assert sorted(table for table, _ in indexes) == sorted([report.partition] + [n for n, _ in leaves])
+    assert all("UNIQUE INDEX" in d and d.endswith("USING btree (account_id, score_date)") for _, d in indexes)
     assert defaults == 0 and collation == "C"
-    assert physical == sorted(frame["account_id"].to_list(), key=str.encode)
-    assert physical[0] == "Zed"
+    assert physical == expected and physical[0] == "Zed"
     assert constants == [(DAY, "v9", report.run_id, True)]
 
 
-def test_duplicate_account_fails_the_run_and_leaves_no_stage(initialised: Settings) -> None:
-    frame = score_frame(40, seed=31)
+@pytest.mark.parametrize(("split_rows", "repeated"), [(0, 5), (2, 5), (2, 19)])
+def test_duplicate_account_fails_the_run_and_leaves_no_stage(
+        initialised: Settings, split_rows: int, repeated: int) -> None:
+    """With two leaves, a repeated account inside one leaf breaks its key, one on the split its range."""
+    frame = score_frame(40, seed=31).sort("account_id")
     failing = uuid.uuid4()
-    with pytest.raises(ConfigError, match=r"account_id 'acct000\d\d' appears more than once"):
-        _write(initialised, pl.concat([frame, frame.slice(5, 1)]), run_id=failing)
-    assert "risk_scores_p20260630_stage" not in _relnames(initialised)
+    account = frame["account_id"][repeated]
+    with pytest.raises(ConfigError, match=rf"account_id '{account}' appears more than once"):
+        _write(_split(initialised, split_rows), pl.concat([frame, frame.slice(repeated, 1)]), run_id=failing)
+    assert not _staging(initialised)
     assert [(r[0], r[1]) for r in _runs(initialised)] == [(failing, "failed")]
 
 
@@ -399,3 +440,33 @@ def test_retention_skips_a_partition_a_reader_holds_and_drops_it_later(initialis
     assert (later.dropped, later.skipped, later.audit_rows) == ([part], [], 20)
     assert part not in _relnames(initialised)
     assert scores_for_date(initialised, old).height == 0
+
+
+def _nights(settings: Settings) -> list[tuple]:
+    with connect(settings) as conn:
+        return conn.execute("SELECT score_table, score_date, model_version, run_id, row_count"
+                            " FROM riskflow.scored_nights ORDER BY 1, 2, 3").fetchall()
+
+
+def test_scored_nights_follow_writes_reruns_failures_retention_and_upgrades(
+        initialised: Settings, demo_spec: FeatureSpec) -> None:
+    old = DAY - dt.timedelta(days=10)
+    _write(initialised, score_frame(20, seed=1), day=old, version="v1")
+    rerun = _write(initialised, score_frame(25, seed=2), day=old, version="v2")
+    night = _write(initialised, score_frame(30, seed=3), version="v1")
+    c1 = _write(initialised, score_frame(40, seed=4), version="c1", table="risk_scores_shadow")
+    c2 = _write(initialised, score_frame(50, seed=5), version="c2", table="risk_scores_shadow")
+    shadow = "risk_scores_shadow"
+    listed = [("risk_scores", old, "v2", rerun.run_id, 25), ("risk_scores", DAY, "v1", night.run_id, 30),
+              (shadow, DAY, "c1", c1.run_id, 40), (shadow, DAY, "c2", c2.run_id, 50)]
+    assert _nights(initialised) == listed
+    with pytest.raises(InjectedFailure):
+        _write(initialised, score_frame(35, seed=6), version="v3", fail_after="swap")
+    assert _nights(initialised) == listed
+    assert drop_expired_partitions(initialised, DAY, retention_days=7).dropped == ["risk_scores_p20260620"]
+    assert _nights(initialised) == listed[1:]
+    with connect(initialised) as conn:
+        conn.execute("DELETE FROM riskflow.scored_nights")
+        conn.commit()
+    init_database(initialised, demo_spec, demo_source=True)
+    assert _nights(initialised) == listed[1:], "db init lists the nights of databases older than the table"
