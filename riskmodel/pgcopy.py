@@ -69,6 +69,19 @@ def text_field(values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(_be_int32(lengths), raw, SEPARATOR)
 
 
+def row_with_text_field(field_count: int, values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The start of each row, its field count and the length prefix of its first field (a text
+    field from a string array without nulls), and that field's bytes: two arrays that
+    `pyarrow.compute.binary_join_element_wise` joins with the row's other fields, in one pass."""
+    raw = values.cast(pa.large_binary())
+    n = len(raw)
+    head = np.empty((n, 6), np.uint8)
+    head[:, :2] = np.frombuffer(struct.pack(">h", field_count), np.uint8)
+    lengths = pc.binary_length(raw).to_numpy(zero_copy_only=False).astype(">i4")
+    head[:, 2:] = lengths.view(np.uint8).reshape(n, 4)
+    return _fixed(head.tobytes(), n, 6), raw
+
+
 def float8_field(values: np.ndarray) -> pa.Array:
     """Per-row float8 fields."""
     n = len(values)
@@ -101,13 +114,12 @@ def text_array_field(lists: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(_be_int32(total), head, body, SEPARATOR)
 
 
-def encode_row_array(fields: list[pa.Array], field_count: int | None = None) -> pa.Array:
-    """The rows formed by `fields` (equal lengths), one binary value per row; `field_count` is the
-    number of columns when an array holds several fields already joined (default: one each).
+def encode_row_array(fields: list[pa.Array]) -> pa.Array:
+    """The rows formed by `fields` (one array per column, equal lengths), one binary value per row.
 
     Reorder or slice it with `pyarrow.compute.take` before `rows_block`, e.g. to send rows sorted."""
     n = len(fields[0])
-    count = constant_field(struct.pack(">h", len(fields) if field_count is None else field_count), n)
+    count = constant_field(struct.pack(">h", len(fields)), n)
     rows = pc.binary_join_element_wise(count, *fields, SEPARATOR)
     return rows.combine_chunks() if isinstance(rows, pa.ChunkedArray) else rows
 

@@ -20,6 +20,7 @@ that dies at any point leaves the previous contents of the date as they were.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -28,9 +29,9 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -219,23 +220,18 @@ def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
 
 
 @dataclass(frozen=True)
-class CopyPlan:
-    """How a night's rows are sent: their account order, and each row's (risk_band, reason_codes)
-    pair as a number into those pairs' COPY fields, encoded once (a night has a few dozen pairs)."""
+class PairFields:
+    """Each row's (risk_band, reason_codes) pair as a number into those pairs' COPY fields, encoded
+    once: a night has a few dozen distinct pairs, so encoding them per row would repeat the same
+    bytes thousands of times."""
 
-    order: pa.Array
-    pair_fields: pa.Array
+    fields: pa.Array
     pairs: pa.Array
 
-    def first_account(self, rows: pa.Table, position: int) -> str:
-        """The account id at `position` in account order."""
-        return rows.column("account_id")[self.order[position].as_py()].as_py()
 
-
-def plan_copy(rows: pa.Table, order: pa.Array | None = None) -> CopyPlan:
-    """The `CopyPlan` of validated rows (`order` is `account_order(rows)` when known). Polars groups
-    the pairs exactly (lists compare element by element) in a frame of its own, so a worker thread
-    may plan while the caller connects."""
+def group_pairs(rows: pa.Table) -> PairFields:
+    """The `PairFields` of validated rows. Polars groups the pairs exactly (lists compare element by
+    element) in a frame of its own, so a worker thread may group while the caller connects."""
     grouped = (pl.from_arrow(rows.select(["risk_band", "reason_codes"])).with_row_index("row")
                .group_by(["risk_band", "reason_codes"]).agg(pl.col("row")).with_row_index("pair"))
     members = grouped.select("pair", "row").explode("row", empty_as_null=False)
@@ -245,18 +241,19 @@ def plan_copy(rows: pa.Table, order: pa.Array | None = None) -> CopyPlan:
     fields = pc.binary_join_element_wise(
         pgcopy.text_field(distinct.column("risk_band").combine_chunks()),
         pgcopy.text_array_field(distinct.column("reason_codes").combine_chunks()), pgcopy.SEPARATOR)
-    return CopyPlan(account_order(rows) if order is None else order, fields, pa.array(pairs))
+    return PairFields(fields, pa.array(pairs))
 
 
-def encode_varying_rows(rows: pa.Table, plan: CopyPlan, start: int = 0, stop: int | None = None) -> pa.Array:
-    """Rows `start:stop` in `plan`'s order, their `VARYING_COLUMNS` as binary COPY records, one array
-    value per row (see `pgcopy.encode_row_array`); Arrow in and out."""
-    positions = plan.order.slice(start, None if stop is None else stop - start)
-    return pgcopy.encode_row_array([
-        pgcopy.text_field(rows.column("account_id").take(positions).combine_chunks()),
-        pgcopy.float8_field(rows.column("risk_score").take(positions).to_numpy()),
-        pc.take(plan.pair_fields, pc.take(plan.pairs, positions)),
-    ], field_count=len(VARYING_COLUMNS))
+def encode_varying_rows(rows: pa.Table, order: pa.Array, pairs: PairFields, start: int = 0,
+                        stop: int | None = None) -> pa.Array:
+    """Rows `start:stop` in `order`, their `VARYING_COLUMNS` as binary COPY records, one array value
+    per row (as `pgcopy.encode_row_array` makes them, for `pgcopy.rows_block`); Arrow in and out."""
+    positions = order.slice(start, None if stop is None else stop - start)
+    head, ids = pgcopy.row_with_text_field(
+        len(VARYING_COLUMNS), rows.column("account_id").take(positions).combine_chunks())
+    return pc.binary_join_element_wise(
+        head, ids, pgcopy.float8_field(rows.column("risk_score").take(positions).to_numpy()),
+        pc.take(pairs.fields, pc.take(pairs.pairs, positions)), pgcopy.SEPARATOR)
 
 
 def copy_blocks(start: int, stop: int) -> list[tuple[int, int]]:
@@ -286,14 +283,18 @@ class Leaf:
         return f"{part}_{self.number}"
 
 
-def plan_leaves(rows: pa.Table, plan: CopyPlan, split_rows: int) -> list[Leaf]:
-    """One leaf for the whole night, or two account-range halves when the night has at least
-    `split_rows` rows (0: never split)."""
+def splits(n: int, split_rows: int) -> bool:
+    """Whether a night of `n` rows is written as two account-range halves (`split_rows` 0: never)."""
+    return bool(split_rows) and n >= max(split_rows, 2)
+
+
+def plan_leaves(rows: pa.Table, order: pa.Array, split_rows: int) -> list[Leaf]:
+    """One leaf for the whole night, or two account-range halves when `splits` says so."""
     n = rows.num_rows
-    if not split_rows or n < max(split_rows, 2):
+    if not splits(n, split_rows):
         return [Leaf(0, 0, n, None, None)]
     middle = n // 2
-    split = plan.first_account(rows, middle)
+    split = rows.column("account_id")[order[middle].as_py()].as_py()
     return [Leaf(0, 0, middle, None, split), Leaf(1, middle, n, split, None)]
 
 
@@ -416,27 +417,38 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
         raise ConfigError("model_version must be a non-empty string")
     t0 = time.perf_counter()
     df = validate_scores(scores)
-    night = _Night(settings, df.to_arrow(), table, partition_name(table, score_date), score_date,
-                   model_version, run_id, settings.lock_timeout_ms * lock_attempts)
+    night = _Night(settings, table, partition_name(table, score_date), score_date, model_version, run_id,
+                   settings.lock_timeout_ms * lock_attempts, df.height)
     schema, part = settings.db_schema, night.part
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
     with ExitStack() as stack:
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=3, thread_name_prefix="riskflow-write"))
-        order = pool.submit(account_order, night.rows)
-        planned = pool.submit(lambda: plan_copy(night.rows, order.result()))
-        digest = pool.submit(lambda: sorted_checksum(score_date, night.rows, model_version,
-                                                     planned.result().order))
-
+        # Two threads besides this one: each thread started while others compute costs this one
+        # milliseconds of waiting on 2 cores. One opens the second leaf's connection and builds that
+        # leaf; the other prepares the rows, one step after another, while this thread connects.
+        leaf_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-leaf"))
+        second = None
+        if splits(night.n, settings.write_split_rows):
+            second = leaf_worker.submit(connect, settings)
+            stack.callback(_close_connection, second)
+        row_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-rows"))
+        rows = row_worker.submit(df.to_arrow)
+        order = row_worker.submit(lambda: account_order(rows.result()))
+        pairs = row_worker.submit(lambda: group_pairs(rows.result()))
+        digest = row_worker.submit(lambda: sorted_checksum(score_date, rows.result(), model_version,
+                                                           order.result()))
         conn = stack.enter_context(connect(settings))
         stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
                       model_sha256, table, leftovers=_staging_names(part))
+        seconds["connect"] = time.perf_counter() - t0 - seconds["prepare"]
         try:
             t1 = time.perf_counter()
-            plan = planned.result()
-            leaves = plan_leaves(night.rows, plan, settings.write_split_rows)
-            seconds["plan_wait"] = time.perf_counter() - t1
-            seconds |= _build_leaves(conn, pool, night, plan, leaves)
+            with conn.transaction():
+                indexes = _parent_indexes(conn, schema, table)
+            night = replace(night, indexes=indexes, rows=rows.result(), order=order.result())
+            leaves = plan_leaves(night.rows, night.order, settings.write_split_rows)
+            seconds["order_wait"] = time.perf_counter() - t1
+            seconds |= _build_leaves(conn, second, leaf_worker, night, pairs, leaves)
             seconds["stage"] = time.perf_counter() - t1
             faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
@@ -465,21 +477,20 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
 
 @dataclass(frozen=True)
 class _Night:
-    """What one write builds: validated rows (Arrow) of one table, date and model version."""
+    """What one write builds: `n` validated rows of one table, date and model version; their Arrow
+    `rows`, account `order` and the table's `indexes` are filled in once known."""
 
     settings: Settings
-    rows: pa.Table
     table: str
     part: str
     score_date: dt.date
     model_version: str
     run_id: uuid.UUID
     lock_wait_ms: int
-
-    @property
-    def n(self) -> int:
-        """The night's row count."""
-        return self.rows.num_rows
+    n: int
+    rows: pa.Table | None = None
+    order: pa.Array | None = None
+    indexes: list[tuple[bool, list[str]]] = field(default_factory=list)
 
 
 def _staging_names(part: str) -> list[str]:
@@ -502,19 +513,29 @@ def _roll_back_and_drop(conn: psycopg.Connection, schema: str, stages: list[str]
         log.warning("could not drop the staging tables of %s.%s: %s", schema, stages[0], first_line(exc))
 
 
-def _build_leaves(conn: psycopg.Connection, pool: ThreadPoolExecutor, night: _Night, plan: CopyPlan,
+def _close_connection(connection: Future[psycopg.Connection]) -> None:
+    """Close a connection opened on a worker thread; a failed connect was reported where it was used."""
+    with contextlib.suppress(psycopg.Error, RiskflowError):
+        connection.result().close()
+
+
+def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] | None,
+                  leaf_worker: ThreadPoolExecutor, night: _Night, pairs: Future[PairFields],
                   leaves: list[Leaf]) -> dict[str, float]:
-    """Build every leaf at once, the first on `conn` and each other one on a connection of its own in
-    `pool`; seconds per step of the first. Every builder has finished when this returns or raises,
-    so a failed write can drop what they built."""
-    others = [pool.submit(_build_leaf_connected, night, plan, leaf) for leaf in leaves[1:]]
+    """Build every leaf at once, the first on `conn` in this thread and the second on `second` in
+    `leaf_worker`; seconds per step of the first. Every builder has finished when this returns or
+    raises, so a failed write can drop what they built."""
+    if len(leaves) > 1 and second is None:
+        raise ConfigError(f"{night.part}: {len(leaves)} leaves but no second connection")
+    others = [leaf_worker.submit(lambda leaf=leaf: _build_leaf(second.result(), night, pairs, leaf))
+              for leaf in leaves[1:]]
     try:
-        seconds = _build_leaf(conn, night, plan, leaves[0])
+        seconds = _build_leaf(conn, night, pairs, leaves[0])
         for other in others:
             other.result()
     except (psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation):
         wait(others)
-        sorted_checksum(night.score_date, night.rows, night.model_version, plan.order)
+        sorted_checksum(night.score_date, night.rows, night.model_version, night.order)
         raise
     except psycopg.errors.LockNotAvailable as exc:
         wait(others)
@@ -528,12 +549,8 @@ def _build_leaves(conn: psycopg.Connection, pool: ThreadPoolExecutor, night: _Ni
     return seconds | {"leaves": float(len(leaves))}
 
 
-def _build_leaf_connected(night: _Night, plan: CopyPlan, leaf: Leaf) -> dict[str, float]:
-    with connect(night.settings) as conn:
-        return _build_leaf(conn, night, plan, leaf)
-
-
-def _build_leaf(conn: psycopg.Connection, night: _Night, plan: CopyPlan, leaf: Leaf) -> dict[str, float]:
+def _build_leaf(conn: psycopg.Connection, night: _Night, pairs: Future[PairFields],
+                leaf: Leaf) -> dict[str, float]:
     """Create, fill and index one leaf's staging table (committed; nobody reads it yet); seconds per step.
 
     Lock waits (the parent's, for CREATE TABLE ... LIKE) are bounded by the night's `lock_wait_ms`,
@@ -542,7 +559,8 @@ def _build_leaf(conn: psycopg.Connection, night: _Night, plan: CopyPlan, leaf: L
     The leaf's rows' `VARYING_COLUMNS` are sent in account order, encoded one block at a time
     while the server copies the previous block; the night's constants are column defaults while
     the COPY runs, dropped again before the commit. A CHECK constraint holds the rows to the
-    leaf's date and account range, so attaching it later skips the validation scan. The COPY runs with
+    leaf's date and account range, so attaching it later skips the validation scan. The first block
+    waits for `pairs` (grouped on a worker thread while the table is created). The COPY runs with
     FREEZE (allowed: the table is created in the same transaction): rows are written frozen and
     all-visible, so neither the index build nor readers set hint bits later. Below
     `PARALLEL_INDEX_ROWS` the index builds without parallel workers, whose start costs more than
@@ -576,21 +594,23 @@ def _build_leaf(conn: psycopg.Connection, night: _Night, plan: CopyPlan, leaf: L
             stage_id, sql.SQL(", ").join(map(sql.Identifier, VARYING_COLUMNS)))
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
+            grouped = pairs.result()
             for start, stop in copy_blocks(leaf.start, leaf.stop):
-                block = encode_varying_rows(night.rows, plan, start, stop)
+                block = encode_varying_rows(night.rows, night.order, grouped, start, stop)
                 copy.write(memoryview(pgcopy.rows_block(block)))
             copy.write(pgcopy.TRAILER)
         conn.execute(sql.SQL("ALTER TABLE {} {}").format(stage_id, sql.SQL(", ").join(
             sql.SQL("ALTER COLUMN {} DROP DEFAULT").format(sql.Identifier(c)) for c in constants)))
         t1 = time.perf_counter()
-        _create_indexes(conn, schema, table, stage_id)
+        _create_indexes(conn, night.indexes, stage_id)
         t2 = time.perf_counter()
     return {"create": t0 - t_create, "copy": t1 - t0, "index": t2 - t1, "commit": time.perf_counter() - t2}
 
 
-def _create_indexes(conn: psycopg.Connection, schema: str, table: str, target: sql.Identifier) -> None:
-    """Give `target` every plain index of `table` (its primary key first), so ATTACH only links them."""
-    for primary, columns in _parent_indexes(conn, schema, table):
+def _create_indexes(conn: psycopg.Connection, indexes: list[tuple[bool, list[str]]],
+                    target: sql.Identifier) -> None:
+    """Give `target` the score table's `indexes` (`_parent_indexes`), so ATTACH only links them."""
+    for primary, columns in indexes:
         cols = sql.SQL(", ").join(map(sql.Identifier, columns))
         if primary:
             conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(target, cols))
@@ -607,7 +627,7 @@ def _swap(conn: psycopg.Connection, night: _Night, leaves: list[Leaf], *, checks
     new = sql.Identifier(schema, f"{part}_stage")
     conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
                          " PARTITION BY RANGE (account_id)").format(new, parent))
-    _create_indexes(conn, schema, table, new)
+    _create_indexes(conn, night.indexes, new)
     for leaf in leaves:
         conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
             new, sql.Identifier(schema, leaf.staging(part)),

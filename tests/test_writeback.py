@@ -190,10 +190,12 @@ def test_same_date_from_two_processes_never_interleaves(initialised: Settings, t
     while not mark.exists():
         assert procs[0].poll() is None and time.monotonic() < deadline, "the first writer never paused"
         time.sleep(0.05)
-    procs.append(writer(6, env))
+    procs.append(writer(6, {**env, "PGAPPNAME": "second-writer"}))
     with connect(initialised, admin=True) as watcher:  # other sessions' queries need the admin's sight
+        # the second writer's session, between two tries of the lock (a failed try is rolled back)
         polling = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                   " AND pid <> pg_backend_pid() AND query LIKE 'SELECT pg_try_advisory_lock%%'")
+                   " AND application_name = 'second-writer'"
+                   " AND (query LIKE 'SELECT pg_try_advisory_lock%%' OR query = 'ROLLBACK')")
         while not watcher.execute(polling).fetchone()[0]:
             assert procs[0].poll() is None, "the first writer finished before the second was seen waiting"
             assert time.monotonic() < deadline, "the second writer never waited for the date's lock"
