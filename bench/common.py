@@ -95,7 +95,8 @@ def bench_settings(scale: str, workdir: Path, **overrides: Any) -> Settings:
 
 
 def seeded_bank(scale: str, workdir: Path) -> Settings:
-    """Settings of a bank seeded at `scale` (synthetic bank, END_DATE, SEED), seeding it only once."""
+    """Settings of a bank seeded at `scale` (synthetic bank, END_DATE, SEED), seeding it only once;
+    `db init` runs every time, as after an upgrade, so a cached bank gets this version's tables."""
     from riskmodel.schema import init_database
     from riskmodel.settings import DEMO_SPEC
     from riskmodel.spec import load_spec
@@ -105,10 +106,10 @@ def seeded_bank(scale: str, workdir: Path) -> Settings:
     settings = bench_settings(scale, workdir)
     marker = settings.home / "seeded.json"
     want = {"accounts": size.accounts, "days": size.days, "end_date": END_DATE.isoformat(), "seed": SEED}
-    if marker.exists() and json.loads(marker.read_text()).get("bank") == want:
-        return settings
     spec = load_spec(DEMO_SPEC)
     init_database(settings, spec, demo_source=True)
+    if marker.exists() and json.loads(marker.read_text()).get("bank") == want:
+        return settings
     log.info("bench: seeding bank %s (%d accounts x %d days)", scale, size.accounts, size.days)
     report = seed_bank(settings, accounts=size.accounts, days=size.days, end_date=END_DATE, seed=SEED,
                        progress=True)

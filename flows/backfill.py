@@ -12,6 +12,7 @@ from flows.params import BackfillParams, ScoreParams
 from flows.runners import quiet_worker_thread_timeouts
 from riskmodel import registry
 from riskmodel.clock import not_after_today
+from riskmodel.schema import require_current_schema
 from riskmodel.served import scored_dates
 from tasks.context import settings_and_spec
 from tasks.data import extract_task
@@ -30,6 +31,7 @@ def backfill(params: BackfillParams) -> dict:
     logger = get_run_logger()
     settings, _ = settings_and_spec()
     not_after_today("end", params.end, settings.tz)
+    require_current_schema(settings)
     champion = registry.champion_version(settings)
     if champion is None:
         raise registry.RegistryError("no champion model is registered: train one first")

@@ -26,6 +26,8 @@ log = logging.getLogger("riskflow.schema")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 ROLES_FILE = "roles.sql"
 DEMO_SOURCE_FILE = "demo_source.sql"
+OWN_TABLES = ("risk_scores", "risk_scores_shadow", "risk_scores_audit", "scored_nights", "model_versions",
+              "extract_watermarks", "quarantine", "pipeline_runs")
 
 
 @dataclass(frozen=True)
@@ -126,3 +128,17 @@ def _reader_members(cur: psycopg.Cursor, settings: Settings) -> list[str]:
         " JOIN pg_roles m ON m.oid = a.member WHERE r.rolname = %s AND m.rolname <> %s ORDER BY 1",
         (settings.reader_role, settings.writer_role)).fetchall()
     return [r[0] for r in rows]
+
+
+def require_current_schema(settings: Settings) -> None:
+    """Refuse, before any work, a database whose riskflow schema lacks a table this version uses (one
+    initialised by an older riskflow, or never), naming the tables and the fix."""
+    with connect(settings) as conn:
+        missing = [r[0] for r in conn.execute(
+            "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NULL",
+            (list(OWN_TABLES), settings.db_schema)).fetchall()]
+    if missing:
+        raise DatabaseError(
+            f"schema {settings.db_schema!r} lacks {', '.join(missing)}: its tables are older than this "
+            "riskflow (or were never created); run `riskflow db init`, which adds what is missing and "
+            "keeps every score")

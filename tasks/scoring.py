@@ -22,6 +22,7 @@ from riskmodel.db import redact
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.reasons import at_or_above, reason_codes
 from riskmodel.reports import drop_expired_nights
+from riskmodel.schema import require_current_schema
 from riskmodel.score import ScoreReport, score_batch
 from tasks.context import settings_and_spec
 from tasks.models import cached_model, remember_model
@@ -35,6 +36,7 @@ def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
     (one that fails its checks is reported under "challenger_error" and skipped: the champion's
     night does not wait on a shadow model)."""
     settings, _ = settings_and_spec()
+    require_current_schema(settings)
     champion = registry.load_champion(settings)
     remember_model(champion)
     result: dict[str, dict[str, str] | None] = {

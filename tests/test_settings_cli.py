@@ -199,3 +199,26 @@ def test_misspelt_settings_are_named_and_a_missing_config_file_is_refused(
     monkeypatch.setenv("RISKFLOW_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(ConfigError, match="nope.toml: no such file"):
         load_settings()
+
+
+def test_a_database_without_this_versions_tables_is_refused_before_any_work(initialised: Settings) -> None:
+    """A database initialised by an older riskflow (here: without scored_nights) is refused in one
+    line naming the table and `riskflow db init`, and init brings it up to date."""
+    from riskmodel.db import connect
+    from riskmodel.schema import init_database
+    from riskmodel.settings import DEMO_SPEC
+    from riskmodel.spec import load_spec
+
+    with connect(initialised) as conn:
+        conn.execute("DROP TABLE riskflow.scored_nights CASCADE")
+        conn.commit()
+    env = {"RISKFLOW_DATABASE_URL": initialised.database_url.get_secret_value(),
+           "RISKFLOW_HOME": str(initialised.home)}
+    cwd = Path(__file__).resolve().parent.parent
+    out = _cli(["score", "--date", "2026-06-30"], env, cwd)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "lacks scored_nights" in out.stderr and "riskflow db init" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    init_database(initialised, load_spec(DEMO_SPEC), demo_source=True)
+    out = _cli(["backfill", "--start", "2026-06-29", "--end", "2026-06-30"], env, cwd)
+    assert "lacks" not in out.stderr and "no champion" in out.stderr

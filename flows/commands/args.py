@@ -7,8 +7,8 @@ import argparse
 from datetime import date
 
 from riskmodel.clock import not_after_today
-from riskmodel.db import connect
 from riskmodel.errors import ConfigError
+from riskmodel.schema import require_current_schema
 from tasks.context import settings_and_spec
 
 DATE_METAVAR = "YYYY-MM-DD"
@@ -25,12 +25,12 @@ def iso_date(text: str) -> date:
 def preflight(dates: dict[str, date | None]) -> None:
     """Refuse now what the flow would refuse after starting Prefect: an unreadable spec, a date
     (named by its option) after today in the business zone, or a database that cannot be reached
-    as the writer role (the connection is opened as a check and closed)."""
+    as the writer role or lacks riskflow's current tables."""
     settings, _ = settings_and_spec()
     for option, day in dates.items():
         if day is not None:
             not_after_today(option, day, settings.tz)
-    connect(settings).close()
+    require_current_schema(settings)
 
 
 def ordered(start_option: str, start: date, end_option: str, end: date) -> None:
