@@ -38,18 +38,19 @@ CREATE TABLE IF NOT EXISTS {schema}.risk_scores_shadow (
     PRIMARY KEY (account_id, score_date, model_version)
 ) PARTITION BY RANGE (score_date);
 
--- Databases written before scored_nights existed: list their nights once, from the rows.
+-- Databases written before scored_nights existed: list their nights once, from the rows (each
+-- branch reads its table only while scored_nights has nothing of it).
 INSERT INTO {schema}.scored_nights (score_table, score_date, model_version, run_id, row_count)
-SELECT 'risk_scores', s.score_date, s.model_version, min(s.run_id::text)::uuid, count(*)
-  FROM {schema}.risk_scores s
- WHERE NOT EXISTS (SELECT 1 FROM {schema}.scored_nights n WHERE n.score_table = 'risk_scores')
- GROUP BY s.score_date, s.model_version
-    ON CONFLICT DO NOTHING;
-INSERT INTO {schema}.scored_nights (score_table, score_date, model_version, run_id, row_count)
-SELECT 'risk_scores_shadow', s.score_date, s.model_version, min(s.run_id::text)::uuid, count(*)
-  FROM {schema}.risk_scores_shadow s
- WHERE NOT EXISTS (SELECT 1 FROM {schema}.scored_nights n WHERE n.score_table = 'risk_scores_shadow')
- GROUP BY s.score_date, s.model_version
+SELECT s.score_table, s.score_date, s.model_version, min(s.run_id::text)::uuid, count(*)
+  FROM (SELECT 'risk_scores' AS score_table, c.score_date, c.model_version, c.run_id
+          FROM {schema}.risk_scores c
+         WHERE NOT EXISTS (SELECT 1 FROM {schema}.scored_nights n WHERE n.score_table = 'risk_scores')
+        UNION ALL
+        SELECT 'risk_scores_shadow', h.score_date, h.model_version, h.run_id
+          FROM {schema}.risk_scores_shadow h
+         WHERE NOT EXISTS (SELECT 1 FROM {schema}.scored_nights n WHERE n.score_table = 'risk_scores_shadow')
+       ) s
+ GROUP BY s.score_table, s.score_date, s.model_version
     ON CONFLICT DO NOTHING;
 
 -- Scores that a rerun replaced: what was served on any date stays answerable.
