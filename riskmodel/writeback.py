@@ -68,7 +68,8 @@ class InjectedFailure(RiskflowError):
 
 @dataclass(frozen=True)
 class WriteReport:
-    """What `write_scores` did: rows written and replaced, the checksum, lock attempts, timings."""
+    """What `write_scores` did: rows written and replaced, the checksum, lock attempts, timings, and
+    the account-range leaves the night's partition was built as."""
 
     table: str
     score_date: dt.date
@@ -79,6 +80,7 @@ class WriteReport:
     checksum: str
     attempts: int
     seconds: dict[str, float] = field(default_factory=dict)
+    leaves: int = 1
 
 
 def partition_name(table: str, score_date: dt.date) -> str:
@@ -472,7 +474,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     log.info("wrote %d scores to %s.%s (replaced %d) in %.2fs", night.n, schema, part, replaced,
              seconds["total"])
     return WriteReport(table, score_date, run_id, part, night.n, replaced, checksum, attempts,
-                       seconds)
+                       seconds, len(leaves))
 
 
 @dataclass(frozen=True)
@@ -546,7 +548,7 @@ def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] |
     except BaseException:
         wait(others)
         raise
-    return seconds | {"leaves": float(len(leaves))}
+    return seconds
 
 
 def _build_leaf(conn: psycopg.Connection, night: _Night, pairs: Future[PairFields],

@@ -104,7 +104,8 @@ def write_scores_task(score_files: list[str], score_date: date, version: str, sh
                                     model_version=version, model_sha256=sha256,
                                     run_id=uuid.UUID(run_id), watermark=watermark, table=table)
     return {"table": report.table, "rows": report.rows, "replaced_rows": report.replaced_rows,
-            "checksum": report.checksum, "partition": report.partition, "seconds": report.seconds}
+            "checksum": report.checksum, "partition": report.partition, "leaves": report.leaves,
+            "seconds": report.seconds}
 
 
 @task(name="retention", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_on_transient,

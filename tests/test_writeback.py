@@ -396,6 +396,7 @@ def test_day_partition_is_presorted_with_its_key_and_no_staging_defaults(
         constants = conn.execute(sql.SQL(
             "SELECT DISTINCT score_date, model_version, run_id, scored_at IS NOT NULL FROM {}").format(
             sql.Identifier("riskflow", report.partition))).fetchall()
+    assert report.leaves == len(leaves) == (2 if split_rows else 1)
     if split_rows:
         assert leaves == [(f"{report.partition}_0", f"FOR VALUES FROM (MINVALUE) TO ('{expected[150]}')"),
                           (f"{report.partition}_1", f"FOR VALUES FROM ('{expected[150]}') TO (MAXVALUE)")]
