@@ -332,6 +332,27 @@ def _parent_indexes(conn: psycopg.Connection, schema: str, table: str) -> list[t
     return [(bool(r[0]), list(r[1])) for r in rows]
 
 
+def byte_ordered(locale: str | None, provider: str) -> bool:
+    """Whether a collation (its locale and provider: `c` libc, `i` ICU, `b` builtin) orders text by
+    its bytes (or code points, the same order in UTF-8), the order in which the write sorts and
+    splits account ids. Only then can a night be split at an account: in another order the halves'
+    bounds would not hold their rows."""
+    return provider == "b" or (provider == "c" and locale in ("C", "POSIX", "C.UTF-8", "C.utf8"))
+
+
+def _accounts_byte_ordered(conn: psycopg.Connection, schema: str, table: str) -> bool:
+    """`byte_ordered` for the collation of `table`'s account_id (the database's when it has none of
+    its own: tables created before account ids were COLLATE "C")."""
+    locale, provider = conn.execute(
+        "SELECT CASE WHEN c.collname = 'default' THEN d.datcollate ELSE c.collcollate END,"
+        "       CASE WHEN c.collname = 'default' THEN d.datlocprovider ELSE c.collprovider END"
+        " FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
+        " JOIN pg_database d ON d.datname = current_database()"
+        " WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND a.attname = 'account_id'",
+        (schema, table)).fetchone()
+    return byte_ordered(locale, str(provider))
+
+
 def _with_lock_retry(conn: psycopg.Connection, work: Callable[[], T], *, what: str,
                      lock_timeout_ms: int, attempts: int = LOCK_ATTEMPTS) -> tuple[T, int]:
     """Run `work` in one transaction with a bounded lock wait; retry on lock timeouts with backoff."""
@@ -447,8 +468,9 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             t1 = time.perf_counter()
             with conn.transaction():
                 indexes = _parent_indexes(conn, schema, table)
+                split_rows = settings.write_split_rows if _accounts_byte_ordered(conn, schema, table) else 0
             night = replace(night, indexes=indexes, rows=rows.result(), order=order.result())
-            leaves = plan_leaves(night.rows, night.order, settings.write_split_rows)
+            leaves = plan_leaves(night.rows, night.order, split_rows)
             seconds["order_wait"] = time.perf_counter() - t1
             seconds |= _build_leaves(conn, second, leaf_worker, night, pairs, leaves)
             seconds["stage"] = time.perf_counter() - t1

@@ -27,6 +27,7 @@ from riskmodel.settings import Settings
 from riskmodel.spec import FeatureSpec
 from riskmodel.writeback import (
     InjectedFailure,
+    byte_ordered,
     date_lock_name,
     drop_expired_partitions,
     scores_for_date,
@@ -473,3 +474,15 @@ def test_scored_nights_follow_writes_reruns_failures_retention_and_upgrades(
         conn.commit()
     init_database(initialised, demo_spec, demo_source=True)
     assert _nights(initialised) == listed[1:], "db init lists the nights of databases older than the table"
+
+
+def test_a_night_splits_only_where_account_ids_sort_by_their_bytes(initialised: Settings) -> None:
+    """A table from before account ids were COLLATE "C", in a database of another collation, keeps
+    one leaf: the halves' bounds are byte-ordered and would not hold their rows there. This box's
+    Postgres has no collation of another order (no ICU, no other locale), so the rule is tested on
+    its own and the lookup on a COLLATE "C" table."""
+    assert byte_ordered("C", "c") and byte_ordered("POSIX", "c") and byte_ordered("C.UTF-8", "c")
+    assert byte_ordered(None, "b")
+    assert not byte_ordered("en_US.UTF-8", "c") and not byte_ordered(None, "i")
+    report = _write(_split(initialised, 100), score_frame(300, seed=50))
+    assert report.leaves == 2, "this database's account ids are COLLATE \"C\""
