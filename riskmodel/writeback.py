@@ -342,10 +342,12 @@ def byte_ordered(locale: str | None, provider: str) -> bool:
 
 def _accounts_byte_ordered(conn: psycopg.Connection, schema: str, table: str) -> bool:
     """`byte_ordered` for the collation of `table`'s account_id (the database's when it has none of
-    its own: tables created before account ids were COLLATE "C")."""
+    its own: tables created before account ids were COLLATE "C"; before Postgres 15 a database's
+    collation is always libc's)."""
     locale, provider = conn.execute(
         "SELECT CASE WHEN c.collname = 'default' THEN d.datcollate ELSE c.collcollate END,"
-        "       CASE WHEN c.collname = 'default' THEN d.datlocprovider ELSE c.collprovider END"
+        "       CASE WHEN c.collname = 'default' THEN coalesce(to_jsonb(d) ->> 'datlocprovider', 'c')"
+        "            ELSE c.collprovider::text END"
         " FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation"
         " JOIN pg_database d ON d.datname = current_database()"
         " WHERE a.attrelid = format('%%I.%%I', %s::text, %s::text)::regclass AND a.attname = 'account_id'",
@@ -512,6 +514,7 @@ class _Night:
     run_id: uuid.UUID
     lock_wait_ms: int
     n: int
+    scored_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     rows: pa.Table | None = None
     order: pa.Array | None = None
     indexes: list[tuple[bool, list[str]]] = field(default_factory=list)
@@ -547,8 +550,9 @@ def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] |
                   leaf_worker: ThreadPoolExecutor, night: _Night, pairs: Future[PairFields],
                   leaves: list[Leaf]) -> dict[str, float]:
     """Build every leaf at once, the first on `conn` in this thread and the second on `second` in
-    `leaf_worker`; seconds per step of the first. Every builder has finished when this returns or
-    raises, so a failed write can drop what they built."""
+    `leaf_worker`, then `_assemble` the night's table over them; seconds per step of the first.
+    Every builder has finished when this returns or raises, so a failed write can drop what they
+    built."""
     if len(leaves) > 1 and second is None:
         raise ConfigError(f"{night.part}: {len(leaves)} leaves but no second connection")
     others = [leaf_worker.submit(lambda leaf=leaf: _build_leaf(second.result(), night, pairs, leaf))
@@ -557,6 +561,7 @@ def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] |
         seconds = _build_leaf(conn, night, pairs, leaves[0])
         for other in others:
             other.result()
+        _assemble(conn, night, leaves)
     except (psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation):
         wait(others)
         sorted_checksum(night.score_date, night.rows, night.model_version, night.order)
@@ -593,7 +598,7 @@ def _build_leaf(conn: psycopg.Connection, night: _Night, pairs: Future[PairField
     stage = leaf.staging(night.part)
     stage_id = sql.Identifier(schema, stage)
     constants = {"score_date": night.score_date, "model_version": night.model_version,
-                 "scored_at": dt.datetime.now(dt.UTC), "run_id": night.run_id}
+                 "scored_at": night.scored_at, "run_id": night.run_id}
     bounds = [sql.SQL("score_date >= {}").format(sql.Literal(night.score_date)),
               sql.SQL("score_date < {}").format(sql.Literal(night.score_date + dt.timedelta(days=1)))]
     if leaf.low is not None:
@@ -642,21 +647,46 @@ def _create_indexes(conn: psycopg.Connection, indexes: list[tuple[bool, list[str
             conn.execute(sql.SQL("CREATE INDEX ON {} ({})").format(target, cols))
 
 
+def _night_tables(conn: psycopg.Connection, schema: str, part: str) -> list[sql.Identifier]:
+    """The tables holding a night's rows: its leaves, or the partition itself when it is a plain table
+    (nights written before leaves). The swap reads these, never the night's partitioned table: a
+    query on a partitioned table that is itself a partition locks the score table, and two swaps
+    holding that lock while each waits to detach its old night would deadlock."""
+    leaves = conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = format('%%I.%%I', %s::text, %s::text)::regclass ORDER BY 1",
+        (schema, part)).fetchall()
+    return [sql.Identifier(schema, name) for (name,) in leaves] or [sql.Identifier(schema, part)]
+
+
+def _assemble(conn: psycopg.Connection, night: _Night, leaves: list[Leaf]) -> None:
+    """The night's partitioned table over its built leaves, as `<part>_stage` (committed; nobody reads
+    it yet). Its own transaction, before the swap: creating a table LIKE the parent locks the parent
+    until commit, and two swaps holding that lock while each waits to detach an old night would
+    deadlock."""
+    schema, part = night.settings.db_schema, night.part
+    new = sql.Identifier(schema, f"{part}_stage")
+    with conn.transaction():
+        conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{night.lock_wait_ms}ms",))
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+                             " PARTITION BY RANGE (account_id)").format(
+                                 new, sql.Identifier(schema, night.table)))
+        _create_indexes(conn, night.indexes, new)
+        for leaf in leaves:
+            conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
+                new, sql.Identifier(schema, leaf.staging(part)),
+                sql.SQL("MINVALUE") if leaf.low is None else sql.Literal(leaf.low),
+                sql.SQL("MAXVALUE") if leaf.high is None else sql.Literal(leaf.high)))
+
+
 def _swap(conn: psycopg.Connection, night: _Night, leaves: list[Leaf], *, checksum: str, fail: bool) -> int:
-    """The one short transaction: the night's partitioned table over its built leaves, audit, keep
-    other versions (shadow), detach+drop old, attach new."""
+    """The one short transaction: audit, keep other versions (shadow), detach+drop old, attach the
+    night's table `_assemble` built, rename it and its leaves."""
     schema, table, part = night.settings.db_schema, night.table, night.part
     parent = sql.Identifier(schema, table)
     old = sql.Identifier(schema, part)
     new = sql.Identifier(schema, f"{part}_stage")
-    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
-                         " PARTITION BY RANGE (account_id)").format(new, parent))
-    _create_indexes(conn, night.indexes, new)
-    for leaf in leaves:
-        conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(
-            new, sql.Identifier(schema, leaf.staging(part)),
-            sql.SQL("MINVALUE") if leaf.low is None else sql.Literal(leaf.low),
-            sql.SQL("MAXVALUE") if leaf.high is None else sql.Literal(leaf.high)))
     exists = part in _partitions(conn, schema, table)
     replaced = 0
     kept = 0
@@ -664,20 +694,21 @@ def _swap(conn: psycopg.Connection, night: _Night, leaves: list[Leaf], *, checks
         cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
         scope = sql.SQL("model_version = %s") if table == "risk_scores_shadow" else sql.SQL("true")
         scope_args: tuple[object, ...] = (night.model_version,) if table == "risk_scores_shadow" else ()
-        if table == "risk_scores":
-            replaced = conn.execute(
-                sql.SQL("INSERT INTO {} ({}, replaced_by_run) SELECT {}, %s FROM {}").format(
-                    sql.Identifier(schema, "risk_scores_audit"), cols, cols, old),
-                (night.run_id,),
-            ).rowcount
-        else:
-            replaced = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(old, scope), scope_args
-            ).fetchone()[0]
-            kept = conn.execute(
-                sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT ({})").format(
-                    new, cols, cols, old, scope), scope_args,
-            ).rowcount
+        for source in _night_tables(conn, schema, part):
+            if table == "risk_scores":
+                replaced += conn.execute(
+                    sql.SQL("INSERT INTO {} ({}, replaced_by_run) SELECT {}, %s FROM {}").format(
+                        sql.Identifier(schema, "risk_scores_audit"), cols, cols, source),
+                    (night.run_id,),
+                ).rowcount
+            else:
+                replaced += conn.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE {}").format(source, scope), scope_args
+                ).fetchone()[0]
+                kept += conn.execute(
+                    sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT ({})").format(
+                        new, cols, cols, source, scope), scope_args,
+                ).rowcount
         conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(parent, old))
         conn.execute(sql.SQL("DROP TABLE {}").format(old))
     conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})").format(

@@ -486,3 +486,31 @@ def test_a_night_splits_only_where_account_ids_sort_by_their_bytes(initialised: 
     assert not byte_ordered("en_US.UTF-8", "c") and not byte_ordered(None, "i")
     report = _write(_split(initialised, 100), score_frame(300, seed=50))
     assert report.leaves == 2, "this database's account ids are COLLATE \"C\""
+
+
+def test_rewrites_of_different_nights_at_once_never_deadlock(initialised: Settings) -> None:
+    """Backfill rewrites several scored nights in parallel: each swap detaches its old night, and no
+    swap may hold a lock on the parent while it waits for that (Postgres would cancel one of them as
+    a deadlock and the write would retry)."""
+    settings = _split(initialised, 500)
+    days = [DAY - dt.timedelta(days=k) for k in range(4)]
+    for k, day in enumerate(days):
+        _write(settings, score_frame(3000, seed=60 + k), day=day)
+    reports: list = []
+    errors: list[BaseException] = []
+
+    def rewrite(k: int, day: dt.date) -> None:
+        try:
+            reports.append(_write(settings, score_frame(3000, seed=70 + k), day=day))
+        except BaseException as exc:  # the assertion below names it
+            errors.append(exc)
+
+    for _ in range(3):
+        reports.clear()
+        threads = [threading.Thread(target=rewrite, args=(k, day)) for k, day in enumerate(days)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert not errors, errors
+        assert sorted(r.attempts for r in reports) == [1, 1, 1, 1], "a swap waited out a deadlock"
