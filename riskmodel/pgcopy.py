@@ -62,11 +62,15 @@ def uuid_value(value: uuid.UUID) -> bytes:
     return struct.pack(">i", 16) + value.bytes
 
 
+def _lengths(raw: pa.Array) -> np.ndarray:
+    """Byte lengths of a binary array's values."""
+    return pc.binary_length(raw).to_numpy(zero_copy_only=False)
+
+
 def text_field(values: pa.Array) -> pa.Array:
     """Per-row text fields from a string array without nulls."""
     raw = values.cast(pa.large_binary())
-    lengths = pc.binary_length(raw).to_numpy(zero_copy_only=False)
-    return pc.binary_join_element_wise(_be_int32(lengths), raw, SEPARATOR)
+    return pc.binary_join_element_wise(_be_int32(_lengths(raw)), raw, SEPARATOR)
 
 
 def row_with_text_field(field_count: int, values: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -77,8 +81,7 @@ def row_with_text_field(field_count: int, values: pa.Array) -> tuple[pa.Array, p
     n = len(raw)
     head = np.empty((n, 6), np.uint8)
     head[:, :2] = np.frombuffer(struct.pack(">h", field_count), np.uint8)
-    lengths = pc.binary_length(raw).to_numpy(zero_copy_only=False).astype(">i4")
-    head[:, 2:] = lengths.view(np.uint8).reshape(n, 4)
+    head[:, 2:] = _lengths(raw).astype(">i4").view(np.uint8).reshape(n, 4)
     return _fixed(head.tobytes(), n, 6), raw
 
 

@@ -10,6 +10,7 @@ dollar-quoted block, and the templates' comments name no placeholder.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,6 @@ log = logging.getLogger("riskflow.schema")
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 ROLES_FILE = "roles.sql"
 DEMO_SOURCE_FILE = "demo_source.sql"
-OWN_TABLES = ("risk_scores", "risk_scores_shadow", "risk_scores_audit", "scored_nights", "model_versions",
-              "extract_watermarks", "quarantine", "pipeline_runs")
 
 
 @dataclass(frozen=True)
@@ -130,13 +129,20 @@ def _reader_members(cur: psycopg.Cursor, settings: Settings) -> list[str]:
     return [r[0] for r in rows]
 
 
+def own_tables() -> list[str]:
+    """The tables riskflow's schema files create, in order (read from the files, so a table added
+    there is checked for too)."""
+    pattern = re.compile(r"CREATE TABLE IF NOT EXISTS \{schema\}\.(\w+)")
+    return [name for path in owned_schema_files() for name in pattern.findall(path.read_text())]
+
+
 def require_current_schema(settings: Settings) -> None:
     """Refuse, before any work, a database whose riskflow schema lacks a table this version uses (one
     initialised by an older riskflow, or never), naming the tables and the fix."""
     with connect(settings) as conn:
         missing = [r[0] for r in conn.execute(
             "SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(format('%%I.%%I', %s::text, t)) IS NULL",
-            (list(OWN_TABLES), settings.db_schema)).fetchall()]
+            (own_tables(), settings.db_schema)).fetchall()]
     if missing:
         raise DatabaseError(
             f"schema {settings.db_schema!r} lacks {', '.join(missing)}: its tables are older than this "

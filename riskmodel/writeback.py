@@ -301,6 +301,7 @@ def plan_leaves(rows: pa.Table, order: pa.Array, split_rows: int) -> list[Leaf]:
 
 
 def _partitions(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
+    """Names of `table`'s direct partitions (none for a plain table)."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_inherits i"
         " JOIN pg_class c ON c.oid = i.inhrelid"
@@ -652,11 +653,7 @@ def _night_tables(conn: psycopg.Connection, schema: str, part: str) -> list[sql.
     (nights written before leaves). The swap reads these, never the night's partitioned table: a
     query on a partitioned table that is itself a partition locks the score table, and two swaps
     holding that lock while each waits to detach its old night would deadlock."""
-    leaves = conn.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = format('%%I.%%I', %s::text, %s::text)::regclass ORDER BY 1",
-        (schema, part)).fetchall()
-    return [sql.Identifier(schema, name) for (name,) in leaves] or [sql.Identifier(schema, part)]
+    return [sql.Identifier(schema, name) for name in _partitions(conn, schema, part) or [part]]
 
 
 def _assemble(conn: psycopg.Connection, night: _Night, leaves: list[Leaf]) -> None:
