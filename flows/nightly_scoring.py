@@ -20,7 +20,7 @@ from flows.output import table
 from flows.params import ScoreParams
 from flows.runners import SettingsTaskRunner, scoring_placement
 from riskmodel.clock import not_after_today, yesterday
-from riskmodel.db import redact
+from riskmodel.db import stored_error
 from riskmodel.reports import night_folder
 from riskmodel.score import choose_device
 from riskmodel.settings import Settings, load_settings
@@ -175,7 +175,7 @@ def nightly_scoring(params: ScoreParams = ScoreParams()) -> dict:  # noqa: B008
                 shadow = score_with(models["challenger"], score_date, run_dir, device,
                                     str(uuid.uuid4()), watermark, "risk_scores_shadow", timings)
             except Exception as exc:  # noqa: BLE001 - the champion's night is written; the shadow's failure is reported
-                shadow_error = redact(f"{models['challenger']['version']}: {type(exc).__name__}: {exc}")[:500]
+                shadow_error = stored_error(f"{models['challenger']['version']}: {type(exc).__name__}: {exc}")
                 logger.error("shadow scoring failed; the champion's scores for %s stand: %s", score_date,
                              shadow_error)
         t = time.perf_counter()

@@ -40,6 +40,11 @@ def redact(text: str) -> str:
     return _PASSWORD_PARAM.sub(r"\1=***", _PASSWORD.sub(r"\1***\2", text))
 
 
+def stored_error(text: str) -> str:
+    """An error as riskflow stores it in a table or artifact: redacted and at most 500 characters."""
+    return redact(text)[:500]
+
+
 def _passwords(target: str) -> set[str]:
     """The password of connection string `target`, as written and decoded (a driver's message may
     quote either, e.g. psycopg's "invalid percent-encoded token")."""

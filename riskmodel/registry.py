@@ -4,7 +4,7 @@ An artifact is `model.safetensors` (weights and buffers) plus `manifest.json` (m
 the caller's FeatureState dict under "features", calibration, bands, training window,
 metrics with the "evaluation" table, reference distributions for drift, library versions),
 plus `baseline.txt` (LightGBM's text format) when the served model is a blend (manifest "blend",
-see `riskmodel.blend`). Its sha256 (over all its files, see `artifact_sha256`) is recorded at
+see `riskmodel.blend`). Its sha256 (over all its files, see `combined_sha256`) is recorded at
 registration; every load
 re-hashes the bytes it actually deserialises and refuses a mismatch. No pickle anywhere.
 
@@ -151,12 +151,6 @@ def combined_sha256(file_hashes: dict[str, str]) -> str:
     names = ARTIFACT_FILES + tuple(n for n in OPTIONAL_FILES if n in file_hashes)
     text = "".join(f"{name}:{file_hashes[name]}\n" for name in names)
     return _digest(text.encode())
-
-
-def artifact_sha256(folder: Path) -> tuple[str, dict[str, str]]:
-    """(artifact hash, per-file hashes) of an artifact folder as it is on disk now."""
-    files = {name: _digest((Path(folder) / name).read_bytes()) for name in artifact_files(folder)}
-    return combined_sha256(files), files
 
 
 def artifact_files(folder: Path, registered: dict[str, str] | None = None) -> tuple[str, ...]:
@@ -410,8 +404,9 @@ def _horizon(conn: psycopg.Connection, settings: Settings, version: str) -> tupl
         manifest = json.loads(blob)
     except (OSError, ValueError) as exc:
         return None, f"{type(exc).__name__}: {first_line(exc)}"
-    if row[1] is not None and _digest(blob) != row[1]:
-        return None, f"{MANIFEST} has sha256 {_digest(blob)} but {row[1]} was registered"
+    actual = _digest(blob)
+    if row[1] is not None and actual != row[1]:
+        return None, f"{MANIFEST} has sha256 {actual} but {row[1]} was registered"
     return manifest.get("training_window", {}).get("horizon_days"), None
 
 

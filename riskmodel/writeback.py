@@ -43,7 +43,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from riskmodel import faults, pgcopy
-from riskmodel.db import advisory_lock, connect, redact
+from riskmodel.db import advisory_lock, connect, stored_error
 from riskmodel.errors import ConfigError, DatabaseError, RiskflowError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
 
@@ -420,7 +420,7 @@ def _record_failure(settings: Settings, run_id: uuid.UUID, error: BaseException)
                 sql.SQL("UPDATE {} SET status = 'failed', finished_at = now(),"
                         " details = details || %s::jsonb WHERE run_id = %s AND status <> 'succeeded'").format(
                     sql.Identifier(settings.db_schema, "pipeline_runs")),
-                (json.dumps({"error": redact(f"{type(error).__name__}: {error}")[:500]}), run_id),
+                (json.dumps({"error": stored_error(f"{type(error).__name__}: {error}")}), run_id),
             )
     except (psycopg.Error, RiskflowError) as exc:
         log.warning("could not mark run %s failed: %s", run_id, exc)

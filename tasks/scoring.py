@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from riskmodel import registry, writeback
 from riskmodel.batch import SequenceBatch
-from riskmodel.db import redact
+from riskmodel.db import stored_error
 from riskmodel.errors import ModelIntegrityError
 from riskmodel.reasons import at_or_above, reason_codes
 from riskmodel.reports import drop_expired_nights
@@ -48,7 +48,7 @@ def resolve_models_task(shadow: bool) -> dict[str, dict[str, str] | None]:
         except (ModelIntegrityError, registry.RegistryError, OSError) as exc:
             get_run_logger().error("shadow challenger %s cannot be loaded, so tonight scores the champion "
                                    "only: %s", challenger, exc)
-            result["challenger_error"] = redact(f"{challenger}: {exc}")[:500]
+            result["challenger_error"] = stored_error(f"{challenger}: {exc}")
         else:
             remember_model(model)
             result["challenger"] = {"version": model.version, "sha256": model.sha256}

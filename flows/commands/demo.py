@@ -76,14 +76,14 @@ def run(args: argparse.Namespace) -> int:
     rows = [{"account_id": r["account_id"], "risk_score": round(r["risk_score"], 4),
              "band": r["risk_band"], "reasons": "; ".join(r["reason_codes"])} for r in top]
     account = str(top[0]["account_id"]) if top else "1"
-    sql_hint = NEXT_STEPS_SQL.format(schema=sql.Identifier(settings.db_schema).as_string(None),
+    schema = sql.Identifier(settings.db_schema).as_string(None)
+    sql_hint = NEXT_STEPS_SQL.format(schema=schema,
                                      account=sql.Literal(account).as_string(None))
     seconds = time.perf_counter() - started
     text = "\n".join(steps + ["", f"The ten riskiest accounts on {end}:", table(rows), "",
                               "Look further with SQL (psql, or any client):", sql_hint, "",
                               f"demo finished in {seconds:.0f} s; "
-                              f"scores for {end} are in {sql.Identifier(settings.db_schema).as_string(None)}"
-                              ".risk_scores"])
+                              f"scores for {end} are in {schema}.risk_scores"])
     emit(args.json, {"steps": steps, "top": rows, "train": trained["evaluation"],
                      "seconds": round(seconds, 1)}, text)
     return 0

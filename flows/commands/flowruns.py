@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     back.add_argument("--end", type=iso_date, required=True, metavar=DATE_METAVAR, help="last date")
     back.add_argument("--force", action="store_true", help="rescore dates already scored")
     back.add_argument("--max-parallel", type=int, default=2,
-                      help="dates scored at the same time (default %(default)s)")
+                      help="dates scored at the same time")
     back.set_defaults(func=run_backfill)
 
     train = sub.add_parser("train", parents=[common], help="run the retrain flow")
