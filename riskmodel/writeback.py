@@ -59,6 +59,7 @@ FIRST_BLOCK_ROWS = 2_048
 MAX_LEAVES = 2
 BLOCK_ROWS = 16_384
 PARALLEL_INDEX_ROWS = 1_000_000
+CHECKSUM_VERSION = "riskflow-scores-v2"
 T = TypeVar("T")
 
 
@@ -133,43 +134,11 @@ def validate_scores(scores: pl.DataFrame) -> pl.DataFrame:
 
 
 def _hash_strings(digest: hashlib._Hash, values: pa.Array) -> None:
-    """Feed a string array's lengths and bytes (not its memory layout) into `digest`."""
+    """Feed a string or binary array's lengths and bytes (not its memory layout) into `digest`."""
     values = values.cast(pa.large_binary())
     offsets = np.frombuffer(values.buffers()[1], np.int64)[values.offset:values.offset + len(values) + 1]
     digest.update(np.diff(offsets).astype("<i8").tobytes())
     digest.update(memoryview(values.buffers()[2])[int(offsets[0]):int(offsets[-1])])
-
-
-def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
-    """sha256 over a day's rows (account, score bits, band, model version, reasons), in account order.
-
-    `scored_at` and `run_id` are left out, so a rerun over unchanged inputs has the same checksum.
-    """
-    df = rows.select("account_id", "risk_score", "risk_band", "model_version", "reason_codes")
-    ids = df["account_id"]
-    if not ids.is_sorted() or (ids == ids.shift(1)).any():
-        df = df.sort("account_id", "model_version", multithreaded=False)
-    table = df.to_arrow()
-    return _digest(score_date, table, table.column("model_version").combine_chunks())
-
-
-def _digest(score_date: dt.date, table: pa.Table, model_version: pa.Array | str) -> str:
-    """The checksum of rows already in account order; `model_version` is a column or one for all rows."""
-    n = table.num_rows
-    digest = hashlib.sha256(f"riskflow-scores-v1|{score_date.isoformat()}|{n}|".encode())
-    for name in ("account_id", "risk_band"):
-        _hash_strings(digest, table.column(name).combine_chunks())
-    if isinstance(model_version, str):
-        raw = model_version.encode()
-        digest.update(np.full(n, len(raw), "<i8").tobytes())
-        digest.update(raw * n)
-    else:
-        _hash_strings(digest, model_version)
-    digest.update(table.column("risk_score").to_numpy().astype("<f8").tobytes())
-    reasons = table.column("reason_codes").combine_chunks().cast(pa.large_list(pa.large_binary()))
-    digest.update(pc.list_value_length(reasons).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
-    _hash_strings(digest, reasons.flatten())
-    return digest.hexdigest()
 
 
 def _short_keys(ids: pa.Array) -> np.ndarray | None:
@@ -207,25 +176,12 @@ def account_order(rows: pa.Table) -> pa.Array:
     return pc.sort_indices(ids) if keys is None else pa.array(np.argsort(keys))
 
 
-def sorted_checksum(score_date: dt.date, rows: pa.Table, model_version: str,
-                    order: pa.Array | None = None) -> str:
-    """`scores_checksum` of validated rows (as Arrow) of one model version; raises on a repeated account_id.
-
-    `order` is `account_order(rows)` when the caller has it already."""
-    table = rows.take(account_order(rows) if order is None else order)
-    ids = table.column("account_id").combine_chunks()
-    repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
-    if pc.any(repeated).as_py():
-        first = pc.index(repeated, True).as_py()
-        raise ConfigError(f"scores: account_id {ids[first].as_py()!r} appears more than once")
-    return _digest(score_date, table, model_version)
-
-
 @dataclass(frozen=True)
 class PairFields:
     """Each row's (risk_band, reason_codes) pair as a number into those pairs' COPY fields, encoded
     once: a night has a few dozen distinct pairs, so encoding them per row would repeat the same
-    bytes thousands of times."""
+    bytes thousands of times. The fields are in byte order, so the numbers do not depend on how
+    the pairs were grouped."""
 
     fields: pa.Array
     pairs: pa.Array
@@ -237,25 +193,88 @@ def group_pairs(rows: pa.Table) -> PairFields:
     grouped = (pl.from_arrow(rows.select(["risk_band", "reason_codes"])).with_row_index("row")
                .group_by(["risk_band", "reason_codes"]).agg(pl.col("row")).with_row_index("pair"))
     members = grouped.select("pair", "row").explode("row", empty_as_null=False)
-    pairs = np.empty(rows.num_rows, np.uint32)
-    pairs[members["row"].to_numpy()] = members["pair"].to_numpy()
     distinct = grouped.select("risk_band", "reason_codes").to_arrow()
     fields = pc.binary_join_element_wise(
         pgcopy.text_field(distinct.column("risk_band").combine_chunks()),
         pgcopy.text_array_field(distinct.column("reason_codes").combine_chunks()), pgcopy.SEPARATOR)
-    return PairFields(fields, pa.array(pairs))
+    by_bytes = pc.sort_indices(fields).to_numpy()
+    number = np.empty(len(by_bytes), np.uint32)
+    number[by_bytes] = np.arange(len(by_bytes), dtype=np.uint32)
+    pairs = np.empty(rows.num_rows, np.uint32)
+    pairs[members["row"].to_numpy()] = number[members["pair"].to_numpy()]
+    return PairFields(fields.take(pa.array(by_bytes)), pa.array(pairs))
 
 
-def encode_varying_rows(rows: pa.Table, order: pa.Array, pairs: PairFields, start: int = 0,
-                        stop: int | None = None) -> pa.Array:
-    """Rows `start:stop` in `order`, their `VARYING_COLUMNS` as binary COPY records, one array value
-    per row (as `pgcopy.encode_row_array` makes them, for `pgcopy.rows_block`); Arrow in and out."""
-    positions = order.slice(start, None if stop is None else stop - start)
-    head, ids = pgcopy.row_with_text_field(
-        len(VARYING_COLUMNS), rows.column("account_id").take(positions).combine_chunks())
+@dataclass(frozen=True)
+class SortedRows:
+    """A night's `VARYING_COLUMNS` in account order, as the COPY and the checksum read them: account
+    ids, scores, and each row's number into `fields` (its band and reasons, encoded)."""
+
+    ids: pa.Array
+    scores: np.ndarray
+    pair: np.ndarray
+    fields: pa.Array
+
+
+def sort_rows(rows: pa.Table, order: pa.Array, pairs: PairFields) -> SortedRows:
+    """The `SortedRows` of validated rows, given their `account_order` and `group_pairs`."""
+    return SortedRows(rows.column("account_id").take(order).combine_chunks(),
+                      rows.column("risk_score").take(order).to_numpy(),
+                      pairs.pairs.to_numpy()[order.to_numpy()], pairs.fields)
+
+
+def encode_sorted_rows(rows: SortedRows, start: int = 0, stop: int | None = None) -> pa.Array:
+    """Rows `start:stop` as binary COPY records of `VARYING_COLUMNS`, one array value per row (as
+    `pgcopy.encode_row_array` makes them, for `pgcopy.rows_block`); Arrow in and out."""
+    stop = len(rows.ids) if stop is None else stop
+    head, ids = pgcopy.row_with_text_field(len(VARYING_COLUMNS), rows.ids.slice(start, stop - start))
     return pc.binary_join_element_wise(
-        head, ids, pgcopy.float8_field(rows.column("risk_score").take(positions).to_numpy()),
-        pc.take(pairs.fields, pc.take(pairs.pairs, positions)), pgcopy.SEPARATOR)
+        head, ids, pgcopy.float8_field(rows.scores[start:stop]),
+        rows.fields.take(pa.array(rows.pair[start:stop])), pgcopy.SEPARATOR)
+
+
+def sorted_checksum(score_date: dt.date, rows: SortedRows, model_version: str) -> str:
+    """sha256 over one model version's night: its date, row count and version, the distinct (band,
+    reasons) fields, then per row in account order the account id, the score's bits and the
+    field's number; raises on a repeated account_id.
+
+    The fields are the bytes the COPY sends, numbered in byte order, so equal rows give equal
+    checksums however they were grouped; hashing each row's number instead of its band and
+    reasons keeps the hash to a few bytes a row."""
+    ids = rows.ids
+    repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    if pc.any(repeated).as_py():
+        first = pc.index(repeated, True).as_py()
+        raise ConfigError(f"scores: account_id {ids[first].as_py()!r} appears more than once")
+    digest = hashlib.sha256(f"{CHECKSUM_VERSION}|{score_date.isoformat()}|{len(ids)}|".encode())
+    digest.update(pgcopy.text_value(model_version))
+    _hash_strings(digest, rows.fields)
+    _hash_strings(digest, ids)
+    digest.update(rows.scores.astype("<f8").tobytes())
+    digest.update(rows.pair.astype("<u4").tobytes())
+    return digest.hexdigest()
+
+
+def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
+    """The checksum of a day's stored rows (as `scores_for_date` reads them): `sorted_checksum` of one
+    model version's rows, or, for several versions (a shadow date), sha256 over each version's.
+
+    `scored_at` and `run_id` are left out, so a rerun over unchanged inputs has the same checksum.
+    """
+    versions = sorted(rows["model_version"].unique().to_list())
+    if len(versions) == 1:
+        return _version_checksum(score_date, rows, versions[0])
+    digest = hashlib.sha256(f"{CHECKSUM_VERSION}-versions|{score_date.isoformat()}|{len(versions)}|".encode())
+    for version in versions:
+        digest.update(pgcopy.text_value(version))
+        digest.update(_version_checksum(score_date, rows, version).encode())
+    return digest.hexdigest()
+
+
+def _version_checksum(score_date: dt.date, rows: pl.DataFrame, version: str) -> str:
+    """`sorted_checksum` of the stored rows of one model version."""
+    table = rows.filter(pl.col("model_version") == version).select(VARYING_COLUMNS).to_arrow()
+    return sorted_checksum(score_date, sort_rows(table, account_order(table), group_pairs(table)), version)
 
 
 def copy_blocks(start: int, stop: int) -> list[tuple[int, int]]:
@@ -459,9 +478,9 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
         row_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-rows"))
         rows = row_worker.submit(df.to_arrow)
         order = row_worker.submit(lambda: account_order(rows.result()))
-        pairs = row_worker.submit(lambda: group_pairs(rows.result()))
-        digest = row_worker.submit(lambda: sorted_checksum(score_date, rows.result(), model_version,
-                                                           order.result()))
+        ordered = row_worker.submit(
+            lambda: sort_rows(rows.result(), order.result(), group_pairs(rows.result())))
+        digest = row_worker.submit(lambda: sorted_checksum(score_date, ordered.result(), model_version))
         conn = stack.enter_context(connect(settings))
         stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
@@ -475,7 +494,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             night = replace(night, indexes=indexes, rows=rows.result(), order=order.result())
             leaves = plan_leaves(night.rows, night.order, split_rows)
             seconds["order_wait"] = time.perf_counter() - t1
-            seconds |= _build_leaves(conn, second, leaf_worker, night, pairs, leaves)
+            seconds |= _build_leaves(conn, second, leaf_worker, night, ordered, leaves)
             seconds["stage"] = time.perf_counter() - t1
             faults.pause_point("writeback.after_staging")
             if fail_after == "staging":
@@ -548,7 +567,7 @@ def _close_connection(connection: Future[psycopg.Connection]) -> None:
 
 
 def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] | None,
-                  leaf_worker: ThreadPoolExecutor, night: _Night, pairs: Future[PairFields],
+                  leaf_worker: ThreadPoolExecutor, night: _Night, ordered: Future[SortedRows],
                   leaves: list[Leaf]) -> dict[str, float]:
     """Build every leaf at once, the first on `conn` in this thread and the second on `second` in
     `leaf_worker`, then `_assemble` the night's table over them; seconds per step of the first.
@@ -556,16 +575,16 @@ def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] |
     built."""
     if len(leaves) > 1 and second is None:
         raise ConfigError(f"{night.part}: {len(leaves)} leaves but no second connection")
-    others = [leaf_worker.submit(lambda leaf=leaf: _build_leaf(second.result(), night, pairs, leaf))
+    others = [leaf_worker.submit(lambda leaf=leaf: _build_leaf(second.result(), night, ordered, leaf))
               for leaf in leaves[1:]]
     try:
-        seconds = _build_leaf(conn, night, pairs, leaves[0])
+        seconds = _build_leaf(conn, night, ordered, leaves[0])
         for other in others:
             other.result()
         _assemble(conn, night, leaves)
     except (psycopg.errors.UniqueViolation, psycopg.errors.CheckViolation):
         wait(others)
-        sorted_checksum(night.score_date, night.rows, night.model_version, night.order)
+        sorted_checksum(night.score_date, ordered.result(), night.model_version)
         raise
     except psycopg.errors.LockNotAvailable as exc:
         wait(others)
@@ -579,7 +598,7 @@ def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] |
     return seconds
 
 
-def _build_leaf(conn: psycopg.Connection, night: _Night, pairs: Future[PairFields],
+def _build_leaf(conn: psycopg.Connection, night: _Night, ordered: Future[SortedRows],
                 leaf: Leaf) -> dict[str, float]:
     """Create, fill and index one leaf's staging table (committed; nobody reads it yet); seconds per step.
 
@@ -590,9 +609,9 @@ def _build_leaf(conn: psycopg.Connection, night: _Night, pairs: Future[PairField
     while the server copies the previous block; the night's constants are column defaults while
     the COPY runs, dropped again before the commit. A CHECK constraint holds the rows to the
     leaf's date and account range, so attaching it later skips the validation scan. The first block
-    waits for `pairs` (grouped on a worker thread while the table is created). The COPY runs with
-    FREEZE (allowed: the table is created in the same transaction): rows are written frozen and
-    all-visible, so neither the index build nor readers set hint bits later. Below
+    waits for the `SortedRows` (sorted and grouped on a worker thread while the table is created).
+    The COPY runs with FREEZE (allowed: the table is created in the same transaction): rows are
+    written frozen and all-visible, so neither the index build nor readers set hint bits later. Below
     `PARALLEL_INDEX_ROWS` the index builds without parallel workers, whose start costs more than
     they save on a small heap."""
     schema, table = night.settings.db_schema, night.table
@@ -624,9 +643,9 @@ def _build_leaf(conn: psycopg.Connection, night: _Night, pairs: Future[PairField
             stage_id, sql.SQL(", ").join(map(sql.Identifier, VARYING_COLUMNS)))
         with conn.cursor() as cur, cur.copy(copy_sql, writer=QueuedLibpqWriter(cur)) as copy:
             copy.write(pgcopy.HEADER)
-            grouped = pairs.result()
+            rows = ordered.result()
             for start, stop in copy_blocks(leaf.start, leaf.stop):
-                block = encode_varying_rows(night.rows, night.order, grouped, start, stop)
+                block = encode_sorted_rows(rows, start, stop)
                 copy.write(memoryview(pgcopy.rows_block(block)))
             copy.write(pgcopy.TRAILER)
         conn.execute(sql.SQL("ALTER TABLE {} {}").format(stage_id, sql.SQL(", ").join(
