@@ -265,7 +265,7 @@ def run(scale: str, workdir: Path) -> list[dict]:
         limit_indexed = min(_limit(settings, block, indexed=True) for _ in range(REPEATS))
         rows_arrow = prepared.to_arrow()
         varying = pgcopy.rows_block(encode_sorted_rows(
-            sort_rows(rows_arrow, account_order(rows_arrow), group_pairs(rows_arrow))))
+            sort_rows(rows_arrow, account_order(rows_arrow), group_pairs(prepared))))
         limit_varying = min(_limit_varying(settings, varying, END_DATE) for _ in range(REPEATS))
         write_row = min(_write_row_copy(settings, rows) for _ in range(REPEATS))
     finally:

@@ -187,10 +187,11 @@ class PairFields:
     pairs: pa.Array
 
 
-def group_pairs(rows: pa.Table) -> PairFields:
+def group_pairs(rows: pl.DataFrame) -> PairFields:
     """The `PairFields` of validated rows. Polars groups the pairs exactly (lists compare element by
-    element) in a frame of its own, so a worker thread may group while the caller connects."""
-    grouped = (pl.from_arrow(rows.select(["risk_band", "reason_codes"])).with_row_index("row")
+    element); call it on the thread that uses the frame, since a Polars frame used by two threads at
+    once can deadlock."""
+    grouped = (rows.select("risk_band", "reason_codes").with_row_index("row")
                .group_by(["risk_band", "reason_codes"]).agg(pl.col("row")).with_row_index("pair"))
     members = grouped.select("pair", "row").explode("row", empty_as_null=False)
     distinct = grouped.select("risk_band", "reason_codes").to_arrow()
@@ -200,7 +201,7 @@ def group_pairs(rows: pa.Table) -> PairFields:
     by_bytes = pc.sort_indices(fields).to_numpy()
     number = np.empty(len(by_bytes), np.uint32)
     number[by_bytes] = np.arange(len(by_bytes), dtype=np.uint32)
-    pairs = np.empty(rows.num_rows, np.uint32)
+    pairs = np.empty(rows.height, np.uint32)
     pairs[members["row"].to_numpy()] = number[members["pair"].to_numpy()]
     return PairFields(fields.take(pa.array(by_bytes)), pa.array(pairs))
 
@@ -217,7 +218,8 @@ class SortedRows:
 
 
 def sort_rows(rows: pa.Table, order: pa.Array, pairs: PairFields) -> SortedRows:
-    """The `SortedRows` of validated rows, given their `account_order` and `group_pairs`."""
+    """The `SortedRows` of validated rows (as Arrow, at least account_id and risk_score), given their
+    `account_order` and `group_pairs`."""
     return SortedRows(rows.column("account_id").take(order).combine_chunks(),
                       rows.column("risk_score").take(order).to_numpy(),
                       pairs.pairs.to_numpy()[order.to_numpy()], pairs.fields)
@@ -273,8 +275,9 @@ def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
 
 def _version_checksum(score_date: dt.date, rows: pl.DataFrame, version: str) -> str:
     """`sorted_checksum` of the stored rows of one model version."""
-    table = rows.filter(pl.col("model_version") == version).select(VARYING_COLUMNS).to_arrow()
-    return sorted_checksum(score_date, sort_rows(table, account_order(table), group_pairs(table)), version)
+    frame = rows.filter(pl.col("model_version") == version)
+    table = frame.select("account_id", "risk_score").to_arrow()
+    return sorted_checksum(score_date, sort_rows(table, account_order(table), group_pairs(frame)), version)
 
 
 def copy_blocks(start: int, stop: int) -> list[tuple[int, int]]:
@@ -476,10 +479,9 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             second = leaf_worker.submit(connect, settings)
             stack.callback(_close_connection, second)
         row_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-rows"))
-        rows = row_worker.submit(df.to_arrow)
+        rows = row_worker.submit(lambda: df.select("account_id", "risk_score").to_arrow())
         order = row_worker.submit(lambda: account_order(rows.result()))
-        ordered = row_worker.submit(
-            lambda: sort_rows(rows.result(), order.result(), group_pairs(rows.result())))
+        ordered = row_worker.submit(lambda: sort_rows(rows.result(), order.result(), group_pairs(df)))
         digest = row_worker.submit(lambda: sorted_checksum(score_date, ordered.result(), model_version))
         conn = stack.enter_context(connect(settings))
         stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))

@@ -30,8 +30,9 @@ def _as_stored(frame: pl.DataFrame, version: str = "v1") -> pl.DataFrame:
 
 def _written(frame: pl.DataFrame, version: str = "v1", day: dt.date = DAY) -> str:
     """The checksum as `write_scores` computes it, from validated Arrow rows."""
-    rows = validate_scores(frame).to_arrow()
-    return sorted_checksum(day, sort_rows(rows, account_order(rows), group_pairs(rows)), version)
+    valid = validate_scores(frame)
+    rows = valid.to_arrow()
+    return sorted_checksum(day, sort_rows(rows, account_order(rows), group_pairs(valid)), version)
 
 
 @settings(max_examples=25, deadline=None)
