@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     write_split_rows: int = Field(
         50_000, ge=0, description="Nights of at least this many scores load as two account-range halves "
         "over two connections at once; 0 = one connection.")
+    writer_idle_seconds: float = Field(
+        60.0, ge=0.0, description="How long a score write's connections stay open for the next write in "
+        "the same process (a backfill, a shadow night); 0 = closed after each write.")
     retention_days: int = Field(400, ge=1, description="Score partitions older are dropped.")
     nightly_cron: str = Field("0 2 * * *", description="When `riskflow serve` runs nightly scoring.")
     retrain_cron: str = Field("0 4 * * 0", description="When `riskflow serve` runs the weekly retrain.")

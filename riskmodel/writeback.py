@@ -32,6 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -42,7 +43,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from riskmodel import faults, pgcopy
+from riskmodel import faults, pgcopy, writer_pool
 from riskmodel.db import advisory_lock, connect, stored_error
 from riskmodel.errors import ConfigError, DatabaseError, RiskflowError, TransientDatabaseError, first_line
 from riskmodel.settings import Settings
@@ -476,14 +477,14 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
         leaf_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-leaf"))
         second = None
         if splits(night.n, settings.write_split_rows):
-            second = leaf_worker.submit(connect, settings)
-            stack.callback(_close_connection, second)
+            second = leaf_worker.submit(writer_pool.take, settings)
+            stack.push(partial(_release_second, settings, second))
         row_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-rows"))
         rows = row_worker.submit(lambda: df.select("account_id", "risk_score").to_arrow())
         order = row_worker.submit(lambda: account_order(rows.result()))
         ordered = row_worker.submit(lambda: sort_rows(rows.result(), order.result(), group_pairs(df)))
         digest = row_worker.submit(lambda: sorted_checksum(score_date, ordered.result(), model_version))
-        conn = stack.enter_context(connect(settings))
+        conn = stack.enter_context(writer_pool.writer_connection(settings))
         stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))
         _record_start(conn, schema, run_id, flow, score_date, watermark, model_version,
                       model_sha256, table, leftovers=_staging_names(part))
@@ -562,10 +563,20 @@ def _roll_back_and_drop(conn: psycopg.Connection, schema: str, stages: list[str]
         log.warning("could not drop the staging tables of %s.%s: %s", schema, stages[0], first_line(exc))
 
 
-def _close_connection(connection: Future[psycopg.Connection]) -> None:
-    """Close a connection opened on a worker thread; a failed connect was reported where it was used."""
-    with contextlib.suppress(psycopg.Error, RiskflowError):
-        connection.result().close()
+def _release_second(settings: Settings, connection: Future[psycopg.Connection],
+                    exc_type: type[BaseException] | None, *_: object) -> bool:
+    """Give the second leaf's connection back after a clean write, close it after a failed one; a
+    failed connect was reported where it was used."""
+    try:
+        conn = connection.result()
+    except (psycopg.Error, RiskflowError):
+        return False
+    if exc_type is None:
+        writer_pool.give_back(settings, conn)
+    else:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+    return False
 
 
 def _build_leaves(conn: psycopg.Connection, second: Future[psycopg.Connection] | None,
