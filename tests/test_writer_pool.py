@@ -6,8 +6,10 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import multiprocessing.connection
+import os
 import time
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -22,7 +24,7 @@ DAY = dt.date(2026, 6, 30)
 
 
 @pytest.fixture()
-def tagged(initialised: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def tagged(initialised: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Settings whose connections carry this test's own application name, nights split at 100 rows."""
     monkeypatch.setenv("PGAPPNAME", f"pool-{uuid.uuid4().hex[:8]}")
     yield initialised.model_copy(update={"write_split_rows": 100})
@@ -36,8 +38,6 @@ def _write(settings: Settings, day: dt.date = DAY, **kw: object) -> None:
 
 def _idle_backends(settings: Settings, expected: int | None = None) -> set[int]:
     """Backend pids of this test's idle sessions, once `expected` of them remain (closing is async)."""
-    import os
-
     deadline = time.monotonic() + 10
     with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True,
                          application_name="pool-observer") as conn:
