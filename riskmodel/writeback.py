@@ -472,8 +472,9 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     seconds: dict[str, float] = {"prepare": time.perf_counter() - t0}
     with ExitStack() as stack:
         # Two threads besides this one: each thread started while others compute costs this one
-        # milliseconds of waiting on 2 cores. One opens the second leaf's connection and builds that
-        # leaf; the other prepares the rows, one step after another, while this thread connects.
+        # milliseconds of waiting on 2 cores. One takes the second leaf's connection (`writer_pool`:
+        # kept from the last write, or new) and builds that leaf; the other prepares the rows, one
+        # step after another, while this thread connects.
         leaf_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-leaf"))
         second = None
         if splits(night.n, settings.write_split_rows):

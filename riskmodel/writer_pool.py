@@ -148,4 +148,11 @@ def _reap() -> None:
         _close(entry.conn)
 
 
+def _after_fork_in_child() -> None:
+    """A fresh lock for a forked child: another thread of the parent may have held the old one."""
+    global _lock
+    _lock = threading.Lock()
+
+
 atexit.register(close_idle)
+os.register_at_fork(after_in_child=_after_fork_in_child)
