@@ -22,11 +22,13 @@ import psycopg
 from riskmodel.db import connect, database_url
 from riskmodel.settings import Settings
 
-MAX_IDLE = 2
+MAX_IDLE = 2  # per process, URL and role: a write uses at most two connections
 
 
 @dataclass(frozen=True)
 class _Idle:
+    """A kept connection and the monotonic time after which it is closed instead of reused."""
+
     conn: psycopg.Connection
     until: float
 
