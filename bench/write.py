@@ -39,10 +39,8 @@ from riskmodel.spec import load_spec
 from riskmodel.writeback import (
     COLUMNS,
     VARYING_COLUMNS,
-    account_order,
     encode_sorted_rows,
-    group_pairs,
-    sort_rows,
+    sort_frame,
     validate_scores,
     write_scores,
 )
@@ -273,9 +271,7 @@ def run(scale: str, workdir: Path) -> list[dict]:
         baseline = _baseline(settings, rows)
         limit = min(limits)
         limit_indexed = min(_limit(settings, block, indexed=True) for _ in range(REPEATS))
-        rows_arrow = prepared.to_arrow()
-        varying = pgcopy.rows_block(encode_sorted_rows(
-            sort_rows(rows_arrow, account_order(rows_arrow), group_pairs(prepared))))
+        varying = pgcopy.rows_block(encode_sorted_rows(sort_frame(prepared)))
         limit_varying = min(_limit_varying(settings, varying, END_DATE) for _ in range(REPEATS))
         write_row = min(_write_row_copy(settings, rows) for _ in range(REPEATS))
     finally:

@@ -20,7 +20,6 @@ that dies at any point leaves the previous contents of the date as they were.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -226,6 +225,12 @@ def sort_rows(rows: pa.Table, order: pa.Array, pairs: PairFields) -> SortedRows:
                       pairs.pairs.to_numpy()[order.to_numpy()], pairs.fields)
 
 
+def sort_frame(rows: pl.DataFrame) -> SortedRows:
+    """`sort_rows` of a validated frame in one step, for callers that do not pipeline the steps."""
+    table = rows.select("account_id", "risk_score").to_arrow()
+    return sort_rows(table, account_order(table), group_pairs(rows))
+
+
 def encode_sorted_rows(rows: SortedRows, start: int = 0, stop: int | None = None) -> pa.Array:
     """Rows `start:stop` as binary COPY records of `VARYING_COLUMNS`, one array value per row (as
     `pgcopy.encode_row_array` makes them, for `pgcopy.rows_block`); Arrow in and out."""
@@ -276,9 +281,7 @@ def scores_checksum(score_date: dt.date, rows: pl.DataFrame) -> str:
 
 def _version_checksum(score_date: dt.date, rows: pl.DataFrame, version: str) -> str:
     """`sorted_checksum` of the stored rows of one model version."""
-    frame = rows.filter(pl.col("model_version") == version)
-    table = frame.select("account_id", "risk_score").to_arrow()
-    return sorted_checksum(score_date, sort_rows(table, account_order(table), group_pairs(frame)), version)
+    return sorted_checksum(score_date, sort_frame(rows.filter(pl.col("model_version") == version)), version)
 
 
 def copy_blocks(start: int, stop: int) -> list[tuple[int, int]]:
@@ -566,17 +569,13 @@ def _roll_back_and_drop(conn: psycopg.Connection, schema: str, stages: list[str]
 
 def _release_second(settings: Settings, connection: Future[psycopg.Connection],
                     exc_type: type[BaseException] | None, *_: object) -> bool:
-    """Give the second leaf's connection back after a clean write, close it after a failed one; a
-    failed connect was reported where it was used."""
+    """`writer_pool.release` the second leaf's connection as the write ended (an ExitStack exit
+    callback); a failed connect was reported where it was used."""
     try:
         conn = connection.result()
     except (psycopg.Error, RiskflowError):
         return False
-    if exc_type is None:
-        writer_pool.give_back(settings, conn)
-    else:
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
+    writer_pool.release(settings, conn, clean=exc_type is None)
     return False
 
 

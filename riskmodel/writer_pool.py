@@ -94,16 +94,24 @@ def give_back(settings: Settings, conn: psycopg.Connection) -> None:
     _close(conn)
 
 
+def release(settings: Settings, conn: psycopg.Connection, *, clean: bool) -> None:
+    """After a write: `give_back` a connection whose write ended cleanly, close one whose write failed."""
+    if clean:
+        give_back(settings, conn)
+    else:
+        _close(conn)
+
+
 @contextmanager
 def writer_connection(settings: Settings) -> Iterator[psycopg.Connection]:
-    """`take` a connection for the body; `give_back` when it ends cleanly, close it when it raises."""
+    """`take` a connection for the body, then `release` it, clean when the body did not raise."""
     conn = take(settings)
     try:
         yield conn
     except BaseException:
-        _close(conn)
+        release(settings, conn, clean=False)
         raise
-    give_back(settings, conn)
+    release(settings, conn, clean=True)
 
 
 def close_idle() -> int:

@@ -13,10 +13,8 @@ from writeback_helpers import score_frame
 
 from riskmodel.errors import ConfigError
 from riskmodel.writeback import (
-    account_order,
-    group_pairs,
     scores_checksum,
-    sort_rows,
+    sort_frame,
     sorted_checksum,
     validate_scores,
 )
@@ -30,9 +28,7 @@ def _as_stored(frame: pl.DataFrame, version: str = "v1") -> pl.DataFrame:
 
 def _written(frame: pl.DataFrame, version: str = "v1", day: dt.date = DAY) -> str:
     """The checksum as `write_scores` computes it, from validated Arrow rows."""
-    valid = validate_scores(frame)
-    rows = valid.to_arrow()
-    return sorted_checksum(day, sort_rows(rows, account_order(rows), group_pairs(valid)), version)
+    return sorted_checksum(day, sort_frame(validate_scores(frame)), version)
 
 
 @settings(max_examples=25, deadline=None)
