@@ -3,11 +3,12 @@
 Measured: `riskmodel.writeback.write_scores` for a new night (validation, checksum, binary COPY
 into the staging leaves, two connections at once when the night has `RISKFLOW_WRITE_SPLIT_ROWS`
 rows or more, their indexes, the swap and the pipeline_runs and scored_nights records), best of
-5, each in a fresh process (its peak RSS is the row's) in steady state: after a tiny night and one
-full night on other dates, whose connections it reuses and whose memory the process has grown, as
-in a backfill or a nightly run that extracted and scored before writing. Each is followed by one
-round of the limit below (best of 5), so that on a shared machine both are sampled at the same
-moments. Details add the process's first full write, and a write with no connection kept.
+15: 3 in each of 5 fresh processes (their peak RSS is the row's), in steady state: after a tiny
+night and one full night on other dates, whose connections they reuse and whose memory the
+process has grown, as in a backfill or a nightly run that extracted and scored before writing.
+Each process is followed by 3 rounds of the limit below (best of 15), so that on a shared machine
+both are sampled as often and at the same moments. Details add the processes' first full write,
+and a write with no connection kept.
 Baseline: SQLAlchemy Core `conn.execute(insert(table), rows)` with default engine settings into a
 plain table of the same columns and primary key. Limit: one raw `COPY ... FROM STDIN (FORMAT
 BINARY)` of the same rows, already encoded, into an empty table without indexes. Details add a
@@ -46,6 +47,7 @@ from riskmodel.writeback import (
 )
 
 REPEATS = 5
+STEADY_WRITES = 3
 REASONS = ["Amount pattern", "Merchant / category", "Country / channel change", "Transaction timing",
            "Recent burst of activity"]
 COPY_TYPES = ["date", "text", "float8", "text", "text", "text[]", "timestamptz", "uuid"]
@@ -231,18 +233,20 @@ def _write(settings: Settings, frame: pl.DataFrame, day: dt.date) -> tuple[float
     return time.perf_counter() - started, report.seconds | {"leaves": report.leaves}
 
 
-def _measured_write(url: str, home: str, n: int, day: dt.date) -> tuple[dict[str, float], float, float]:
-    """In a fresh process: warm up on a tiny night, then write three full nights: the process's first
-    (its memory not yet grown), the measured one (steady state: the first's connections kept and its
-    memory reused, as in a backfill or a nightly run that extracted and scored before writing), and
-    one with no connection kept. Returns the measured write's stages and the other two's seconds."""
+def _measured_write(url: str, home: str, n: int, day: dt.date) -> tuple[list[dict[str, float]], float, float]:
+    """In a fresh process: warm up on a tiny night, then write full nights: the process's first (its
+    memory not yet grown), `STEADY_WRITES` measured ones (steady state: connections kept and memory
+    reused, as in a backfill or a nightly run that extracted and scored before writing), and one
+    with no connection kept. Returns the measured writes' stages and the other two's seconds.
+    Every night is a new date: `day` and days 60 or more before it, apart from other processes'."""
     settings = Settings(database_url=url, home=Path(home))
     frame = scores_frame(n)
     _write(settings, frame.head(50), day - dt.timedelta(days=60))
     first = _write(settings, frame, day - dt.timedelta(days=120))[0]
-    stages = _write(settings, frame, day)[1]
+    steady = [_write(settings, frame, day - dt.timedelta(days=0 if k == 0 else 240 + 60 * k))[1]
+              for k in range(STEADY_WRITES)]
     writer_pool.close_idle()
-    return stages, first, _write(settings, frame, day - dt.timedelta(days=180))[0]
+    return steady, first, _write(settings, frame, day - dt.timedelta(days=180))[0]
 
 
 def run(scale: str, workdir: Path) -> list[dict]:
@@ -261,8 +265,8 @@ def run(scale: str, workdir: Path) -> list[dict]:
         for k in range(REPEATS):
             day = END_DATE - dt.timedelta(days=k)
             runs.append(in_child(_measured_write, url, str(settings.home), n, day))
-            limits.append(_limit(settings, block))
-        stages = min((r[0][0] for r in runs), key=lambda t: t["total"])
+            limits.extend(_limit(settings, block) for _ in range(STEADY_WRITES))
+        stages = min((s for r in runs for s in r[0][0]), key=lambda t: t["total"])
         first, fresh = min(r[0][1] for r in runs), min(r[0][2] for r in runs)
         seconds, peak_rss = stages["total"], max(r[2] for r in runs)
         reruns = [_write(settings, frame, END_DATE)[0] for _ in range(REPEATS)]

@@ -476,17 +476,19 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
     with ExitStack() as stack:
         # Two threads besides this one: each thread started while others compute costs this one
         # milliseconds of waiting on 2 cores. One takes the second leaf's connection (`writer_pool`:
-        # kept from the last write, or new) and builds that leaf; the other prepares the rows, one
-        # step after another, while this thread connects.
+        # kept from the last write, or new), groups the pairs and builds that leaf; the other orders
+        # the rows (and groups the pairs when there is one leaf), while this thread connects. Only
+        # `group_pairs` reads the Polars frame after this: a frame used by two threads can deadlock.
         leaf_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-leaf"))
+        row_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-rows"))
         second = None
         if splits(night.n, settings.write_split_rows):
             second = leaf_worker.submit(writer_pool.take, settings)
             stack.push(partial(_release_second, settings, second))
-        row_worker = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="riskflow-rows"))
-        rows = row_worker.submit(lambda: df.select("account_id", "risk_score").to_arrow())
-        order = row_worker.submit(lambda: account_order(rows.result()))
-        ordered = row_worker.submit(lambda: sort_rows(rows.result(), order.result(), group_pairs(df)))
+        rows = df.select("account_id", "risk_score").to_arrow()
+        order = row_worker.submit(account_order, rows)
+        pairs = (row_worker if second is None else leaf_worker).submit(group_pairs, df)
+        ordered = row_worker.submit(lambda: sort_rows(rows, order.result(), pairs.result()))
         digest = row_worker.submit(lambda: sorted_checksum(score_date, ordered.result(), model_version))
         conn = stack.enter_context(writer_pool.writer_connection(settings))
         stack.enter_context(advisory_lock(conn, date_lock_name(schema, table, score_date)))
@@ -498,7 +500,7 @@ def write_scores(settings: Settings, *, score_date: dt.date, scores: pl.DataFram
             with conn.transaction():
                 indexes = _parent_indexes(conn, schema, table)
                 split_rows = settings.write_split_rows if _accounts_byte_ordered(conn, schema, table) else 0
-            night = replace(night, indexes=indexes, rows=rows.result(), order=order.result())
+            night = replace(night, indexes=indexes, rows=rows, order=order.result())
             leaves = plan_leaves(night.rows, night.order, split_rows)
             seconds["order_wait"] = time.perf_counter() - t1
             seconds |= _build_leaves(conn, second, leaf_worker, night, ordered, leaves)
