@@ -642,10 +642,11 @@ def _build_leaf(conn: psycopg.Connection, night: _Night, ordered: Future[SortedR
         bounds.append(sql.SQL("account_id < {}").format(sql.Literal(leaf.high)))
     with conn.transaction():
         t_create = time.perf_counter()
-        conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{night.lock_wait_ms}ms",))
-        if leaf.stop - leaf.start < PARALLEL_INDEX_ROWS:
-            conn.execute("SELECT set_config('max_parallel_maintenance_workers', '0', true)")
+        conn.execute("SELECT set_config('synchronous_commit', 'off', true),"
+                     " set_config('lock_timeout', %s, true),"
+                     " set_config('max_parallel_maintenance_workers', CASE WHEN %s THEN '0'"
+                     " ELSE current_setting('max_parallel_maintenance_workers') END, true)",
+                     (f"{night.lock_wait_ms}ms", leaf.stop - leaf.start < PARALLEL_INDEX_ROWS))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
                      .format(stage_id, sql.Identifier(schema, table)))
         set_defaults = sql.SQL(", ").join(
@@ -698,8 +699,8 @@ def _assemble(conn: psycopg.Connection, night: _Night, leaves: list[Leaf]) -> No
     schema, part = night.settings.db_schema, night.part
     new = sql.Identifier(schema, f"{part}_stage")
     with conn.transaction():
-        conn.execute("SELECT set_config('synchronous_commit', 'off', true)")
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{night.lock_wait_ms}ms",))
+        conn.execute("SELECT set_config('synchronous_commit', 'off', true),"
+                     " set_config('lock_timeout', %s, true)", (f"{night.lock_wait_ms}ms",))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
                              " PARTITION BY RANGE (account_id)").format(
                                  new, sql.Identifier(schema, night.table)))
