@@ -145,10 +145,39 @@ def test_the_cli_starts_prefects_temporary_api_once_and_early(tmp_path: Path) ->
     assert f"Stopping temporary server on http://127.0.0.1:{port}" in logs
 
 
-def test_with_an_api_configured_nothing_is_started_early(prefect_harness: None) -> None:
-    from flows.ephemeral import _temporary_server
+def test_an_early_server_not_handed_to_prefect_is_stopped(tmp_path: Path) -> None:
+    """When the block raises, the early server is stopped; one that exits at once is not handed to
+    Prefect, and the flow run then starts its own temporary server and runs."""
+    probe = ("import subprocess, sys\n"
+             "import flows.ephemeral as early\n"
+             "spawned = []\n"
+             "real_spawn = early._spawn\n"
+             "early._spawn = lambda port: spawned.append(real_spawn(port)) or spawned[-1]\n"
+             "try:\n    with early.api_started_early():\n        raise RuntimeError('import failed')\n"
+             "except RuntimeError:\n    pass\n"
+             "print('STOPPED', spawned[0].poll() is not None)\n"
+             "early._spawn = lambda port: subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])\n"
+             "with early.api_started_early():\n    pass\n"
+             "from prefect.server.api.server import SubprocessASGIServer\n"
+             "print('HANDED', SubprocessASGIServer().running)\n"
+             "from prefect import flow\n"
+             "@flow\ndef one() -> int:\n    return 1\n"
+             "print('RESULT', one(), SubprocessASGIServer().running)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKFLOW_", "PREFECT_"))}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                "PYTHONPATH": str(Path(__file__).parents[1])})
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "STOPPED True" in done.stdout and "HANDED False" in done.stdout
+    assert "RESULT 1 True" in done.stdout
 
-    assert _temporary_server() is None
+
+def test_with_an_api_configured_nothing_is_started_early(prefect_harness: None) -> None:
+    from flows.ephemeral import _temporary_server_needed
+
+    assert _temporary_server_needed() is False
 
 
 @pytest.mark.parametrize(("args", "env", "toml", "expected"), [
