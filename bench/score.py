@@ -19,9 +19,15 @@ from bench.common import bench_row, in_child, scale_of
 from bench.train import CAT_CARDINALITIES, STATIC_CAT_CARDINALITIES, random_batch
 from riskmodel.batch import SequenceBatch
 from riskmodel.model import ModelConfig, RiskLSTM, batch_tensors
-from riskmodel.score import ScoreReport, cpu_bf16_supported, resolve_precision, score_logits, trimmed_tensors
+from riskmodel.score import (
+    ScoreReport,
+    cpu_bf16_supported,
+    default_batch_size,
+    resolve_precision,
+    score_logits,
+    trimmed_tensors,
+)
 
-BATCH = 4096
 NAIVE_ACCOUNTS = 300
 REPEATS = {"S": 3, "M": 1}  # best of N: the bench machine is shared
 
@@ -44,10 +50,10 @@ def _naive_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device) -> fl
     return n / (time.perf_counter() - started)
 
 
-def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16: bool) -> float:
-    """Pure forward over the same length-sorted, trimmed chunks, already tensors on the device."""
+def _limit_rate(net: RiskLSTM, batch: SequenceBatch, device: torch.device, bf16: bool, size: int) -> float:
+    """Pure forward over the same length-sorted, trimmed chunks of `size`, already tensors on the device."""
     order = np.argsort(batch.lengths, kind="stable")
-    chunks = [trimmed_tensors(batch, order[lo:lo + BATCH], device) for lo in range(0, len(batch), BATCH)]
+    chunks = [trimmed_tensors(batch, order[lo:lo + size], device) for lo in range(0, len(batch), size)]
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         net(**chunks[0])
         if device.type == "cuda":
@@ -68,19 +74,20 @@ def _measure(n: int, device_name: str, repeats: int, threads: int, precision: st
                                   for k, lo in enumerate(range(0, n, 25_000))])
     net = _model(batch.subset(np.arange(min(2048, n))))
     device = torch.device(device_name)
+    size = default_batch_size(device)
     net.to(device)
-    report = ScoreReport(device=device_name, precision="", batch_size=BATCH)
-    score_logits(net, batch.subset(np.arange(min(BATCH, n))), device=device_name, batch_size=BATCH,
-                 precision=precision)
+    report = ScoreReport(device=device_name, precision="", batch_size=size)
+    score_logits(net, batch.subset(np.arange(min(size, n))), device=device_name, precision=precision)
     seconds, limit = float("inf"), 0.0
     bf16 = resolve_precision(precision, device) == "bf16"
     for _ in range(repeats):
         started = time.perf_counter()
-        score_logits(net, batch, device=device_name, batch_size=BATCH, precision=precision, report=report)
+        score_logits(net, batch, device=device_name, precision=precision, report=report)
         seconds = min(seconds, time.perf_counter() - started)
-        limit = max(limit, _limit_rate(net, batch, device, bf16=bf16))
+        limit = max(limit, _limit_rate(net, batch, device, bf16=bf16, size=size))
     return {"seconds": seconds, "limit": limit, "baseline": _naive_rate(net, batch, device),
             "precision": report.precision, "bf16_max_abs_diff": report.bf16_max_abs_diff,
+            "batch_size": report.batch_size,
             "threads": torch.get_num_threads(), "seq_len": batch.seq_len,
             "weights_mb": sum(p.numel() * p.element_size() for p in net.state_dict().values()) / 2**20}
 
@@ -100,7 +107,7 @@ def run(scale: str, workdir: Path) -> list[dict]:
             baseline_rate=m["baseline"],
             limit="pure model forward over the same length-sorted chunks preloaded as tensors",
             limit_rate=m["limit"],
-            details={"device": name, "precision": m["precision"], "batch_size": BATCH,
+            details={"device": name, "precision": m["precision"], "batch_size": m["batch_size"],
                      "seq_len": m["seq_len"], "threads": m["threads"],
                      "bf16_max_abs_diff": m["bf16_max_abs_diff"],
                      "baseline_seq_per_s": round(m["baseline"], 1), "limit_seq_per_s": round(m["limit"], 1)}))

@@ -36,6 +36,10 @@ log = logging.getLogger("riskflow.score")
 
 OomHook = Callable[[int], None]
 PRECISIONS = ("auto", "fp32", "bf16")
+# Accounts per forward when none is set. On the CPU a chunk's per-step gate activations
+# (1024 x 4 x hidden floats) stay in cache: 1024 scored a real M shard 17% faster than 4096 on
+# 2 cores (512 the same as 1024); a GPU wants the larger batch.
+DEFAULT_BATCH_SIZE = {"cpu": 1024, "cuda": 4096}
 _PLACING = threading.Lock()
 
 
@@ -92,6 +96,11 @@ def _warn_no_cpu_bf16() -> None:
                 "scoring in fp32")
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Accounts per forward on `device` when the caller sets none (`DEFAULT_BATCH_SIZE`)."""
+    return DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cuda"])
+
+
 def set_threads(threads: int) -> None:
     """Use `threads` CPU threads for torch (0 keeps torch's default)."""
     if threads < 0:
@@ -145,16 +154,18 @@ def _run(net: RiskLSTM, batch: SequenceBatch, device: torch.device, batch_size: 
     return out
 
 
-def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", batch_size: int = 4096,
+def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", batch_size: int | None = None,
                  precision: str = "auto", bf16_sample: int = 256, bf16_tolerance: float = 0.02,
                  oom_hook: OomHook | None = None, threads: int = 0,
                  report: ScoreReport | None = None) -> np.ndarray:
     """Raw logits (float32) of `net` for every account in `batch`, in row order; under bf16 the first
-    `bf16_sample` rows are checked against fp32 (0: no check)."""
-    if batch_size < 1:
+    `bf16_sample` rows are checked against fp32 (0: no check); `batch_size` None is the device's
+    default."""
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     set_threads(threads)
     dev = choose_device(device)
+    batch_size = batch_size or default_batch_size(dev)
     use_bf16 = resolve_precision(precision, dev) == "bf16"
     rep = report or ScoreReport(device=str(dev), precision="bf16" if use_bf16 else "fp32",
                                 batch_size=batch_size)
@@ -176,7 +187,7 @@ def score_logits(net: RiskLSTM, batch: SequenceBatch, *, device: str = "auto", b
 
 
 def score_batch(model: LoadedModel, batch: SequenceBatch, *, device: str = "auto",
-                batch_size: int = 4096, oom_hook: OomHook | None = None, threads: int = 0,
+                batch_size: int | None = None, oom_hook: OomHook | None = None, threads: int = 0,
                 precision: str = "auto", bf16_sample: int = 256,
                 report: ScoreReport | None = None) -> np.ndarray:
     """Calibrated probabilities (float64) of a registered model (blended with LightGBM when it is a

@@ -124,7 +124,9 @@ class Settings(BaseSettings):
     n_shards: int = Field(4, ge=1, le=4096, description="Account-hash shards for sequences.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Inference device.")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch default.")
-    score_batch_size: int = Field(4096, ge=1, description="Accounts per inference batch.")
+    score_batch_size: int | None = Field(
+        None, ge=1, description="Accounts per inference batch; unset: 1024 on the CPU, 4096 on CUDA."
+    )
     score_precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Inference precision: auto = bf16 on CUDA, fp32 on CPU; bf16 = bf16 on a "
         "CPU with native bf16 (AMX or AVX512-BF16) too; fp32 = never bf16. bf16 is checked against fp32 "

@@ -23,7 +23,7 @@ from riskmodel.errors import ModelIntegrityError
 from riskmodel.reasons import at_or_above, reason_codes
 from riskmodel.reports import drop_expired_nights
 from riskmodel.schema import require_current_schema
-from riskmodel.score import ScoreReport, score_batch
+from riskmodel.score import ScoreReport, choose_device, default_batch_size, score_batch
 from tasks.context import settings_and_spec
 from tasks.models import cached_model, remember_model
 from tasks.retry import retry_on_transient
@@ -64,8 +64,9 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
     settings, _ = settings_and_spec()
     model = cached_model(version, sha256)
     batch = SequenceBatch.load(Path(shard))
-    report = ScoreReport(device=device, precision="fp32", batch_size=settings.score_batch_size)
-    probs = score_batch(model, batch, device=device, batch_size=settings.score_batch_size,
+    size = settings.score_batch_size or default_batch_size(choose_device(device))
+    report = ScoreReport(device=device, precision="fp32", batch_size=size)
+    probs = score_batch(model, batch, device=device, batch_size=size,
                         threads=settings.torch_threads, precision=settings.score_precision, report=report)
     bands = model.band(probs)
     reasons: list[list[str]] = [[] for _ in range(len(batch))]
@@ -75,7 +76,7 @@ def score_shard_task(shard: str, version: str, sha256: str, device: str,
         times = model.manifest["features"].get("time_neutral")
         if selected.any():
             reasons = reason_codes(lambda b: score_batch(model, b, device=device,
-                                                         batch_size=settings.score_batch_size,
+                                                         batch_size=size,
                                                          precision=report.precision, bf16_sample=0),
                                    batch, selected, top_k=3,
                                    agg_neutral=np.asarray(neutral, np.float32) if neutral else None,

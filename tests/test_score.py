@@ -17,7 +17,14 @@ from riskmodel.calibrate import Calibrator
 from riskmodel.errors import ConfigError
 from riskmodel.model import ModelConfig, RiskLSTM
 from riskmodel.registry import LoadedModel, load_artifact, save_artifact
-from riskmodel.score import ScoreReport, choose_device, cpu_bf16_supported, score_batch, score_logits
+from riskmodel.score import (
+    ScoreReport,
+    choose_device,
+    cpu_bf16_supported,
+    default_batch_size,
+    score_batch,
+    score_logits,
+)
 from riskmodel.settings import Settings
 
 
@@ -75,6 +82,20 @@ def test_batch_size_and_threads_do_not_change_scores() -> None:
     a = score_logits(model.net, batch, device="cpu", batch_size=128)
     b = score_logits(model.net, batch, device="cpu", batch_size=7, threads=1)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_an_unset_batch_size_is_the_devices_default() -> None:
+    """With no batch size the CPU scores in chunks of 1024 (the nightly's setting is unset by
+    default), and a batch larger than one chunk scores as it does in one piece."""
+    model = _model()
+    batch = order_batch(1500, seed=8)
+    report = ScoreReport(device="cpu", precision="", batch_size=0)
+    chunked = score_logits(model.net, batch, device="cpu", report=report)
+    assert report.batch_size == default_batch_size(torch.device("cpu")) == 1024
+    assert default_batch_size(torch.device("cuda")) == 4096
+    whole = score_logits(model.net, batch, device="cpu", batch_size=1500)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    assert Settings.model_fields["score_batch_size"].default is None
 
 
 def test_device_choice() -> None:
