@@ -120,6 +120,19 @@ def test_help_and_config_load_no_heavy_library(tmp_path: Path) -> None:
     assert "HEAVY []" in done.stdout and "database_url" in done.stdout
 
 
+def _run_without_prefect_api(probe: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run `probe` in a fresh Python with no Prefect API configured (own PREFECT_HOME); it must exit 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKFLOW_", "PREFECT_"))}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+                "PYTHONPATH": str(Path(__file__).parents[1])})
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_the_cli_starts_prefects_temporary_api_once_and_early(tmp_path: Path) -> None:
     """With no Prefect API configured, `api_started_early` starts the temporary server during the
     imports, and the flow run that follows uses that same server instead of starting another."""
@@ -131,14 +144,7 @@ def test_the_cli_starts_prefects_temporary_api_once_and_early(tmp_path: Path) ->
              "from prefect import flow\n"
              "@flow\ndef one() -> int:\n    return 1\n"
              "print('RESULT', one(), server.port)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKFLOW_", "PREFECT_"))}
-    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-                "PYTHONPATH": str(Path(__file__).parents[1])})
-    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _run_without_prefect_api(probe, tmp_path)
     port = done.stdout.split()[-1]
     logs = done.stdout + done.stderr
     assert "RESULT 1" in done.stdout and logs.count("Stopping temporary server") == 1
@@ -163,13 +169,7 @@ def test_an_early_server_not_handed_to_prefect_is_stopped(tmp_path: Path) -> Non
              "from prefect import flow\n"
              "@flow\ndef one() -> int:\n    return 1\n"
              "print('RESULT', one(), SubprocessASGIServer().running)\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RISKFLOW_", "PREFECT_"))}
-    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-                "PYTHONPATH": str(Path(__file__).parents[1])})
-    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = _run_without_prefect_api(probe, tmp_path)
     assert "STOPPED True" in done.stdout and "HANDED False" in done.stdout
     assert "RESULT 1 True" in done.stdout
 
