@@ -65,11 +65,9 @@ def _wait_healthy(process: subprocess.Popen[bytes], port: int) -> bool:
     deadline = time.monotonic() + get_current_settings().server.ephemeral.startup_timeout_seconds
     with httpx.Client() as client:
         while time.monotonic() < deadline and process.poll() is None:
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if client.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
                     return True
-            except httpx.TransportError:
-                pass
             time.sleep(0.05)
     return False
 
